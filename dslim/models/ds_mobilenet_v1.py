@@ -1,0 +1,114 @@
+"""DS-Net's supernet `ds_mobilenet_v1` (the official "mobilenetv1_bn_uniform" space).
+
+Depthwise-separable blocks `dw3x3 -> BN -> Swish -> SE -> pw1x1 -> BN -> Swish`, no residuals. Six channel
+groups (stem and five stages); the slimmable choices are listed per group. The routing gate (stage II) reads the
+squeezed SE vector of stage 3's first block, which is why that block is reachable as `gate_block`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dslim.config import ModelConfig
+from dslim.models.base import Supernet, resolve_channels
+from dslim.models.registry import register
+from dslim.nn import GlobalAvgPool, SlimConv2d, SlimLinear, SqueezeExcite
+from dslim.subnet import ChannelGroup, Subnet
+
+CHOICES = {
+    "stem": (16, 24),
+    "s0": (32, 88),
+    "s1": (48, 168),
+    "s2": (96, 264),
+    "s3": tuple(range(224, 641, 32)),
+    "s4": tuple(range(736, 1153, 32)),
+}
+DEPTHS = {"s0": 1, "s1": 2, "s2": 2, "s3": 6, "s4": 2}
+STRIDES = {"s0": 1, "s1": 2, "s2": 2, "s3": 2, "s4": 2}
+SE_RATIO = 0.25
+GATE_STAGE = "s3"
+
+
+class DSBlock(nn.Module):
+    """One depthwise-separable block with SE; the SE bottleneck is sized from the input group's widest choice."""
+
+    def __init__(self, net: Supernet, c_in: int, c_out: int, stride: int, g_in: str, g_out: str, se: int) -> None:
+        super().__init__()
+        self.dw = SlimConv2d(c_in, c_in, 3, stride, in_group=g_in, out_group=g_in, depthwise=True)
+        self.bn1 = net.norm(c_in, g_in)
+        self.se = SqueezeExcite(c_in, se, g_in)
+        self.pw = SlimConv2d(c_in, c_out, 1, in_group=g_in, out_group=g_out)
+        self.bn2 = net.norm(c_out, g_out)
+        self.act = nn.SiLU(inplace=True)
+
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to and including the SE squeeze: what the gate sees."""
+        x = self.act(self.bn1(self.dw(x)))
+        return x, self.se.squeeze(x)
+
+    def tail(self, x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn2(self.pw(self.se.excite(x, squeezed))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(*self.head(x))
+
+
+@register("ds_mobilenet_v1")
+class DSMobileNetV1(Supernet):
+    """Named subnets: `largest`, `smallest`, and `uniform-0`..`uniform-13` (stages 3 and 4 at choice r)."""
+
+    arch = "ds_mobilenet_v1"
+
+    def __init__(
+        self, num_classes: int = 1000, bn: str = "private", dropout: float = 0.2, channels: dict[str, int] | None = None
+    ) -> None:
+        groups = [ChannelGroup(g, max(c), c) for g, c in CHOICES.items()]
+        if channels is not None:
+            groups = [ChannelGroup(g, int(channels[g])) for g in CHOICES]
+        super().__init__(groups, bn, dict(num_classes=num_classes, bn=bn, dropout=dropout))
+        ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)
+        self.stem = nn.Sequential(
+            SlimConv2d(3, ch["stem"], 3, 2, in_group=None, out_group="stem"),
+            self.norm(ch["stem"], "stem"),
+            nn.SiLU(inplace=True),
+        )
+        stages, prev = [], "stem"
+        for g, depth in DEPTHS.items():
+            blocks = []
+            for j in range(depth):
+                g_in = prev if j == 0 else g
+                se = int(max(CHOICES[g_in]) * SE_RATIO)
+                blocks.append(DSBlock(self, ch[g_in], ch[g], STRIDES[g] if j == 0 else 1, g_in, g, se))
+            stages.append(nn.Sequential(*blocks))
+            prev = g
+        self.stages = nn.Sequential(*stages)
+        self.pool = GlobalAvgPool(prev)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = SlimLinear(ch[prev], num_classes, in_group=prev)
+        self.finish(allocate=channels is None)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> DSMobileNetV1:
+        return cls(num_classes=cfg.num_classes, bn=cfg.bn, dropout=cfg.dropout)
+
+    def uniform(self, r: int) -> Subnet:
+        """Stem and stages 0-2 at their smallest width, stages 3 and 4 at choice `r`."""
+        channels = {g: c[0] for g, c in CHOICES.items()}
+        channels.update(s3=CHOICES["s3"][r], s4=CHOICES["s4"][r])
+        return Subnet.of(channels)
+
+    def named_subnets(self) -> dict[str, Subnet]:
+        named = {"largest": self.largest(), "smallest": self.smallest()}
+        named.update({f"uniform-{r}": self.uniform(r) for r in range(len(CHOICES["s3"]))})
+        return named
+
+    def smallest(self) -> Subnet:
+        return Subnet.of({g: grp.choices[0] if grp.choices else grp.max for g, grp in self.groups.items()})
+
+    @property
+    def gate_block(self) -> DSBlock:
+        return self.stages[list(DEPTHS).index(GATE_STAGE)][0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(self.stages(self.stem(x)))))

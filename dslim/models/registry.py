@@ -1,0 +1,42 @@
+"""Supernet registry: `create_supernet("mobilenet_v2", **kwargs)`, as timm's `create_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dslim.errors import UserError
+
+if TYPE_CHECKING:
+    from dslim.config import ModelConfig
+    from dslim.models.base import Supernet
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def supernet_class(name: str) -> type:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown architecture {name!r}; available: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def create_supernet(name: str, **kwargs: object) -> Supernet:
+    """Build a registered supernet by name."""
+    return supernet_class(name)(**kwargs)
+
+
+def from_config(cfg: ModelConfig) -> Supernet:
+    """Build the supernet a run's model config describes."""
+    return supernet_class(cfg.arch).from_config(cfg)

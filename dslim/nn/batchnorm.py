@@ -1,0 +1,122 @@
+"""Slimmable BatchNorm with running statistics filed per subnet.
+
+Statistics depend on every upstream layer's width, so they are kept per subnet (`Subnet.key`), never per layer
+width alone. The three published variants are three settings of one module:
+
+- `private` (DS-Net): one affine at the widest width, sliced from the front; statistics tracked per subnet.
+- `switchable` (S-Net): affine and statistics both private to each subnet.
+- `calibrated` (US-Net, AutoSlim, DMCP): one sliced affine; training normalizes by batch statistics only and
+  statistics are computed afterwards for any subnet (`bn_recalibration`), so no width ever needs to be trained.
+
+Statistics are fp32 and accumulate either as an EMA (`momentum`) or, during calibration, as a cumulative average.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dslim.errors import UserError
+
+
+class _Stats(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+
+class _Affine(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+
+class SlimBatchNorm2d(nn.Module):
+    """BatchNorm2d over the first `C` channels of whatever arrives, with per-subnet statistics.
+
+    `key` (the active subnet's key) and `track` are set by the supernet. `mask`, when set, multiplies the
+    normalized output per channel (shape `[C]` or `[N, C]`): soft channel masks for DMCP and per-sample
+    routing masks for gate training, applied where a BatchNorm would otherwise undo them.
+    """
+
+    def __init__(
+        self, num_features: int, group: str | None, mode: str = "private", eps: float = 1e-5, momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        if mode not in ("private", "switchable", "calibrated"):
+            raise ValueError(f"unknown BatchNorm mode {mode!r}")
+        self.num_features, self.group, self.mode, self.eps = num_features, group, mode, eps
+        self.momentum: float | None = momentum
+        if mode == "switchable":
+            self.affine = nn.ModuleDict()
+        else:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        self.stats = nn.ModuleDict()
+        self.key: str | None = None
+        self.track = mode != "calibrated"
+        self.mask: torch.Tensor | None = None
+
+    def add_subnet(self, key: str, channels: int) -> None:
+        """Allocate statistics (and, if switchable, an affine) for a subnet ahead of training."""
+        if key not in self.stats:
+            self.stats[key] = _Stats(channels)
+        if self.mode == "switchable" and key not in self.affine:
+            self.affine[key] = _Affine(channels)
+
+    def affine_params(self, key: str | None, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "switchable":
+            if key not in self.affine:
+                raise UserError(
+                    "switchable BatchNorm has no affine for this subnet: S-Net subnets are fixed, "
+                    "choose one of the recipe's widths"
+                )
+            a = self.affine[key]
+            return a.weight, a.bias
+        return self.weight[:channels], self.bias[:channels]
+
+    def stats_for(self, key: str | None) -> _Stats | None:
+        return self.stats[key] if key is not None and key in self.stats else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight, bias = self.affine_params(self.key, c)
+        stats = self.stats_for(self.key)
+        if self.training:
+            if stats is None and self.track and self.key is not None:
+                self.add_subnet(self.key, c)
+                self.stats[self.key].to(x.device)
+                stats = self.stats[self.key]
+            if stats is not None and self.track:
+                stats.num_batches_tracked.add_(1)
+                factor = 1.0 / float(stats.num_batches_tracked) if self.momentum is None else self.momentum
+                y = F.batch_norm(x, stats.running_mean, stats.running_var, weight, bias, True, factor, self.eps)
+            else:
+                y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+        else:
+            if stats is None:
+                raise UserError(
+                    "no BatchNorm statistics for this subnet: run the bn_recalibration stage for it "
+                    "(or evaluate with --widths that were calibrated)"
+                )
+            y = F.batch_norm(x, stats.running_mean, stats.running_var, weight, bias, False, 0.0, self.eps)
+        if self.mask is not None:
+            m = self.mask
+            y = y * (m[:c].view(1, -1, 1, 1) if m.dim() == 1 else m[:, :c, None, None])
+        return y
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
+        # Statistics of subnets calibrated after construction live only in the checkpoint: allocate them first.
+        for name, value in state_dict.items():
+            if name.startswith(prefix + "stats.") and name.endswith(".running_mean"):
+                self.add_subnet(name[len(prefix + "stats.") : -len(".running_mean")], value.shape[0])
+            if name.startswith(prefix + "affine.") and name.endswith(".weight"):
+                self.add_subnet(name[len(prefix + "affine.") : -len(".weight")], value.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, group={self.group}, mode={self.mode}, subnets={len(self.stats)}"

@@ -1,0 +1,87 @@
+"""A subnet is data: how many channels each channel group keeps, and which blocks run.
+
+Every method produces one of these: a width multiplier (S-Net, US-Net), a stage choice (DS-Net), a searched
+configuration (AutoSlim), a sample (DMCP), a keep mask (BlockDrop). Layers tied by a residual connection share
+one channel group, so a subnet can never break a residual sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are sliced together; `choices` restricts the allowed counts (None: any in [1, max])."""
+
+    name: str
+    max: int
+    choices: tuple[int, ...] | None = None
+
+    def check(self, channels: int) -> None:
+        from dslim.errors import UserError
+
+        if self.choices is not None and channels not in self.choices:
+            raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.choices}")
+        if not 1 <= channels <= self.max:
+            raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: 1..{self.max}")
+
+
+@dataclass(frozen=True)
+class Subnet(Mapping[str, int]):
+    """Active channels per group (ordered as the supernet lists its groups) plus an optional block keep-mask.
+
+    Hashable and JSON-serializable; `key` is a short digest used to file per-subnet BatchNorm statistics,
+    so the same channels always find the same statistics whatever name the subnet is called by.
+    """
+
+    channels: tuple[tuple[str, int], ...]
+    blocks: tuple[bool, ...] | None = None
+
+    @classmethod
+    def of(cls, channels: Mapping[str, int], blocks: tuple[bool, ...] | None = None) -> Subnet:
+        return cls(tuple((g, int(c)) for g, c in channels.items()), None if blocks is None else tuple(blocks))
+
+    def __getitem__(self, group: str) -> int:
+        for g, c in self.channels:
+            if g == group:
+                return c
+        raise KeyError(group)
+
+    def __iter__(self) -> Iterator[str]:
+        return (g for g, _ in self.channels)
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+    def __hash__(self) -> int:
+        return hash((self.channels, self.blocks))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Subnet) and (self.channels, self.blocks) == (other.channels, other.blocks)
+
+    def to_json(self) -> dict:
+        return {"channels": dict(self.channels), "blocks": None if self.blocks is None else list(self.blocks)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Subnet:
+        blocks = obj.get("blocks")
+        return cls.of(obj["channels"], None if blocks is None else tuple(bool(b) for b in blocks))
+
+    @property
+    def key(self) -> str:
+        return "s" + hashlib.sha1(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int = 1) -> int:
+    """Round a width-multiplied channel count to a multiple of `divisor`, never more than 10% below `v`.
+
+    The rule of the TensorFlow-slim MobileNets, used by the slimmable-networks model zoo.
+    """
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
