@@ -47,3 +47,35 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if meta is None:
         raise UserError(f"{path} has no dslim metadata: it was not written by dslim")
     return tensors, meta
+
+
+SUPERNET_FORMAT = "dslim.supernet/1"
+
+
+def save_supernet(supernet, path: str | os.PathLike, **extra: object) -> None:  # type: ignore[no-untyped-def]
+    """A stage artifact: the whole supernet (weights and every subnet's BN statistics) plus what rebuilds it.
+
+    `extra` (recipe, stage, config...) is stored in the metadata as given; it must be JSON-serializable.
+    """
+    meta = {
+        "format": SUPERNET_FORMAT,
+        "arch": supernet.arch,
+        "arch_kwargs": supernet.arch_kwargs,
+        "subnets": {name: s.to_json() for name, s in supernet.named_subnets().items()},
+        **extra,
+    }
+    save_tensors(supernet.state_dict(), path, meta)
+
+
+def load_supernet(path: str | os.PathLike):  # type: ignore[no-untyped-def]
+    """Rebuild a supernet from a stage artifact; returns `(supernet, metadata)`."""
+    from dslim.models.registry import supernet_class
+
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != SUPERNET_FORMAT:
+        raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
+    net = supernet_class(meta["arch"])(**meta["arch_kwargs"])
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit {meta['arch']}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return net, meta

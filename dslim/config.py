@@ -72,11 +72,127 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and the originals' weight-decay rules."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    """SGD (momentum, optionally Nesterov) or AdamW."""
+    lr: float = 0.1
+    """Peak learning rate for a global batch of `lr_batch` images; scaled linearly to the actual global batch."""
+    lr_batch: int = 256
+    """Global batch size `lr` is quoted for (the original's batch, e.g. 512 = 64 x 8 GPUs)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = True
+    """Nesterov momentum (SGD)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 1e-4
+    """Weight decay on conv and linear weights."""
+    decay_norm_and_bias: bool = False
+    """Also decay 1-D parameters (BatchNorm affine, biases); the originals do not."""
+    decay_depthwise: bool = True
+    """Decay depthwise conv weights (US-Nets do not)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value; 0 disables. Always passed explicitly (DeepSpeed clips to 1.0 by
+    default otherwise)."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule over a stage's epochs (stepped per optimizer step)."""
+
+    kind: Literal["cosine", "linear", "step", "exp", "constant"] = "cosine"
+    """Cosine to `min_lr`, linear decay to `min_lr`, step decay by `gamma` at `milestones`, exponential decay by
+    `gamma` per epoch, or constant."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from `warmup_lr` to the peak."""
+    warmup_lr: float = 1e-5
+    """Learning rate at the start of warm-up."""
+    min_lr: float = 0.0
+    """Final learning rate of the decay, kept through the cool-down epochs."""
+    cooldown_epochs: int = 0
+    """Epochs at `min_lr` after the decay (counted inside the stage's epochs)."""
+    milestones: tuple[int, ...] = ()
+    """Epochs at which `step` multiplies the rate by `gamma`."""
+    gamma: float = 0.1
+    """Factor of `step` (per milestone) and `exp` (per epoch) decay."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training stage: how long, with which optimizer, and what each step computes."""
+
+    epochs: int = 1
+    """Epochs of this stage."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy on labels."""
+    ema_decay: float = 0.0
+    """Decay of the weights' exponential moving average (0: no EMA). IEB needs it: its teacher is the EMA."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    rule: Literal["sandwich", "all_widths", "single"] = "sandwich"
+    """Subnets per step: `sandwich` (largest, smallest, `num_random` random), `all_widths` (S-Net: every named
+    width, largest first), `single` (the largest only, e.g. retraining a fixed subnet)."""
+    num_random: int = 2
+    """Random subnets per sandwich step (n - 2 of the sandwich rule)."""
+    random_subnets: tuple[str, ...] = ()
+    """Names the random subnets are drawn from (DS-Net: uniform-1..12); empty: any width in the range."""
+    distill: Literal["none", "inplace", "ieb"] = "inplace"
+    """Targets of the non-largest subnets: labels (`none`), the online largest's detached softmax (`inplace`),
+    or the EMA model's largest (`ieb`, in-place ensemble bootstrapping)."""
+    ensemble_ib: bool = False
+    """IEB: the smallest's target is the mean of the EMA softmaxes of the largest and the random subnets."""
+    eval_subnets: tuple[str, ...] = ()
+    """Subnets evaluated after each epoch (empty: smallest and largest)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
+    keep_last: int = 2
+    """Resumable checkpoints kept per stage."""
+
+
+@dataclass(frozen=True)
+class BnCalibrationConfig:
+    """BN recalibration: reset, then cumulative statistics per subnet from training batches, no gradients."""
+
+    batches: int = 100
+    """Training batches per subnet (per process; statistics are averaged across processes)."""
+    subnets: tuple[str, ...] = ()
+    """Subnets to calibrate (empty: every named subnet)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Final evaluation."""
+
+    subnets: tuple[str, ...] = ()
+    """Subnets to evaluate (empty: every named subnet)."""
+    calibrate_batches: int = 50
+    """For calibrated-BN models: batches used to calibrate a subnet that has no statistics yet."""
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """Settings of every stage a recipe may run."""
+
+    supernet: TrainConfig = field(default_factory=TrainConfig)
+    bn_recalibration: BnCalibrationConfig = field(default_factory=BnCalibrationConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole run: model, data and (later) the training stages."""
+    """A whole run: model, data, and the stages of its pipeline."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    pipeline: tuple[str, ...] = ("supernet", "bn_recalibration", "evaluate")
+    """Stages this recipe runs, in order (`--stages NAME ...` runs a selection of them)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision of the forward passes; BN statistics and master weights stay fp32."""
     seed: int = 0
     """Random seed (every process draws the same subnets)."""
 

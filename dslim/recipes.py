@@ -1,0 +1,81 @@
+"""Recipes: small Python files whose `recipe()` returns a `Config`, found by name or by path.
+
+Shipped recipes live in the repository's `recipes/` folder, installed as the package `dslim._recipes`, so they
+are found after a normal install from any working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from dslim.config import Config
+from dslim.errors import UserError
+
+
+def recipe_dir() -> Path:
+    try:
+        import dslim._recipes as shipped  # installed copy
+
+        return Path(shipped.__file__).parent
+    except ImportError:  # running from a source checkout
+        return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.py") if not p.name.startswith("_"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """The file a `--recipe` argument means: a shipped name, or a path to the user's own file."""
+    if name_or_path.endswith(".py") or "/" in name_or_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"recipe file {name_or_path!r} does not exist")
+        return path
+    path = recipe_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        raise UserError(f"unknown recipe {name_or_path!r}; available: {', '.join(names())} (or a path to a .py file)")
+    return path
+
+
+def load(name_or_path: str) -> Config:
+    """Execute a recipe file and return its validated `Config`."""
+    path = recipe_path(name_or_path)
+    module_name = f"dslim_recipe_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        build = getattr(module, "recipe", None)
+        if not callable(build):
+            raise UserError(f"recipe {path} must define a function `recipe()` returning a dslim.config.Config")
+        config = build()
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"recipe {path} is malformed: {type(e).__name__}: {e}") from None
+    finally:
+        sys.modules.pop(module_name, None)
+    if not isinstance(config, Config):
+        raise UserError(f"recipe {path}: recipe() returned {type(config).__name__}, not a dslim.config.Config")
+    validate(config, str(path))
+    return config
+
+
+def validate(config: Config, where: str = "config") -> None:
+    """Check what the types cannot: known architecture, stages and subnets that exist."""
+    from dslim.models import from_config
+    from dslim.stages import STAGES
+
+    unknown = [s for s in config.pipeline if s not in STAGES]
+    if unknown:
+        raise UserError(f"{where}: unknown stage(s) {unknown}; available: {', '.join(STAGES)}")
+    net = from_config(config.model)
+    for names_ in (config.stages.supernet.random_subnets, config.stages.supernet.eval_subnets,
+                   config.stages.bn_recalibration.subnets, config.stages.evaluate.subnets):
+        for name in names_:
+            net.resolve(name)
