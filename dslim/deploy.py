@@ -58,6 +58,10 @@ def _copy(module: nn.Module, **tensors: torch.Tensor | None) -> None:
 
 def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None) -> nn.Module:
     net = supernet_class(arch)(**arch_kwargs, channels=dict(subnet.items()))
+    for block, keep in zip(net.blocks, subnet.blocks or [True] * len(net.blocks)):
+        block.keep = keep
+        if not keep:
+            del block.body  # a dropped block keeps only its shortcut
     src_modules = dict(source.named_modules()) if source is not None else {}
     for name, m in list(net.named_modules()):
         if not isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
@@ -66,10 +70,6 @@ def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None
         parent = net.get_submodule(parent_name)
         src = src_modules.get(name) if source is not None else None
         parent._modules[attr] = _plain(m, src, subnet.key)
-    for block, keep in zip(net.blocks, subnet.blocks or [True] * len(net.blocks)):
-        block.keep = keep
-        if not keep:
-            del block.body  # a dropped block keeps only its shortcut
     net.exported = (arch, arch_kwargs, subnet)
     return net.eval()
 

@@ -1,0 +1,8 @@
+"""dslim: one toolkit for dynamic and slimmable networks (DS-Net, S-Net/US-Net, AutoSlim, DMCP, BlockDrop)."""
+
+from dslim.deploy import extract, load_subnet, save_subnet
+from dslim.models import Supernet, create_supernet
+from dslim.subnet import Subnet
+
+__version__ = "0.1.0"
+__all__ = ["Subnet", "Supernet", "create_supernet", "extract", "load_subnet", "save_subnet"]

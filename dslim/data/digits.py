@@ -1,0 +1,74 @@
+"""The built-in data set: scikit-learn's handwritten digits, written once as an ImageFolder of PNG files.
+
+The 1797 8x8 images ship with scikit-learn (no download). Writing them as ordinary PNG files lets them go
+through exactly the pipeline ImageNet goes through (DALI or PIL, crops, normalization), so the whole tool can be
+tried and tested on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+NAME = "digits-v1"
+"""Folder name inside the cache; bump the version whenever the written images change."""
+SIZE = 32
+"""Side of the written images: large enough for RandomResizedCrop and a stride-32 network."""
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+def split_digits() -> dict[str, np.ndarray]:
+    """Indices into `sklearn.datasets.load_digits()` of each split: a fixed, seeded, stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    target = load_digits().target
+    train, val = train_test_split(
+        np.arange(len(target)), test_size=VAL_FRACTION, stratify=target, random_state=SPLIT_SEED
+    )
+    return {"train": np.sort(train), "val": np.sort(val)}
+
+
+def digits_root(cache_dir: str | os.PathLike[str]) -> Path:
+    """The digits ImageFolder `<cache_dir>/digits-v1/{train,val}/<class>/<index>.png`, written on first use.
+
+    The folder is written into a temporary sibling and renamed into place: a crash never leaves a half-written
+    folder, and when two processes race, the first rename wins and the other's identical copy is discarded.
+    """
+    root = Path(cache_dir).expanduser() / NAME
+    if root.is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
+    try:
+        _write(tmp)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _write(folder: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are ink intensities 0..16; spread them over 0..255 (white ink on black).
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    for split, indices in split_digits().items():
+        for i in indices:
+            class_dir = folder / split / str(digits.target[i])
+            class_dir.mkdir(parents=True, exist_ok=True)
+            # Bilinear rather than nearest: smooth strokes instead of 4x4 blocks, so the later random crops and
+            # resizes (non-integer factors) do not alias hard block edges; the 4-bit originals hold no finer detail.
+            image = Image.fromarray(pixels[i]).resize((SIZE, SIZE), Image.BILINEAR)
+            image.convert("RGB").save(class_dir / f"{i:04d}.png")

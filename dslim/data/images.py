@@ -1,0 +1,200 @@
+"""What a split holds: the images of an ImageFolder or of WebDataset shards, in one fixed order, with labels.
+
+Every backend and every process derives its work from this list, so they all agree on what image `i` is.
+Layout problems are found here, up front, and reported as `UserError`s naming the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dslim.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+LAYOUT_HINT = "--data.root must hold train/<class>/<image> and val/<class>/<image> (ImageFolder)"
+
+
+@dataclass(frozen=True)
+class Images:
+    """The images of one split. `names[i]` is a file path (folder) or `shard.tar:key` (WebDataset)."""
+
+    names: list[str]
+    labels: np.ndarray
+    """int64, one per image."""
+    num_classes: int
+    shards: tuple[str, ...] = ()
+    """WebDataset: the tar files, in reading order."""
+    index_paths: tuple[str, ...] = ()
+    """WebDataset: DALI's index file of each shard."""
+    locations: np.ndarray | None = None
+    """WebDataset: (shard, byte offset, byte size) of each image inside its tar, for random access."""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, i: int) -> bytes:
+        """The encoded bytes of image `i`."""
+        if self.locations is None:
+            return Path(self.names[i]).read_bytes()
+        shard, offset, size = (int(v) for v in self.locations[i])
+        with open(self.shards[shard], "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+def scan(root: Path, split: str, format: str, cache_dir: Path) -> Images:
+    """List the images of `split` under `root`; raise `UserError` for anything the user must fix."""
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
+    if format == "webdataset":
+        return _scan_webdataset(root, split, cache_dir)
+    return _scan_folder(root, split)
+
+
+def _class_names(root: Path) -> list[str]:
+    """Class names are the sorted folders of `train/` (as torchvision's ImageFolder), for both splits, so that a
+    label means the same class in both."""
+    train = root / "train"
+    if not train.is_dir():
+        raise UserError(f"{train} not found: {LAYOUT_HINT}")
+    names = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise UserError(f"{train} has no class folders: {LAYOUT_HINT}")
+    return names
+
+
+def _scan_folder(root: Path, split: str) -> Images:
+    classes = _class_names(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir} not found: {LAYOUT_HINT}")
+    label_of = {name: label for label, name in enumerate(classes)}
+    present = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    names: list[str] = []
+    labels: list[int] = []
+    for name in present:
+        if name not in label_of:
+            raise UserError(f"class folder {split_dir / name} has no counterpart in {root / 'train'}; remove it")
+        class_dir = split_dir / name
+        # DirEntry.is_file() uses the directory listing's file type, so this stays one listing per class.
+        files = sorted(
+            e.name
+            for e in os.scandir(class_dir)
+            if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".") and e.is_file()
+        )
+        if not files:
+            raise UserError(
+                f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it"
+            )
+        names += [str(class_dir / f) for f in files]
+        labels += [label_of[name]] * len(files)
+    if not names:
+        raise UserError(f"{split_dir} has no class folders: {LAYOUT_HINT}")
+    return Images(names=names, labels=np.array(labels, dtype=np.int64), num_classes=len(classes))
+
+
+def _shards(root: Path, split: str) -> list[Path]:
+    shards = sorted(root.glob(f"{split}-*.tar"))
+    if not shards:
+        raise UserError(f"no WebDataset shards {root}/{split}-*.tar; write them or use --data.format folder")
+    return shards
+
+
+def _scan_webdataset(root: Path, split: str, cache_dir: Path) -> Images:
+    shards = _shards(root, split)
+    names: list[str] = []
+    labels: list[int] = []
+    locations: list[tuple[int, int, int]] = []
+    index_paths: list[str] = []
+    for s, shard in enumerate(shards):
+        index_path, samples = _index_shard(shard, cache_dir / "wds-index")
+        index_paths.append(str(index_path))
+        names += [f"{shard}:{key}" for key in samples["keys"]]
+        labels += samples["labels"]
+        locations += [(s, offset, size) for offset, size in zip(samples["offsets"], samples["sizes"])]
+    # Labels index the classes of the training shards, whichever split is read.
+    train_labels = labels if split == "train" else _scan_webdataset(root, "train", cache_dir).labels
+    return Images(
+        names=names,
+        labels=np.array(labels, dtype=np.int64),
+        num_classes=int(max(train_labels)) + 1,
+        shards=tuple(str(p) for p in shards),
+        index_paths=tuple(index_paths),
+        locations=np.array(locations, dtype=np.int64).reshape(-1, 3),
+    )
+
+
+def _index_shard(shard: Path, index_dir: Path) -> tuple[Path, dict[str, list]]:
+    """DALI's index of `shard` (so DALI need not re-read the whole tar at every pipeline build) plus our own
+    record of each sample's image location and label, both cached under `index_dir` keyed by path, size, mtime."""
+    stat = shard.stat()
+    digest = hashlib.sha1(f"{shard.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    index_path = index_dir / f"{shard.stem}-{digest}.idx"
+    samples_path = index_path.with_suffix(".json")
+    if samples_path.exists() and index_path.exists():
+        return index_path, json.loads(samples_path.read_text())
+
+    groups = _tar_samples(shard)
+    samples: dict[str, list] = {"keys": [], "offsets": [], "sizes": [], "labels": []}
+    lines = [f"v1.2 {len(groups)}"]
+    with open(shard, "rb") as f:
+        for key, members in groups:
+            by_ext = {ext.lower(): m for ext, m in members}
+            image = next((by_ext[e] for e in WDS_IMAGE_EXTENSIONS if e in by_ext), None)
+            if image is None or "cls" not in by_ext:
+                raise UserError(f"sample {key} in {shard} lacks an image (jpg/png) or a `cls` label; fix the shard")
+            f.seek(by_ext["cls"].offset_data)
+            text = f.read(by_ext["cls"].size)
+            try:
+                label = int(text.decode().strip())
+            except ValueError:
+                raise UserError(f"sample {key} in {shard}: `cls` must hold an integer, not {text[:20]!r}") from None
+            samples["keys"].append(key)
+            samples["offsets"].append(image.offset_data)
+            samples["sizes"].append(image.size)
+            samples["labels"].append(label)
+            # DALI's index format v1.2: per sample, `ext offset size name` for each of its files.
+            lines.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in members))
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(index_path, "\n".join(lines) + "\n")
+    _write_atomically(samples_path, json.dumps(samples))
+    return index_path, samples
+
+
+def _tar_samples(shard: Path) -> list[tuple[str, list[tuple[str, tarfile.TarInfo]]]]:
+    """Files of a tar grouped into samples as WebDataset (and DALI) do: consecutive files sharing the name up to
+    the first dot of their base name; hidden files are skipped."""
+    groups: list[tuple[str, list[tuple[str, tarfile.TarInfo]]]] = []
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                start = member.name.rfind("/") + 1
+                dot = member.name.find(".", start)
+                if not member.isreg() or dot <= start:
+                    continue
+                key, ext = member.name[:dot], member.name[dot + 1 :]
+                if groups and groups[-1][0] == key:
+                    groups[-1][1].append((ext, member))
+                else:
+                    groups.append((key, [(ext, member)]))
+    except tarfile.TarError as e:
+        raise UserError(f"cannot read WebDataset shard {shard} ({e}); rewrite it") from None
+    if not groups:
+        raise UserError(f"WebDataset shard {shard} holds no samples; rewrite or remove it")
+    return groups
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Concurrent processes may write the same cache file: each writes its own temporary file and renames it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
