@@ -34,6 +34,8 @@ class ModelConfig:
     subnet), `calibrated` (shared affine, statistics computed after training for any subnet)."""
     dropout: float = 0.0
     """Dropout before the classifier."""
+    gate_routes: int = 4
+    """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
 
 
 @dataclass(frozen=True)

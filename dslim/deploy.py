@@ -77,7 +77,7 @@ def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None
 def extract(supernet: Supernet, subnet: Subnet) -> nn.Module:
     """A standalone module equal to `supernet` at `subnet`, holding only the sliced weights (eval mode)."""
     supernet.check(subnet)
-    return _build(supernet.arch, supernet.arch_kwargs, subnet, supernet)
+    return _build(supernet.arch, supernet.static_kwargs(), subnet, supernet)
 
 
 def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike, input_size: int = 224) -> None:

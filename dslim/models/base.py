@@ -42,6 +42,10 @@ class Supernet(nn.Module):
         """Subnets reachable by name beyond `named_subnets` (e.g. any width of a universally slimmable net)."""
         return None
 
+    def static_kwargs(self) -> dict:
+        """Constructor arguments of this architecture as a static (exported) network."""
+        return self.arch_kwargs
+
     def allowed_names(self) -> str:
         return ", ".join(self.named_subnets())
 

@@ -1,8 +1,12 @@
 """DS-Net's supernet `ds_mobilenet_v1` (the official "mobilenetv1_bn_uniform" space).
 
 Depthwise-separable blocks `dw3x3 -> BN -> Swish -> SE -> pw1x1 -> BN -> Swish`, no residuals. Six channel
-groups (stem and five stages); the slimmable choices are listed per group. The routing gate (stage II) reads the
-squeezed SE vector of stage 3's first block, which is why that block is reachable as `gate_block`.
+groups (stem and five stages); the slimmable choices are listed per group.
+
+The gate (stage II) sits in stage 3's first block: a 1x1 conv from the block's squeezed SE vector (its second
+head, beside the SE's excitation) to one logit per route. Routes are `uniform-0`..`uniform-(R-1)`: they share the
+stem and stages 0-2, so everything up to the gate runs once per image (`prefix`), and `forward_dynamic` groups the
+batch by route and runs each group's remainder (`tail`) at its own, physically narrower, width.
 """
 
 from __future__ import annotations
@@ -61,12 +65,17 @@ class DSMobileNetV1(Supernet):
     arch = "ds_mobilenet_v1"
 
     def __init__(
-        self, num_classes: int = 1000, bn: str = "private", dropout: float = 0.2, channels: dict[str, int] | None = None
+        self,
+        num_classes: int = 1000,
+        bn: str = "private",
+        dropout: float = 0.2,
+        gate_routes: int = 4,
+        channels: dict[str, int] | None = None,
     ) -> None:
         groups = [ChannelGroup(g, max(c), c) for g, c in CHOICES.items()]
         if channels is not None:
             groups = [ChannelGroup(g, int(channels[g])) for g in CHOICES]
-        super().__init__(groups, bn, dict(num_classes=num_classes, bn=bn, dropout=dropout))
+        super().__init__(groups, bn, dict(num_classes=num_classes, bn=bn, dropout=dropout, gate_routes=gate_routes))
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)
         self.stem = nn.Sequential(
             SlimConv2d(3, ch["stem"], 3, 2, in_group=None, out_group="stem"),
@@ -83,6 +92,9 @@ class DSMobileNetV1(Supernet):
             stages.append(nn.Sequential(*blocks))
             prev = g
         self.stages = nn.Sequential(*stages)
+        if gate_routes:
+            reduced = self.gate_block.se.reduce.out_channels
+            self.gate_block.gate = SlimConv2d(reduced, gate_routes, 1, in_group=None, out_group=None)
         self.pool = GlobalAvgPool(prev)
         self.dropout = nn.Dropout(dropout)
         self.classifier = SlimLinear(ch[prev], num_classes, in_group=prev)
@@ -90,7 +102,7 @@ class DSMobileNetV1(Supernet):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> DSMobileNetV1:
-        return cls(num_classes=cfg.num_classes, bn=cfg.bn, dropout=cfg.dropout)
+        return cls(num_classes=cfg.num_classes, bn=cfg.bn, dropout=cfg.dropout, gate_routes=cfg.gate_routes)
 
     def uniform(self, r: int) -> Subnet:
         """Stem and stages 0-2 at their smallest width, stages 3 and 4 at choice `r`."""
@@ -110,5 +122,54 @@ class DSMobileNetV1(Supernet):
     def gate_block(self) -> DSBlock:
         return self.stages[list(DEPTHS).index(GATE_STAGE)][0]
 
+    def static_kwargs(self) -> dict:
+        return {**self.arch_kwargs, "gate_routes": 0}  # a static subnet has no use for the gate
+
+    def routes(self) -> list[Subnet]:
+        """The subnets the gate chooses among: the slimmest `gate_routes` uniform subnets."""
+        return [self.uniform(r) for r in range(self.gate_block.gate.out_channels)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.pool(self.stages(self.stem(x)))))
+        """The active subnet, statically (the gate is not consulted)."""
+        return self.tail(*self.prefix(x))
+
+    def prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stem, stages 0-2 and the gate block up to its SE squeeze: `(features, squeezed)`."""
+        gate_stage = list(DEPTHS).index(GATE_STAGE)
+        x = self.stages[:gate_stage](self.stem(x))
+        return self.gate_block.head(x)
+
+    def tail(self, x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
+        """Everything after the gate's input, at the active subnet."""
+        gate_stage = list(DEPTHS).index(GATE_STAGE)
+        x = self.gate_block.tail(x, squeezed)
+        x = self.stages[gate_stage + 1 :](self.stages[gate_stage][1:](x))
+        return self.classifier(self.dropout(self.pool(x)))
+
+    def gate_logits(self, squeezed: torch.Tensor) -> torch.Tensor:
+        return self.gate_block.gate(squeezed).flatten(1)
+
+    @torch.no_grad()
+    def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-input routing that saves real compute: `(logits, route index per image)`.
+
+        The shared prefix runs once for the batch; the gate's argmax picks a route per image; each route's images
+        run the rest of the network together at that route's width, and results return to their places.
+        """
+        routes = self.routes()
+        previous = self.subnet
+        try:
+            self.set_subnet(routes[0])  # every route shares the prefix's widths
+            features, squeezed = self.prefix(x)
+            route = self.gate_logits(squeezed).argmax(1)
+            out = None
+            for r in route.unique().tolist():
+                idx = (route == r).nonzero().flatten()
+                self.set_subnet(routes[r])
+                y = self.tail(features[idx], squeezed[idx])
+                out = y.new_empty(x.shape[0], y.shape[1]) if out is None else out
+                out[idx] = y
+        finally:
+            if previous is not None:
+                self.set_subnet(previous)
+        return out, route
