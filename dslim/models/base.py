@@ -71,12 +71,24 @@ class Supernet(nn.Module):
 
         `allocate=False` for a network built at one subnet's exact widths (export), which has no other subnets.
         """
+        self.init_weights()
         if allocate and self.bn_mode != "calibrated":
             for subnet in self.named_subnets().values():
                 for m in self.modules():
                     if isinstance(m, SlimBatchNorm2d):
                         m.add_subnet(subnet.key, m.num_features if m.group is None else subnet[m.group])
         self.set_subnet(self.largest())
+
+    def init_weights(self) -> None:
+        """The originals' initialization: He-normal (fan-out) convs, N(0, 0.01) classifier, zero biases."""
+        for m in self.modules():
+            if isinstance(m, SlimConv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, SlimLinear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def check(self, subnet: Subnet) -> None:
         if list(subnet) != list(self.groups):

@@ -1,0 +1,56 @@
+"""DS-Net dynamic inference: grouped by route, equal to each image run alone at its routed subnet."""
+
+import torch
+
+from dslim.models import create_supernet
+
+
+def _dsnet_with_mixed_routes():
+    """A DS-Net whose every route has BN statistics estimated on one batch, as a BN reset does."""
+    torch.manual_seed(0)
+    net = create_supernet("ds_mobilenet_v1", num_classes=10)
+    batch = torch.randn(32, 3, 64, 64)
+    for m in net.modules():
+        if hasattr(m, "stats"):
+            m.momentum = None  # cumulative: one batch gives exactly its statistics
+    net.train()
+    with torch.no_grad():
+        for route in net.routes():
+            with net.using(route):
+                net(batch)
+    return net.eval()
+
+
+def _spread_routes(net, x):
+    """Fit the gate so the batch's images go to chosen routes, every route used."""
+    with torch.no_grad(), net.using(net.routes()[0]):
+        squeezed = net.prefix(x)[1].flatten(1)
+    target = torch.nn.functional.one_hot(torch.arange(len(x)) % 4, 4).float() * 10
+    weight = torch.linalg.lstsq(squeezed, target).solution.T
+    net.gate_block.gate.weight.data.copy_(weight.view_as(net.gate_block.gate.weight))
+
+
+def test_dynamic_equals_each_image_alone_at_its_route():
+    net = _dsnet_with_mixed_routes()
+    x = torch.randn(16, 3, 64, 64)
+    _spread_routes(net, x)
+    out, route = net.forward_dynamic(x)
+    assert len(route.unique()) > 1, "the test needs images on several routes"
+    for i in range(len(x)):
+        with torch.no_grad(), net.using(net.routes()[route[i]]):
+            torch.testing.assert_close(out[i : i + 1], net(x[i : i + 1]), atol=1e-5, rtol=1e-5)
+        single, r1 = net.forward_dynamic(x[i : i + 1])  # a batch of one takes the same path
+        assert r1.item() == route[i].item()
+        torch.testing.assert_close(single, out[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_runs_narrower_tensors():
+    net = _dsnet_with_mixed_routes()
+    x = torch.randn(16, 3, 64, 64)
+    _spread_routes(net, x)
+    widths = []
+    hook = net.classifier.register_forward_hook(lambda m, a, y: widths.append(a[0].shape[1]))
+    _, route = net.forward_dynamic(x)
+    hook.remove()
+    assert sorted(widths) == sorted(736 + 32 * r for r in route.unique().tolist())
+    assert net.subnet == net.largest()  # the active subnet is left as it was
