@@ -25,8 +25,15 @@ FORMAT = "dslim.subnet/1"
 def _plain(dst: nn.Module, src: nn.Module | None, key: str | None) -> nn.Module:
     """The standard layer `dst` (a slimmable layer at its exact width) stands for, filled from `src` if given."""
     if isinstance(dst, SlimConv2d):
-        out = nn.Conv2d(dst.in_channels, dst.out_channels, dst.kernel_size, dst.stride, dst.padding,
-                        groups=dst.groups, bias=dst.bias is not None)
+        out = nn.Conv2d(
+            dst.in_channels,
+            dst.out_channels,
+            dst.kernel_size,
+            dst.stride,
+            dst.padding,
+            groups=dst.groups,
+            bias=dst.bias is not None,
+        )
         if src is not None:
             weight, bias = src.sliced(dst.in_channels, dst.out_channels)
             _copy(out, weight=weight, bias=bias)
@@ -42,8 +49,14 @@ def _plain(dst: nn.Module, src: nn.Module | None, key: str | None) -> nn.Module:
             if stats is None:
                 raise UserError("this subnet has no BatchNorm statistics: run bn_recalibration for it before export")
             weight, bias = src.affine_params(key, dst.num_features)
-            _copy(out, weight=weight, bias=bias, running_mean=stats.running_mean, running_var=stats.running_var,
-                  num_batches_tracked=stats.num_batches_tracked)
+            _copy(
+                out,
+                weight=weight,
+                bias=bias,
+                running_mean=stats.running_mean,
+                running_var=stats.running_var,
+                num_batches_tracked=stats.num_batches_tracked,
+            )
     else:
         return dst
     return out

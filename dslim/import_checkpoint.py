@@ -46,8 +46,11 @@ def _official_prefix(stage: int, block: int) -> str:
 
 def dsnet_key_map(net: DSMobileNetV1) -> dict[str, str]:
     """dslim parameter name -> official name, for every weight (BatchNorms handled separately)."""
-    names = {"stem.0.weight": "conv_stem.weight", "classifier.weight": "classifier.weight",
-             "classifier.bias": "classifier.bias"}
+    names = {
+        "stem.0.weight": "conv_stem.weight",
+        "classifier.weight": "classifier.weight",
+        "classifier.bias": "classifier.bias",
+    }
     for s, depth in enumerate(DEPTHS.values()):
         for b in range(depth):
             ours, theirs = f"stages.{s}.{b}.", _official_prefix(s, b)
@@ -113,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ckpt = load_pth(cmd.path)
     key = "state_dict_ema" if cmd.ema else "state_dict"
     if key not in ckpt:
-        raise UserError(f"{cmd.path} has no {key!r} (keys: {sorted(ckpt)}); try {'without' if cmd.ema else 'with'} --ema")
+        raise UserError(
+            f"{cmd.path} has no {key!r} (keys: {sorted(ckpt)}); try {'without' if cmd.ema else 'with'} --ema"
+        )
     state = {k.removeprefix("module."): v for k, v in ckpt[key].items()}
     if "classifier.weight" not in state:
         raise UserError(f"{cmd.path}: no classifier.weight in {key}: not a DS-Net supernet checkpoint")

@@ -75,7 +75,11 @@ def validate(config: Config, where: str = "config") -> None:
     if unknown:
         raise UserError(f"{where}: unknown stage(s) {unknown}; available: {', '.join(STAGES)}")
     net = from_config(config.model)
-    for names_ in (config.stages.supernet.random_subnets, config.stages.supernet.eval_subnets,
-                   config.stages.bn_recalibration.subnets, config.stages.evaluate.subnets):
+    for names_ in (
+        config.stages.supernet.random_subnets,
+        config.stages.supernet.eval_subnets,
+        config.stages.bn_recalibration.subnets,
+        config.stages.evaluate.subnets,
+    ):
         for name in names_:
             net.resolve(name)

@@ -70,25 +70,29 @@ def main() -> None:
     dynamic_macs = sum(route_macs[r] for r in route.tolist()) / len(x) + gate_macs
     macs_speedup = route_macs[-1] / dynamic_macs
     print(f"routes used: {torch.bincount(route, minlength=len(routes)).tolist()} (images per route)")
-    print(f"MAdds: widest route {route_macs[-1] / 1e6:.1f}M, dynamic mean {dynamic_macs / 1e6:.1f}M, "
-          f"MAdds speed-up {macs_speedup:.3f}")
+    print(
+        f"MAdds: widest route {route_macs[-1] / 1e6:.1f}M, dynamic mean {dynamic_macs / 1e6:.1f}M, "
+        f"MAdds speed-up {macs_speedup:.3f}"
+    )
     print(f"{'batch':>5} {'static ms':>10} {'dynamic ms':>11} {'speed-up':>9} {'speed-up / MAdds speed-up':>26}")
     for batch in (1, 64):
 
-        def static() -> None:
+        def static(batch: int = batch) -> None:
             with net.using(widest):
                 for i in range(0, len(x), batch):
                     net(x[i : i + batch])
 
-        def dynamic() -> None:
+        def dynamic(batch: int = batch) -> None:
             for i in range(0, len(x), batch):
                 net.forward_dynamic(x[i : i + batch])
 
         t_static = timed(static, args.repeats) / len(x) * batch
         t_dynamic = timed(dynamic, args.repeats) / len(x) * batch
         speedup = t_static / t_dynamic
-        print(f"{batch:>5} {t_static * 1e3:>10.2f} {t_dynamic * 1e3:>11.2f} {speedup:>9.3f} "
-              f"{speedup / macs_speedup:>26.3f}")
+        print(
+            f"{batch:>5} {t_static * 1e3:>10.2f} {t_dynamic * 1e3:>11.2f} {speedup:>9.3f} "
+            f"{speedup / macs_speedup:>26.3f}"
+        )
 
 
 if __name__ == "__main__":

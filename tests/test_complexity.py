@@ -19,10 +19,68 @@ SNET = {
     "mobilenet_v2": {1.0: 301, 0.75: 209, 0.5: 97, 0.35: 59},
     "resnet50": {1.0: 4100, 0.75: 2300, 0.5: 1100, 0.25: 278},
 }
-US_MBV1 = [568, 543, 517, 490, 466, 443, 421, 389, 366, 345, 325, 306, 287, 267, 249, 232, 217, 201, 177, 162, 149,
-           136, 124, 114, 100, 89, 80, 71, 64, 48, 41]  # widths 1.0, 0.975, ..., 0.25
-US_MBV2 = [300, 299, 284, 274, 269, 268, 254, 235, 222, 213, 209, 185, 173, 165, 161, 161, 151, 150, 106, 100, 97,
-           96, 88, 88, 80, 80, 59]  # widths 1.0, 0.975, ..., 0.35
+US_MBV1 = [
+    568,
+    543,
+    517,
+    490,
+    466,
+    443,
+    421,
+    389,
+    366,
+    345,
+    325,
+    306,
+    287,
+    267,
+    249,
+    232,
+    217,
+    201,
+    177,
+    162,
+    149,
+    136,
+    124,
+    114,
+    100,
+    89,
+    80,
+    71,
+    64,
+    48,
+    41,
+]  # widths 1.0, 0.975, ..., 0.25
+US_MBV2 = [
+    300,
+    299,
+    284,
+    274,
+    269,
+    268,
+    254,
+    235,
+    222,
+    213,
+    209,
+    185,
+    173,
+    165,
+    161,
+    161,
+    151,
+    150,
+    106,
+    100,
+    97,
+    96,
+    88,
+    88,
+    80,
+    80,
+    59,
+]  # widths 1.0, 0.975, ..., 0.35
 
 
 def test_dsnet_table():
@@ -62,8 +120,12 @@ def test_whole_supernet_params():
 
 def _random_subnet(net, gen):
     return Subnet.of(
-        {g: int(torch.randint(1, grp.max + 1, (), generator=gen)) if grp.choices is None
-         else grp.choices[int(torch.randint(len(grp.choices), (), generator=gen))] for g, grp in net.groups.items()}
+        {
+            g: int(torch.randint(1, grp.max + 1, (), generator=gen))
+            if grp.choices is None
+            else grp.choices[int(torch.randint(len(grp.choices), (), generator=gen))]
+            for g, grp in net.groups.items()
+        }
     )
 
 
@@ -82,9 +144,11 @@ def test_expected_macs_is_differentiable_and_exact_for_one_hot():
     model = MacsModel(net, 224)
     choices = {g: grp.choices for g, grp in net.groups.items()}
     s = net.resolve("uniform-5")
-    logits = {g: torch.full((len(c),), -1e4).index_fill(0, torch.tensor(c.index(s[g])), 1e4).requires_grad_()
-              for g, c in choices.items()}
-    probs = {g: l.softmax(-1) for g, l in logits.items()}
+    logits = {
+        g: torch.full((len(c),), -1e4).index_fill(0, torch.tensor(c.index(s[g])), 1e4).requires_grad_()
+        for g, c in choices.items()
+    }
+    probs = {g: v.softmax(-1) for g, v in logits.items()}
     macs = model.expected(probs, choices)
     assert float(macs.detach()) == pytest.approx(measure(net, 224, s).macs, rel=1e-6)
     soft = {g: torch.zeros(len(c), requires_grad=True) for g, c in choices.items()}

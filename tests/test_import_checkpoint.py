@@ -51,8 +51,18 @@ def test_import_dsnet_release(tmp_path):
     state, ema = official_state(gen), official_state(gen)
     assert len(state) == 838  # the released file's entry count
     path = tmp_path / "dsnet.pth.tar"
-    torch.save({"epoch": 150, "arch": "slimmable_mbnet_v1_bn_uniform", "state_dict": state, "optimizer": {},
-                "args": argparse.Namespace(lr=0.08, model="x"), "version": 2, "state_dict_ema": ema}, path)
+    torch.save(
+        {
+            "epoch": 150,
+            "arch": "slimmable_mbnet_v1_bn_uniform",
+            "state_dict": state,
+            "optimizer": {},
+            "args": argparse.Namespace(lr=0.08, model="x"),
+            "version": 2,
+            "state_dict_ema": ema,
+        },
+        path,
+    )
     out = tmp_path / "dsnet.safetensors"
     cmd = [sys.executable, "-m", "dslim.import_checkpoint", "dsnet", str(path), "--out", str(out), "--ema"]
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
@@ -64,7 +74,9 @@ def test_import_dsnet_release(tmp_path):
     # stage 3's second block, bn2 at uniform-5: the statistics of choice 5 of that layer
     bn = net.stages[3][1].bn2
     u5 = net.resolve("uniform-5")
-    torch.testing.assert_close(bn.stats[u5.key].running_mean, ema["blocks.3.residual_blocks.0.bn2.aux_bn.5.running_mean"])
+    torch.testing.assert_close(
+        bn.stats[u5.key].running_mean, ema["blocks.3.residual_blocks.0.bn2.aux_bn.5.running_mean"]
+    )
     torch.testing.assert_close(bn.weight, ema["blocks.3.residual_blocks.0.bn2.aux_bn.13.weight"])
     # the stem's BN at `largest` takes choice 1 (24 channels), at uniform-5 choice 0 (16)
     stem_bn = net.stem[1]
@@ -75,6 +87,9 @@ def test_import_dsnet_release(tmp_path):
 def test_unsafe_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": {}, "args": subprocess.CompletedProcess("x", 0)}, path)
-    out = subprocess.run([sys.executable, "-m", "dslim.import_checkpoint", "dsnet", str(path), "--out",
-                          str(tmp_path / "o.safetensors")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dslim.import_checkpoint", "dsnet", str(path), "--out", str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "weights_only" in out.stderr and "Traceback" not in out.stderr

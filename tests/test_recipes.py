@@ -40,8 +40,10 @@ def test_recipe_by_path(tmp_path):
         ("def recipe(:\n", "malformed"),
         ("x = 1\n", "must define a function `recipe"),
         ("def recipe():\n    return 3\n", "returned int"),
-        ("from dslim.config import Config, ModelConfig\ndef recipe():\n    return Config(ModelConfig(arch='vgg'))\n",
-         "unknown architecture 'vgg'"),
+        (
+            "from dslim.config import Config, ModelConfig\ndef recipe():\n    return Config(ModelConfig(arch='vgg'))\n",
+            "unknown architecture 'vgg'",
+        ),
     ],
 )
 def test_bad_recipe_files(tmp_path, text, match):

@@ -47,10 +47,18 @@ class MobileNetV1(WidthSupernet):
         for c, n, _ in STAGES:
             for _ in range(n):
                 base[f"b{len(base)}"] = c
-        kwargs = dict(num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn,
-                      dropout=dropout)
-        super().__init__(base, max_width=max_width, widths=widths, width_range=width_range, bn=bn,
-                         arch_kwargs=kwargs, channels=channels)
+        kwargs = dict(
+            num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn, dropout=dropout
+        )
+        super().__init__(
+            base,
+            max_width=max_width,
+            widths=widths,
+            width_range=width_range,
+            bn=bn,
+            arch_kwargs=kwargs,
+            channels=channels,
+        )
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)
         self.stem = nn.Sequential(
             SlimConv2d(3, ch["stem"], 3, 2, in_group=None, out_group="stem"),

@@ -22,8 +22,11 @@ class InvertedResidual(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         if g_mid != g_in:
-            layers += [SlimConv2d(ch[g_in], ch[g_mid], 1, in_group=g_in, out_group=g_mid),
-                       net.norm(ch[g_mid], g_mid), nn.ReLU6(inplace=True)]
+            layers += [
+                SlimConv2d(ch[g_in], ch[g_mid], 1, in_group=g_in, out_group=g_mid),
+                net.norm(ch[g_mid], g_mid),
+                nn.ReLU6(inplace=True),
+            ]
         layers += [
             SlimConv2d(ch[g_mid], ch[g_mid], 3, stride, in_group=g_mid, out_group=g_mid, depthwise=True),
             net.norm(ch[g_mid], g_mid),
@@ -69,10 +72,18 @@ class MobileNetV2(WidthSupernet):
                 plan.append((g_in, g_mid, f"s{s}", stride if j == 0 else 1))
             prev = f"s{s}"
         self.plan = plan
-        kwargs = dict(num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn,
-                      dropout=dropout)
-        super().__init__(base, max_width=max_width, widths=widths, width_range=width_range, bn=bn,
-                         arch_kwargs=kwargs, channels=channels)
+        kwargs = dict(
+            num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn, dropout=dropout
+        )
+        super().__init__(
+            base,
+            max_width=max_width,
+            widths=widths,
+            width_range=width_range,
+            bn=bn,
+            arch_kwargs=kwargs,
+            channels=channels,
+        )
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)
         last = make_divisible(1280 * max_width) if max_width > 1.0 else 1280
         self.stem = nn.Sequential(
