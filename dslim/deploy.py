@@ -20,6 +20,7 @@ from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import Subnet
 
 FORMAT = "dslim.subnet/1"
+DYNAMIC_FORMAT = "dslim.dynamic/1"
 
 
 def _plain(dst: nn.Module, src: nn.Module | None, key: str | None) -> nn.Module:
@@ -83,7 +84,7 @@ def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None
         parent = net.get_submodule(parent_name)
         src = src_modules.get(name) if source is not None else None
         parent._modules[attr] = _plain(m, src, subnet.key)
-    net.exported = (arch, arch_kwargs, subnet)
+    net.dslim_meta = {"format": FORMAT, "arch": arch, "arch_kwargs": arch_kwargs, "subnet": subnet.to_json()}
     return net.eval()
 
 
@@ -93,30 +94,80 @@ def extract(supernet: Supernet, subnet: Subnet) -> nn.Module:
     return _build(supernet.arch, supernet.static_kwargs(), subnet, supernet)
 
 
+class RoutedNet(nn.Module):
+    """A per-input routing network: a supernet cut to its routing space (widest route), plus its gate.
+
+    `forward` returns the logits of each image at the route the gate picks; `route(x)` says which route.
+    """
+
+    def __init__(self, net: Supernet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_dynamic(x)[0]
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_dynamic(x)[1]
+
+
+def _widest(routes: list[Subnet]) -> Subnet:
+    return Subnet.of({g: max(r[g] for r in routes) for g in routes[0]})
+
+
+def extract_dynamic(supernet: Supernet) -> RoutedNet:
+    """The routing model to deploy: slimmable layers sliced to the widest route, each route's BN statistics."""
+    routes = supernet.routes()
+    net = supernet_class(supernet.arch)(**supernet.arch_kwargs, channels=dict(_widest(routes).items()))
+    src_modules = dict(supernet.named_modules())
+    for name, m in net.named_modules():
+        src = src_modules[name]
+        if isinstance(m, SlimConv2d):
+            _copy(m, **dict(zip(("weight", "bias"), src.sliced(m.in_channels, m.out_channels))))
+        elif isinstance(m, SlimLinear):
+            _copy(m, **dict(zip(("weight", "bias"), src.sliced(m.in_features, m.out_features))))
+        elif isinstance(m, SlimBatchNorm2d):
+            _copy(m, weight=src.weight[: m.num_features], bias=src.bias[: m.num_features])
+            for r in routes:
+                stats = src.stats_for(r.key)
+                if stats is None:
+                    raise UserError("a route has no BatchNorm statistics: run bn_recalibration before export")
+                m.add_subnet(r.key, stats.running_mean.numel())
+                m.stats[r.key].load_state_dict(stats.state_dict())
+    meta = {
+        "format": DYNAMIC_FORMAT,
+        "arch": supernet.arch,
+        "arch_kwargs": supernet.arch_kwargs,
+        "subnet": _widest(routes).to_json(),
+        "routes": [r.to_json() for r in routes],
+    }
+    routed = RoutedNet(net).eval()
+    routed.dslim_meta = meta
+    return routed
+
+
 def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike, input_size: int = 224) -> None:
-    """Write `model` (a supernet, exported at `subnet`, or a module `extract` made) as safetensors + metadata."""
-    if getattr(model, "exported", None) is None:
+    """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`."""
+    if getattr(model, "dslim_meta", None) is None:
         if not isinstance(model, Supernet) or subnet is None:
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
-    arch, arch_kwargs, sub = model.exported
-    meta = {
-        "format": FORMAT,
-        "arch": arch,
-        "arch_kwargs": arch_kwargs,
-        "subnet": sub.to_json(),
-        "num_classes": arch_kwargs.get("num_classes"),
-        "input_size": input_size,
-    }
-    save_tensors(model.state_dict(), path, meta)
+    state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
+    save_tensors(state, path, {**model.dslim_meta, "input_size": input_size})
 
 
 def load_subnet(path: str | os.PathLike) -> nn.Module:
-    """Rebuild an exported subnet from its file alone (eval mode)."""
+    """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode)."""
     tensors, meta = load_tensors(path)
-    if meta.get("format") != FORMAT:
+    subnet = Subnet.from_json(meta.get("subnet") or {"channels": {}})
+    if meta.get("format") == FORMAT:
+        net = _build(meta["arch"], meta["arch_kwargs"], subnet, None)
+    elif meta.get("format") == DYNAMIC_FORMAT:
+        net = supernet_class(meta["arch"])(**meta["arch_kwargs"], channels=dict(subnet.items()))
+    else:
         raise UserError(f"{path} is not an exported subnet (format {meta.get('format')!r}, expected {FORMAT!r})")
-    net = _build(meta["arch"], meta["arch_kwargs"], Subnet.from_json(meta["subnet"]), None)
     net.load_state_dict(tensors, strict=True)
-    net.input_size = meta["input_size"]
-    return net
+    model = RoutedNet(net) if meta["format"] == DYNAMIC_FORMAT else net
+    model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
+    model.input_size = meta["input_size"]
+    return model.eval()

@@ -54,3 +54,25 @@ def test_dynamic_runs_narrower_tensors():
     hook.remove()
     assert sorted(widths) == sorted(736 + 32 * r for r in route.unique().tolist())
     assert net.subnet == net.largest()  # the active subnet is left as it was
+
+
+def test_dynamic_export_routes_per_input(tmp_path):
+    import dslim
+    from dslim.deploy import RoutedNet, extract_dynamic
+
+    net = _dsnet_with_mixed_routes()
+    x = torch.randn(8, 3, 64, 64)
+    _spread_routes(net, x)
+    expected, route = net.forward_dynamic(x)
+    routed = extract_dynamic(net)
+    assert routed.net.stages[4][1].pw.weight.shape[0] == 736 + 32 * 3  # cut to the widest route
+    dslim.save_subnet(routed, None, tmp_path / "dyn.safetensors", input_size=64)
+    loaded = dslim.load_subnet(tmp_path / "dyn.safetensors")
+    assert isinstance(loaded, RoutedNet)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(loaded.route(x), route)
+    # any single route as a static model
+    static = dslim.extract(net, net.routes()[2])
+    idx = (route == 2).nonzero().flatten()
+    torch.testing.assert_close(static(x[idx]), expected[idx], atol=1e-5, rtol=1e-5)
