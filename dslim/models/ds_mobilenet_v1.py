@@ -129,9 +129,39 @@ class DSMobileNetV1(Supernet):
         """The subnets the gate chooses among: the slimmest `gate_routes` uniform subnets."""
         return [self.uniform(r) for r in range(self.gate_block.gate.out_channels)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The active subnet, statically (the gate is not consulted)."""
+    def forward(self, x: torch.Tensor, gumbel_tau: float | None = None):  # type: ignore[no-untyped-def]
+        """The active subnet, statically (the gate is not consulted); with `gumbel_tau`, gate training's forward.
+
+        Gate training goes through `forward` so that a DDP / DeepSpeed wrapper sees it; see `forward_gumbel`.
+        """
+        if gumbel_tau is not None:
+            return self.forward_gumbel(x, gumbel_tau)
         return self.tail(*self.prefix(x))
+
+    def forward_gumbel(self, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Routing as gate training sees it: `(logits, gate logits, one-hot route)`.
+
+        The route is a straight-through Gumbel-softmax sample. Every route's output is computed without a graph
+        (the supernet is frozen in stage II) and the output is `sum_r onehot_r * out_r`, so the gate's gradient
+        compares all routes exactly, each at its own width with its own BN statistics, at no backward cost.
+        """
+        routes = self.routes()
+        previous = self.subnet
+        try:
+            with torch.no_grad():
+                self.set_subnet(routes[0])
+                features, squeezed = self.prefix(x)
+                outs = []
+                for route in routes:
+                    self.set_subnet(route)
+                    outs.append(self.tail(features, squeezed))
+            gate = self.gate_logits(squeezed)
+            onehot = nn.functional.gumbel_softmax(gate.float(), tau=tau, hard=True)
+            logits = torch.einsum("nr,rnc->nc", onehot, torch.stack(outs).float())
+        finally:
+            if previous is not None:
+                self.set_subnet(previous)
+        return logits, gate, onehot
 
     def prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stem, stages 0-2 and the gate block up to its SE squeeze: `(features, squeezed)`."""

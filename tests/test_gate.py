@@ -1,0 +1,42 @@
+"""DS-Net gate training pieces: straight-through routing equals the routed subnet; MAdds penalty gradient."""
+
+import torch
+
+from dslim.methods.gate import freeze_all_but_gate, route_macs
+from tests.test_dynamic import _dsnet_with_mixed_routes
+
+
+def test_gumbel_forward_equals_each_image_at_its_sampled_route():
+    net = _dsnet_with_mixed_routes()
+    x = torch.randn(6, 3, 64, 64)
+    torch.manual_seed(1)
+    logits, gate, onehot = net(x, gumbel_tau=1.0)
+    assert torch.equal(onehot.sum(1), torch.ones(6)) and gate.shape == (6, 4)
+    routes = onehot.argmax(1)
+    for i in range(6):
+        with torch.no_grad(), net.using(net.routes()[routes[i]]):
+            torch.testing.assert_close(logits[i : i + 1], net(x[i : i + 1]), atol=1e-5, rtol=1e-5)
+    assert net.subnet == net.largest()
+
+
+def test_macs_penalty_pushes_the_gate_to_slimmer_routes():
+    net = _dsnet_with_mixed_routes()
+    freeze_all_but_gate(net)
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["stages.3.0.gate.weight"]
+    macs = route_macs(net, 64)
+    assert torch.all(macs[1:] > macs[:-1])
+    x = torch.randn(16, 3, 64, 64)
+    opt = torch.optim.SGD([net.gate_block.gate.weight], lr=50.0)
+
+    def expected_macs():
+        with torch.no_grad(), net.using(net.routes()[0]):
+            return (net.gate_logits(net.prefix(x)[1]).softmax(1) @ macs).mean()
+
+    before = expected_macs()
+    for _ in range(3):
+        torch.manual_seed(0)
+        _, _, onehot = net(x, gumbel_tau=1.0)
+        ((onehot @ macs / 1e6) ** 2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert expected_macs() < before
