@@ -1,13 +1,12 @@
 """DALI pipelines: decode, random-resized-crop or resize + center-crop, flip, normalize, on the CPU or the GPU.
 
-Training fuses decoding with the random crop (`decoders.image_random_crop` decodes only the crop window), which is
-where DALI beats PIL most on the CPU. One pipeline is built per iteration of a `Loader` (one epoch), seeded from
-`(seed, epoch, shard)`, so an epoch can be rebuilt exactly.
+Training fuses decoding with the random crop (`decoders.image_random_crop` decodes only the crop window). One
+pipeline is built per iteration of a `Loader` (one epoch), seeded from `(seed, epoch, shard)`, so an epoch can be
+rebuilt exactly.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,11 +15,9 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-from PIL import Image
 
+from dslim.data.loader import contiguous_share, eval_resize
 from dslim.errors import UserError
-
-from dslim.data.loader import eval_resize
 
 if TYPE_CHECKING:
     from dslim.data.loader import Batch, Loader
@@ -38,24 +35,27 @@ def batches(loader: Loader) -> Iterator[Batch]:
     try:
         pipe = _pipeline(loader, order)
         policy = LastBatchPolicy.DROP if loader.drop_last else LastBatchPolicy.PARTIAL
-        for out in DALIGenericIterator(
-            pipe, ["images", "labels"], reader_name="Reader", last_batch_policy=policy, last_batch_padded=True
-        ):
+        for out in DALIGenericIterator(pipe, ["images", "labels"], reader_name="Reader", last_batch_policy=policy):
             images, labels = out[0]["images"], out[0]["labels"]
             labels = _parse_ascii_ints(labels) if webdataset else labels[:, 0].long()
             yield images, labels.to(images.device)
             done += 1
     except RuntimeError as e:
         # DALI's decoding error does not say which file failed: find it among the images in flight.
+        in_flight = (done + PREFETCH + 2) * loader.batch_size
         if webdataset and loader.train:
-            # Read in stored order through a shuffle buffer, so any image read so far may be the culprit.
-            candidates = order[: (done + PREFETCH + 2) * loader.batch_size + SHUFFLE_BUFFER]
+            # DALI read its share in stored order through a shuffle buffer: any image read so far may have failed.
+            stored = contiguous_share(len(loader.images), loader.shard_id, loader.num_shards)
+            candidates = stored[: in_flight + SHUFFLE_BUFFER]
         else:
-            candidates = order[done * loader.batch_size : (done + PREFETCH + 2) * loader.batch_size]
-        bad = _first_undecodable(loader, candidates)
-        if bad is None:
+            candidates = order[done * loader.batch_size : in_flight]
+        message = _first_undecodable(loader, candidates)
+        if message is None:
             raise
-        raise UserError(bad) from None
+        e.__traceback__ = None  # frees the pipeline now rather than in some later garbage collection
+    else:
+        return
+    raise UserError(message)
 
 
 def _pipeline(loader: Loader, order: np.ndarray) -> Pipeline:
@@ -135,9 +135,8 @@ def _parse_ascii_ints(text: torch.Tensor) -> torch.Tensor:
 def _first_undecodable(loader: Loader, candidates: np.ndarray) -> str | None:
     """A message naming the first of `candidates` that PIL cannot read or decode, or None."""
     for i in candidates:
-        name = loader.images.names[i]
         try:
-            Image.open(io.BytesIO(loader.images.read(int(i)))).load()
-        except Exception as e:  # noqa: BLE001 - any failure to read or decode is what we look for
-            return f"cannot read image {name} ({type(e).__name__}: {e}); replace or remove it"
+            loader.images.decode(int(i))
+        except UserError as e:
+            return str(e)
     return None

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dslim.errors import UserError
+
 NAME = "digits-v1"
 """Folder name inside the cache; bump the version whenever the written images change."""
 SIZE = 32
@@ -44,8 +46,11 @@ def digits_root(cache_dir: str | os.PathLike[str]) -> Path:
     root = Path(cache_dir).expanduser() / NAME
     if root.is_dir():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the digits data into {root.parent} ({e}); set --data.cache-dir") from None
     try:
         _write(tmp)
         try:

@@ -7,22 +7,26 @@ Layout problems are found here, up front, and reported as `UserError`s naming th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from dslim.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAYOUT_HINT = "--data.root must hold train/<class>/<image> and val/<class>/<image> (ImageFolder)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Images:
     """The images of one split. `names[i]` is a file path (folder) or `shard.tar:key` (WebDataset)."""
 
@@ -39,6 +43,16 @@ class Images:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def decode(self, i: int) -> Image.Image:
+        """Image `i` as RGB, decoded by PIL; a `UserError` naming it when it cannot be read or decoded."""
+        try:
+            return Image.open(io.BytesIO(self.read(i))).convert("RGB")
+        except UnidentifiedImageError:
+            reason = "not an image format PIL knows"
+        except (OSError, ValueError, SyntaxError) as e:
+            reason = str(e)
+        raise UserError(f"cannot read image {self.names[i]} ({reason}); replace or remove it")
 
     def read(self, i: int) -> bytes:
         """The encoded bytes of image `i`."""
@@ -94,7 +108,12 @@ def _scan_folder(root: Path, split: str) -> Images:
             raise UserError(
                 f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it"
             )
-        names += [str(class_dir / f) for f in files]
+        paths = [str(class_dir / f) for f in files]
+        for path in paths:
+            if path.lower().endswith(".png"):
+                with open(path, "rb") as f:
+                    _check_png(path, f, 0, os.fstat(f.fileno()).st_size)
+        names += paths
         labels += [label_of[name]] * len(files)
     if not names:
         raise UserError(f"{split_dir} has no class folders: {LAYOUT_HINT}")
@@ -151,6 +170,8 @@ def _index_shard(shard: Path, index_dir: Path) -> tuple[Path, dict[str, list]]:
             image = next((by_ext[e] for e in WDS_IMAGE_EXTENSIONS if e in by_ext), None)
             if image is None or "cls" not in by_ext:
                 raise UserError(f"sample {key} in {shard} lacks an image (jpg/png) or a `cls` label; fix the shard")
+            if image.name.lower().endswith(".png"):
+                _check_png(f"{shard}:{image.name}", f, image.offset_data, image.size)
             f.seek(by_ext["cls"].offset_data)
             text = f.read(by_ext["cls"].size)
             try:
@@ -191,6 +212,20 @@ def _tar_samples(shard: Path) -> list[tuple[str, list[tuple[str, tarfile.TarInfo
     if not groups:
         raise UserError(f"WebDataset shard {shard} holds no samples; rewrite or remove it")
     return groups
+
+
+def _check_png(name: str, f: BinaryIO, offset: int, size: int) -> None:
+    """Reject a PNG file that is truncated or not a PNG at all, from its first and last bytes.
+
+    DALI's CPU decoder can crash the process (segmentation fault) on such a PNG instead of raising an error, so
+    they must not reach it; other corruption (and any JPEG) fails cleanly and is reported by the loader.
+    """
+    f.seek(offset)
+    head = f.read(8)
+    tail_start = max(8, size - 1024)  # IEND ends a PNG; a few writers append bytes after it
+    f.seek(offset + tail_start)
+    if head != PNG_SIGNATURE or b"IEND" not in f.read(size - tail_start):
+        raise UserError(f"image {name} is not a complete PNG file (truncated or corrupt); replace or remove it")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -92,6 +92,11 @@ def build_loader(
     return loader
 
 
+def contiguous_share(n: int, shard_id: int, num_shards: int) -> np.ndarray:
+    """Shard `shard_id`'s part of `range(n)` cut into `num_shards` contiguous parts, as DALI's readers cut it."""
+    return np.arange(n * shard_id // num_shards, n * (shard_id + 1) // num_shards)
+
+
 def eval_resize(image_size: int, crop_fraction: float) -> int:
     """Shorter side before the evaluation center crop (256 for 224 at 0.875), rounded down as timm does."""
     return int(image_size / crop_fraction + 1e-6)
@@ -105,7 +110,7 @@ class Loader:
     """
 
     cfg: DataConfig
-    images: Images
+    images: Images = field(repr=False)
     train: bool
     image_size: int
     shard_id: int
@@ -143,11 +148,11 @@ class Loader:
             per_shard = n // k
             permutation = np.random.default_rng([self.seed, self.epoch]).permutation(n)
             return permutation[s * per_shard : (s + 1) * per_shard]
-        return np.arange(n * s // k, n * (s + 1) // k)
+        return contiguous_share(n, s, k)
 
     def __len__(self) -> int:
         """Batches per epoch; the same on every process in training."""
-        n = len(self.order())
+        n = len(self.images) // self.num_shards if self.train else len(self.order())
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
