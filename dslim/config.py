@@ -153,6 +153,27 @@ class TrainConfig:
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     keep_last: int = 2
     """Resumable checkpoints kept per stage."""
+    log_every: int = 10
+    """Optimizer steps between lines of `metrics.jsonl` (and TensorBoard points); epoch summaries are always logged."""
+
+
+@dataclass(frozen=True)
+class GateConfig(TrainConfig):
+    """DS-Net stage II: only the gate trains, the supernet frozen with BatchNorm in eval mode.
+
+    Loss per image: `sgs_weight * CE(gate logits, SGS target) + CE(dynamic output, label)
+    + macs_weight * (routed MAdds / macs_unit)^2`; the SGS target is the slimmest route if the smallest subnet
+    classifies the image correctly, else the widest ("sandwich gate sparsification").
+    """
+
+    sgs_weight: float = 1.0
+    """Weight of the gate's cross-entropy against the SGS target (on logits, not the original's double softmax)."""
+    macs_weight: float = 0.5
+    """Weight of the squared per-image MAdds penalty."""
+    macs_unit: float = 1e9
+    """MAdds are divided by this before squaring (1e9: GMAdds, as the original)."""
+    gumbel_tau: float = 1.0
+    """Gumbel-softmax temperature of the straight-through route samples in training."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +197,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The optional `export` stage: subnets written as standalone models (physically sliced weights)."""
+
+    subnets: tuple[str, ...] = ()
+    """Subnets to write as `export/<name>.safetensors` (empty: every named subnet)."""
+
+
+@dataclass(frozen=True)
 class StagesConfig:
     """Settings of every stage a recipe may run."""
 
     supernet: TrainConfig = field(default_factory=TrainConfig)
     bn_recalibration: BnCalibrationConfig = field(default_factory=BnCalibrationConfig)
+    gate: GateConfig = field(default_factory=lambda: GateConfig(distill="none", ema_decay=0.0))
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 @dataclass(frozen=True)
@@ -197,6 +228,8 @@ class Config:
     """Autocast precision of the forward passes; BN statistics and master weights stay fp32."""
     seed: int = 0
     """Random seed (every process draws the same subnets)."""
+    tensorboard: bool = False
+    """Also log metrics to TensorBoard under `<out-dir>/tensorboard` (Accelerate tracker; needs `tensorboard`)."""
 
 
 def replace(obj, **changes):  # type: ignore[no-untyped-def]

@@ -1,0 +1,103 @@
+"""Two CPU processes (DDP over gloo, and DeepSpeed ZeRO-2) train to the same weights as one process.
+
+The one-process reference accumulates two micro-batches per step; each of the two processes takes one of them.
+BatchNorm then sees the same images in each pass either way, so the weights must agree to rounding. Two steps
+only, at a small learning rate: a tiny MobileNet on noise has BatchNorm channels of almost no variance, which
+amplify any rounding difference exponentially over steps. Run as a script, this file is the worker `torchrun` starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+GLOBAL_BATCH, STEPS = 16, 2
+VARIANTS = {
+    # US-Net: calibrated BN, sandwich of random widths, in-place distillation, no clipping
+    "us": dict(bn="calibrated", rule="sandwich", distill="inplace", grad_clip=0.0),
+    # S-Net: switchable BN (each width's affine is unused by the other passes), every width on the labels, clipping
+    "s": dict(bn="switchable", rule="all_widths", distill="none", grad_clip=0.5),
+}
+
+
+def worker(out: str, accum: int, variant: str) -> None:
+    from dslim.config import OptimConfig, TrainConfig
+    from dslim.methods import sandwich_step
+    from dslim.models import create_supernet
+    from dslim.trainer import MetricsLog, Trainer, make_accelerator
+
+    v = VARIANTS[variant]
+    acc = make_accelerator("no")
+    torch.manual_seed(0)
+    width_range = (0.25, 0.5) if v["bn"] == "calibrated" else None
+    net = create_supernet("mobilenet_v1", num_classes=10, max_width=0.5, widths=(0.25, 0.375, 0.5),
+                          width_range=width_range, bn=v["bn"])  # fmt: skip
+    optim = OptimConfig(lr=0.005, lr_batch=GLOBAL_BATCH, weight_decay=1e-3, grad_clip=v["grad_clip"])
+    cfg = TrainConfig(epochs=1, rule=v["rule"], distill=v["distill"], grad_accum=accum, num_random=1, optim=optim)
+    per = GLOBAL_BATCH // (acc.num_processes * accum)
+    g = torch.Generator().manual_seed(1)
+    steps = [(torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (GLOBAL_BATCH,), generator=g))
+             for _ in range(STEPS)]  # fmt: skip
+    mine = [(x[k * per : (k + 1) * per], y[k * per : (k + 1) * per])
+            for x, y in steps for k in range(acc.process_index * accum, (acc.process_index + 1) * accum)]  # fmt: skip
+    trainer = Trainer(acc, net, cfg, stage="supernet", state_dir=f"{out}.state",
+                      metrics=MetricsLog(f"{out}.jsonl", acc), batch_size=per)  # fmt: skip
+    trainer.fit(sandwich_step, lambda epoch: mine)
+    Path(f"{out}.rank{acc.process_index}").write_text(
+        json.dumps({"processes": acc.num_processes, "type": str(acc.distributed_type)})
+    )
+    if acc.is_main_process:
+        save_file({k: v.contiguous() for k, v in trainer.supernet.state_dict().items()}, out)
+
+
+def launch(tmp_path: Path, name: str, processes: int, variant: str, **env: str) -> dict[str, torch.Tensor]:
+    out = str(tmp_path / f"{name}.safetensors")
+    accum = 2 // processes
+    args = [__file__, out, str(accum), variant]
+    if processes > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *args]
+    path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    full_env = {**os.environ, "PYTHONPATH": path, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run([sys.executable, *args], env=full_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.rank{i}").read_text()) for i in range(processes)]
+    assert all(r["processes"] == processes for r in ranks), ranks  # not silently one process per rank
+    return load_file(out)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    params = [k for k in a if a[k].dtype.is_floating_point and "running_" not in k]
+    for k in params:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_ddp_two_processes_match_one(tmp_path, variant):
+    one = launch(tmp_path, "one", 1, variant)
+    two = launch(tmp_path, "two", 2, variant)
+    assert_same_weights(one, two)
+
+
+def test_deepspeed_zero2_two_processes_match_one(tmp_path):
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("transformers")  # Accelerate's DeepSpeed path checks its version
+    one = launch(tmp_path, "one", 1, "us")
+    # Not ACCELERATE_USE_CPU here: with it Accelerate silently drops DeepSpeed (dslim's make_accelerator sets up gloo).
+    deepspeed = {
+        "ACCELERATE_USE_CPU": "false",
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+    }
+    ds = launch(tmp_path, "ds", 2, "us", **deepspeed)
+    assert "DEEPSPEED" in json.loads((tmp_path / "ds.safetensors.rank1").read_text())["type"]
+    assert_same_weights(one, ds)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])

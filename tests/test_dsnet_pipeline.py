@@ -1,0 +1,54 @@
+"""DS-Net end to end on the built-in digits: all stages, eval.json's dynamic row, exports, resume in the gate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+import dslim
+from dslim.deploy import RoutedNet
+
+
+def _cmd(out, cache):
+    return [sys.executable, "-m", "dslim.train", "--recipe", "dsnet_digits", "--out-dir", str(out),
+            "--data.cache-dir", str(cache), "--stages.supernet.epochs", "1", "--stages.gate.epochs", "3",
+            "--stages.bn-recalibration.batches", "2", "--stages.export.subnets", "uniform-0"]  # fmt: skip
+
+
+def test_dsnet_digits_killed_in_the_gate_stage_resumes_without_redoing_stage_one(tmp_path):
+    out, env = tmp_path / "run", {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cmd(out, tmp_path / "cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)  # fmt: skip
+    deadline = time.time() + 600
+    while not list((out / "gate" / "state").glob("ckpt-*")):  # the gate's first epoch is checkpointed
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "gate" / "model.safetensors").exists()
+    supernet_artifact = (out / "supernet" / "model.safetensors").stat().st_mtime_ns
+
+    done = subprocess.run(_cmd(out, tmp_path / "cache"), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "supernet: done" in done.stdout and "gate: resuming" in done.stdout
+    assert (out / "supernet" / "model.safetensors").stat().st_mtime_ns == supernet_artifact
+
+    report = json.loads((out / "eval.json").read_text())
+    names = [r["subnet"] for r in report["subnets"]]
+    assert names == ["largest"] + [f"uniform-{r}" for r in range(14)]
+    dynamic = report["dynamic"]
+    route_macs = list(dynamic["route_macs"].values())
+    assert min(route_macs) <= dynamic["macs_mean"] <= max(route_macs)
+    assert sum(dynamic["routes"].values()) == 360 and list(dynamic["routes"]) == [f"uniform-{r}" for r in range(4)]
+    assert (out / "pareto.png").stat().st_size > 0
+
+    routed = dslim.load_subnet(out / "export" / "dynamic.safetensors")
+    static = dslim.load_subnet(out / "export" / "uniform-0.safetensors")
+    assert isinstance(routed, RoutedNet)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert routed(x).shape == static(x).shape == (4, 10)
