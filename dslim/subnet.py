@@ -7,6 +7,7 @@ one channel group, so a subnet can never break a residual sum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -45,11 +46,12 @@ class Subnet(Mapping[str, int]):
     def of(cls, channels: Mapping[str, int], blocks: tuple[bool, ...] | None = None) -> Subnet:
         return cls(tuple((g, int(c)) for g, c in channels.items()), None if blocks is None else tuple(blocks))
 
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return dict(self.channels)
+
     def __getitem__(self, group: str) -> int:
-        for g, c in self.channels:
-            if g == group:
-                return c
-        raise KeyError(group)
+        return self._index[group]
 
     def __iter__(self) -> Iterator[str]:
         return (g for g, _ in self.channels)
@@ -71,7 +73,7 @@ class Subnet(Mapping[str, int]):
         blocks = obj.get("blocks")
         return cls.of(obj["channels"], None if blocks is None else tuple(bool(b) for b in blocks))
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return "s" + hashlib.sha1(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
 

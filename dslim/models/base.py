@@ -72,6 +72,7 @@ class Supernet(nn.Module):
         `allocate=False` for a network built at one subnet's exact widths (export), which has no other subnets.
         """
         self.init_weights()
+        self._layers = tuple(slim_layers(self))  # a plain tuple (not registered): set_subnet's fast path
         if allocate and self.bn_mode != "calibrated":
             for subnet in self.named_subnets().values():
                 for m in self.modules():
@@ -101,11 +102,13 @@ class Supernet(nn.Module):
     def set_subnet(self, subnet: Subnet) -> None:
         """Make every layer run at `subnet` until another subnet is set."""
         self.check(subnet)
-        for m in self.modules():
-            if isinstance(m, (SlimConv2d, SlimLinear)):
-                m.active_out = None if m.out_group is None else subnet[m.out_group]
-            elif isinstance(m, SlimBatchNorm2d):
-                m.key = subnet.key
+        key = subnet.key
+        for m in self._layers:
+            # plain attribute writes: nn.Module.__setattr__'s bookkeeping is most of the cost at batch 1
+            if isinstance(m, SlimBatchNorm2d):
+                object.__setattr__(m, "key", key)
+            else:
+                object.__setattr__(m, "active_out", None if m.out_group is None else subnet[m.out_group])
         for block, keep in zip(self.blocks, subnet.blocks or [True] * len(self.blocks)):
             block.keep = keep
         self.subnet = subnet
@@ -120,6 +123,15 @@ class Supernet(nn.Module):
         finally:
             if previous is not None:
                 self.set_subnet(previous)
+
+
+def slim_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """The slimmable layers under `module`, without walking into BatchNorms' per-subnet statistics."""
+    for child in module.children():
+        if isinstance(child, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
+            yield child
+        else:
+            yield from slim_layers(child)
 
 
 def resolve_channels(defaults: Mapping[str, int], channels: Mapping[str, int] | None) -> dict[str, int]:

@@ -192,8 +192,12 @@ class DSMobileNetV1(Supernet):
             self.set_subnet(routes[0])  # every route shares the prefix's widths
             features, squeezed = self.prefix(x)
             route = self.gate_logits(squeezed).argmax(1)
+            used = route.unique().tolist()
+            if len(used) == 1:  # one route (always so at batch 1): no gather, no scatter
+                self.set_subnet(routes[used[0]])
+                return self.tail(features, squeezed), route
             out = None
-            for r in route.unique().tolist():
+            for r in used:
                 idx = (route == r).nonzero().flatten()
                 self.set_subnet(routes[r])
                 y = self.tail(features[idx], squeezed[idx])
