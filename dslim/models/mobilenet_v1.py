@@ -47,16 +47,14 @@ class MobileNetV1(WidthSupernet):
         for c, n, _ in STAGES:
             for _ in range(n):
                 base[f"b{len(base)}"] = c
-        kwargs = dict(
-            num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn, dropout=dropout
-        )
         super().__init__(
             base,
+            num_classes=num_classes,
             max_width=max_width,
             widths=widths,
             width_range=width_range,
             bn=bn,
-            arch_kwargs=kwargs,
+            dropout=dropout,
             channels=channels,
         )
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)

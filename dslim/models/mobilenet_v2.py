@@ -72,16 +72,14 @@ class MobileNetV2(WidthSupernet):
                 plan.append((g_in, g_mid, f"s{s}", stride if j == 0 else 1))
             prev = f"s{s}"
         self.plan = plan
-        kwargs = dict(
-            num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn, dropout=dropout
-        )
         super().__init__(
             base,
+            num_classes=num_classes,
             max_width=max_width,
             widths=widths,
             width_range=width_range,
             bn=bn,
-            arch_kwargs=kwargs,
+            dropout=dropout,
             channels=channels,
         )
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)

@@ -73,16 +73,14 @@ class ResNet(WidthSupernet):
                     base[g] = 64 * 2**s
                 plan.append((prev, inner, stage, 2 if j == 0 and s > 0 else 1))
                 prev = stage
-        kwargs = dict(
-            num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range, bn=bn, dropout=dropout
-        )
         super().__init__(
             base,
+            num_classes=num_classes,
             max_width=max_width,
             widths=widths,
             width_range=width_range,
             bn=bn,
-            arch_kwargs=kwargs,
+            dropout=dropout,
             channels=channels,
         )
         ch = resolve_channels({g: grp.max for g, grp in self.groups.items()}, channels)

@@ -23,13 +23,16 @@ class WidthSupernet(Supernet):
         self,
         base: dict[str, int],
         *,
+        num_classes: int,
         max_width: float,
         widths: tuple[float, ...],
         width_range: tuple[float, float] | None,
         bn: str,
-        arch_kwargs: dict,
+        dropout: float,
         channels: dict[str, int] | None,
     ) -> None:
+        arch_kwargs = dict(num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range,
+                           bn=bn, dropout=dropout)  # fmt: skip
         self.base, self.max_width = base, max_width
         self.widths = tuple(float(w) for w in widths)
         self.width_range = None if width_range is None else (float(width_range[0]), float(width_range[1]))
