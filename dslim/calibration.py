@@ -18,17 +18,18 @@ which gives exactly what one process would compute over all processes' batches, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
 from dslim.config import Config
 from dslim.errors import UserError
-from dslim.evaluation import progress
 from dslim.models.base import Supernet
 from dslim.nn import SlimBatchNorm2d
 from dslim.subnet import Subnet
+from dslim.ui import progress
 
 
 def batchnorms(supernet: Supernet) -> list[SlimBatchNorm2d]:
@@ -84,31 +85,29 @@ def recalibrate(
         raise UserError(f"BN recalibration needs at least one batch, not {num_batches}")
     if not subnets:
         return
-    device = next(supernet.parameters()).device
+    device = supernet.device
     bns = batchnorms(supernet)
     for subnet in subnets.values():
         supernet.check(subnet)
         for bn in bns:
             _reset(bn, subnet, device)
     saved = [(bn.momentum, bn.track, bn.mask) for bn in bns]
-    was_training, previous = supernet.training, supernet.subnet
     try:
-        supernet.eval()
-        for bn in bns:
-            bn.train()
-            bn.momentum, bn.track, bn.mask = None, True, None
-        autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
-        total = min(num_batches, len(batches)) if hasattr(batches, "__len__") else num_batches
-        seen = 0
-        with torch.no_grad(), autocast:
-            for images, _ in progress(
-                itertools.islice(batches, num_batches), f"BN calibration ({len(subnets)} subnets)", total, accelerator
-            ):
-                images = images.to(device, non_blocking=True)
-                for subnet in subnets.values():
-                    supernet.set_subnet(subnet)
-                    supernet(images)
-                seen += 1
+        with supernet.using(train=False):  # dropout and the rest as at evaluation; only BatchNorm in train mode
+            for bn in bns:
+                bn.train()
+                bn.momentum, bn.track, bn.mask = None, True, None
+            autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
+            total = min(num_batches, len(batches)) if hasattr(batches, "__len__") else num_batches
+            seen = 0
+            with torch.no_grad(), autocast:
+                for images, _ in progress(itertools.islice(batches, num_batches),
+                                          f"BN calibration ({len(subnets)} subnets)", total, accelerator):  # fmt: skip
+                    images = images.to(device, non_blocking=True)
+                    for subnet in subnets.values():
+                        supernet.set_subnet(subnet)
+                        supernet(images)
+                    seen += 1
         if seen == 0:
             raise UserError("BN recalibration got no batches: the training split is empty")
         if accelerator is not None and accelerator.num_processes > 1:
@@ -116,9 +115,19 @@ def recalibrate(
     finally:
         for bn, (momentum, track, mask) in zip(bns, saved):
             bn.momentum, bn.track, bn.mask = momentum, track, mask
-        supernet.train(was_training)
-        if previous is not None:
-            supernet.set_subnet(previous)
+
+
+@contextlib.contextmanager
+def scratch_statistics(supernet: Supernet) -> Iterator[None]:
+    """Statistics computed inside the block are thrown away at its end: a search scoring thousands of candidate
+    subnets neither grows the model nor its artifact."""
+    kept = [(bn, set(bn.stats.keys())) for bn in batchnorms(supernet)]
+    try:
+        yield
+    finally:
+        for bn, keys in kept:
+            for key in [k for k in bn.stats.keys() if k not in keys]:
+                del bn.stats[key]
 
 
 def shard_of(accelerator) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -138,20 +147,21 @@ def calibrate_missing(
 ) -> None:
     """Give every subnet statistics before evaluation or export, or say why it cannot have them.
 
-    With calibrated BatchNorm any subnet can be calibrated from one checkpoint (the released US-Net could not):
-    those without statistics are calibrated on `num_batches` (default `config.stages.evaluate.calibrate_batches`)
-    training batches. Private and switchable BatchNorm only have statistics for the subnets they were trained at.
+    With a shared affine (calibrated or private BatchNorm) any subnet can be calibrated from one checkpoint (the
+    released US-Net could not): those without statistics are calibrated on `num_batches` (default
+    `config.stages.evaluate.calibrate_batches`) training batches. Switchable BatchNorm has an affine only for the
+    subnets it was trained at.
     """
     from dslim.data import build_loader
 
     missing = {name: s for name, s in subnets.items() if not has_statistics(supernet, s)}
     if not missing:
         return
-    if supernet.bn_mode != "calibrated":
+    if supernet.bn_mode == "switchable":
         raise UserError(
-            f"no BatchNorm statistics for {', '.join(missing)}: {supernet.bn_mode} BatchNorm has statistics only for "
-            "the subnets it was trained with; choose one of those"
+            f"no BatchNorm statistics for {', '.join(missing)}: switchable BatchNorm exists only for the subnets it "
+            "was trained with; choose one of those"
         )
-    n = config.stages.evaluate.calibrate_batches if num_batches is None else num_batches
+    n = config.stages.evaluate.calibrate_batches if num_batches is None else num_batches  # type: ignore[attr-defined]
     batches = build_loader(config.data, "train", config.model.input_size, seed=config.seed, **shard_of(accelerator))
     recalibrate(supernet, missing, batches, n, accelerator)

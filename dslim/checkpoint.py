@@ -1,31 +1,28 @@
-"""safetensors artifacts with JSON metadata, written atomically (temp file, then rename)."""
+"""safetensors artifacts with JSON metadata: written atomically, checked before anything is built from them.
+
+A file dslim reads may come from anywhere. Its metadata says what to build (an architecture and its constructor
+arguments); `build_checked` first builds that on PyTorch's `meta` device, which allocates no memory, and loads the
+file's tensor shapes into it, so an absurd or inconsistent file (2,000,000 classes, channels its tensors do not
+have, unknown arguments) is refused with one line before a single real tensor is allocated for it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from dslim.errors import UserError
+from dslim.io import atomic_write
+from dslim.subnet import Subnet
 
-
-def atomic_write(path: str | os.PathLike, write: callable) -> None:  # type: ignore[valid-type]
-    """Call `write(tmp_path)` and move the result onto `path`: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+SUPERNET_FORMAT = "dslim.supernet/1"
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> None:
@@ -35,21 +32,51 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, meta
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a file written by `save_tensors`."""
+    """Tensors and metadata (a JSON object) of a file written by `save_tensors`."""
     if not Path(path).is_file():
         raise UserError(f"no such file: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("dslim", "null"))
+            raw = (f.metadata() or {}).get("dslim")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise UserError(f"{path} is not a readable safetensors file ({e})") from None
-    if meta is None:
+        raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    if raw is None:
         raise UserError(f"{path} has no dslim metadata: it was not written by dslim")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: its dslim metadata is not JSON; the file is damaged or not from dslim") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: its dslim metadata is not a JSON object; the file is damaged or not from dslim")
     return tensors, meta
 
 
-SUPERNET_FORMAT = "dslim.supernet/1"
+def field(meta: dict, name: str, kind: type, path: str | os.PathLike) -> object:
+    """`meta[name]`, which must be a `kind`; a `UserError` naming the file and the field otherwise."""
+    value = meta.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise UserError(f"{path}: metadata field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def build_checked(
+    build: Callable[[], nn.Module], tensors: dict[str, torch.Tensor], path: str | os.PathLike, what: str
+) -> nn.Module:
+    """`build()` as a real module holding `tensors`, after checking on the `meta` device that they fit exactly."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+            skeleton.load_state_dict({k: torch.empty(v.shape, dtype=v.dtype) for k, v in tensors.items()})
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (RuntimeError, TypeError, ValueError, KeyError, AssertionError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise UserError(f"{path} does not describe a valid {what} ({type(e).__name__}: {detail})") from None
+    del skeleton
+    net = build()
+    net.load_state_dict(tensors)
+    return net
 
 
 def save_supernet(supernet, path: str | os.PathLike, **extra: object) -> None:  # type: ignore[no-untyped-def]
@@ -62,20 +89,33 @@ def save_supernet(supernet, path: str | os.PathLike, **extra: object) -> None:  
         "arch": supernet.arch,
         "arch_kwargs": supernet.arch_kwargs,
         "subnets": {name: s.to_json() for name, s in supernet.named_subnets().items()},
+        "extra_names": list(supernet.extra_names),
+        "router_trained": supernet.router_trained,
         **extra,
     }
     save_tensors(supernet.state_dict(), path, meta)
 
 
-def load_supernet(path: str | os.PathLike):  # type: ignore[no-untyped-def]
-    """Rebuild a supernet from a stage artifact; returns `(supernet, metadata)`."""
+def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ignore[no-untyped-def]
+    """Rebuild a supernet from a stage artifact, checked first; returns `(supernet, metadata)`.
+
+    `arch`: the architecture the caller expects (a run's model); another one is refused.
+    """
     from dslim.models.registry import supernet_class
 
     tensors, meta = load_tensors(path)
     if meta.get("format") != SUPERNET_FORMAT:
         raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
-    net = supernet_class(meta["arch"])(**meta["arch_kwargs"])
-    missing, unexpected = net.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} does not fit {meta['arch']}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    name = field(meta, "arch", str, path)
+    kwargs = field(meta, "arch_kwargs", dict, path)
+    if arch is not None and name != arch:
+        raise UserError(f"{path} holds a {name}, but this run's model is {arch}")
+    cls = supernet_class(name)
+    net = build_checked(lambda: cls(**kwargs), tensors, path, name)
+    subnets = field(meta, "subnets", dict, path)
+    extra = meta.get("extra_names", [])
+    if not isinstance(extra, list) or not all(isinstance(n, str) and n in subnets for n in extra):
+        raise UserError(f"{path}: metadata field 'extra_names' must list names of its 'subnets'")
+    net.name_subnets({n: Subnet.from_json(subnets[n], f"{path}: subnet {n!r}") for n in extra})
+    net.router_trained = bool(meta.get("router_trained", False))
     return net, meta

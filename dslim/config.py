@@ -1,41 +1,108 @@
 """Typed run configuration: frozen dataclasses that tyro turns into the command line.
 
-A run is a recipe (a `Config` built in Python) plus command-line overrides. Every field has a docstring
-because tyro shows it in `--help`.
+A run is a recipe (a `Config` built in Python) plus command-line overrides. Every field has a docstring because
+tyro shows it in `--help`, and a field whose values are bounded says so in its annotation
+(`Annotated[int, at_least(1)]`), so that `validate_fields` checks a whole config before any work starts and names
+the offending option as the user typed it.
+
+Here live the settings every run shares (model, data, optimizer, schedule, the training loop); each stage's own
+settings live with the stage or method that reads them (`dslim.stages`, `dslim.methods`), and `Config.stages`
+holds one of each registered stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from dslim.errors import UserError
 
 BnMode = Literal["private", "switchable", "calibrated"]
 
 
+# -- bounds on values ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """A bound on a field's value: `test(value)` must hold; `says` completes "must be ...". Applied to each entry
+    of a tuple."""
+
+    test: Callable[[Any], bool]
+    says: str
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f"at least {low}")
+
+
+def in_range(low: float, high: float, *, open_low: bool = False) -> Check:
+    bracket = "(" if open_low else "["
+    return Check(lambda v: (v > low if open_low else v >= low) and v <= high, f"in {bracket}{low}, {high}]")
+
+
+FINITE = Check(lambda v: math.isfinite(v), "a finite number")
+Positive = Annotated[int, at_least(1)]
+NonNegative = Annotated[int, at_least(0)]
+Fraction = Annotated[float, in_range(0.0, 1.0)]
+NonNegativeFloat = Annotated[float, at_least(0.0), FINITE]
+
+
+def option_name(path: str) -> str:
+    """`stages.supernet.grad_accum` -> `--stages.supernet.grad-accum`, as tyro spells it."""
+    return "--" + path.replace("_", "-")
+
+
+def validate_fields(obj: object, prefix: str = "") -> None:
+    """Check every bounded field of a (nested) config; a `UserError` naming the first bad option otherwise."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value, hint, path = getattr(obj, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate_fields(value, path + ".")
+            continue
+        checks = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Check)]
+        for v in value if isinstance(value, tuple) else (value,):
+            for check in checks:
+                if v is not None and not check.test(v):
+                    raise UserError(f"{option_name(path)} {_show(value)}: must be {check.says}")
+
+
+def _show(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+# -- settings every run shares -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
     """Which supernet to build and which of its subnets are named."""
 
     arch: str = "mobilenet_v1"
     """Supernet architecture (see `dslim.models.names()`)."""
-    num_classes: int = 1000
-    """Classifier outputs."""
-    input_size: int = 224
+    num_classes: Annotated[int, in_range(1, 1_000_000)] = 1000
+    """Classifier outputs: at least the number of classes of the data."""
+    input_size: Annotated[int, in_range(8, 4096)] = 224
     """Square input resolution used for profiling and training crops."""
-    max_width: float = 1.0
+    max_width: Annotated[float, in_range(0.0, 4.0, open_low=True)] = 1.0
     """Width multiplier of the supernet itself (1.5 for AutoSlim/DMCP MobileNetV2). Width-multiplier models only."""
-    widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    widths: Annotated[tuple[float, ...], in_range(0.0, 4.0, open_low=True)] = (0.25, 0.5, 0.75, 1.0)
     """Named widths (width-multiplier models): the subnets trained by S-Net, evaluated and profiled by default."""
-    width_range: tuple[float, float] | None = None
+    width_range: Annotated[tuple[float, float] | None, in_range(0.0, 4.0, open_low=True)] = None
     """Universally slimmable range [min, max]: any width inside may be profiled, calibrated and evaluated."""
     bn: BnMode = "switchable"
     """BatchNorm: `private` (shared affine, statistics per subnet), `switchable` (affine and statistics per
     subnet), `calibrated` (shared affine, statistics computed after training for any subnet)."""
-    dropout: float = 0.0
+    dropout: Annotated[float, in_range(0.0, 1.0)] = 0.0
     """Dropout before the classifier."""
-    gate_routes: int = 4
+    gate_routes: Annotated[int, in_range(0, 14)] = 4
     """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
+    channel_bins: Annotated[int, in_range(0, 64)] = 0
+    """Channel bins per group (AutoSlim: 12): random subnets and the search move each group in steps of 1/N of
+    its widest width, rounded by the architecture's rule; 0: no bins."""
+    min_bin: Positive = 1
+    """Smallest bin a group may shrink to (mmrazor's AutoSlim: 2 of 12)."""
 
 
 @dataclass(frozen=True)
@@ -51,51 +118,54 @@ class DataConfig:
     """`dali`: NVIDIA DALI pipelines; `pil`: PIL + torch DataLoader fallback with the same transforms."""
     decoder: Literal["cpu", "mixed"] = "cpu"
     """DALI decoder device: `mixed` decodes on the GPU (needs CUDA), `cpu` anywhere."""
-    batch_size: int = 64
+    batch_size: Annotated[int, in_range(1, 1_000_000)] = 64
     """Images per process per step (training)."""
-    eval_batch_size: int = 100
+    eval_batch_size: Annotated[int, in_range(1, 1_000_000)] = 100
     """Images per process per step (evaluation)."""
-    workers: int = 2
+    workers: Annotated[int, in_range(0, 1024)] = 2
     """DALI threads / DataLoader workers per process."""
-    random_area: tuple[float, float] = (0.08, 1.0)
+    random_area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.08, 1.0)
     """RandomResizedCrop area range."""
-    random_aspect_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    random_aspect_ratio: Annotated[tuple[float, float], in_range(0.0, 100.0, open_low=True)] = (0.75, 4.0 / 3.0)
     """RandomResizedCrop aspect-ratio range."""
     flip: bool = True
     """Random horizontal flip in training (off for digits, whose mirror images are other shapes)."""
-    crop_fraction: float = 0.875
+    crop_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.875
     """Evaluation: resize the shorter side to `input_size / crop_fraction`, then center-crop `input_size`."""
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    mean: Annotated[tuple[float, float, float], FINITE] = (0.485, 0.456, 0.406)
     """Per-channel mean (of pixel values in [0, 1])."""
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: Annotated[tuple[float, float, float], in_range(0.0, 1e6, open_low=True)] = (0.229, 0.224, 0.225)
     """Per-channel standard deviation (of pixel values in [0, 1])."""
     cache_dir: str = "~/.cache/dslim"
     """Where the built-in digits are written as PNG files once."""
+    holdout: NonNegative = 0
+    """Training images set aside, deterministically, never trained on: the `holdout` split (AutoSlim's search and
+    DMCP's validation score on it)."""
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and the originals' weight-decay rules."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    """SGD (momentum, optionally Nesterov) or AdamW."""
-    lr: float = 0.1
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    """SGD (momentum, optionally Nesterov), AdamW (decoupled decay) or Adam (L2 decay, as BlockDrop)."""
+    lr: NonNegativeFloat = 0.1
     """Peak learning rate for a global batch of `lr_batch` images; scaled linearly to the actual global batch."""
-    lr_batch: int = 256
+    lr_batch: Positive = 256
     """Global batch size `lr` is quoted for (the original's batch, e.g. 512 = 64 x 8 GPUs)."""
-    momentum: float = 0.9
+    momentum: Fraction = 0.9
     """SGD momentum."""
     nesterov: bool = True
     """Nesterov momentum (SGD)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 1e-4
+    betas: Annotated[tuple[float, float], in_range(0.0, 1.0)] = (0.9, 0.999)
+    """Adam(W) betas."""
+    weight_decay: NonNegativeFloat = 1e-4
     """Weight decay on conv and linear weights."""
     decay_norm_and_bias: bool = False
     """Also decay 1-D parameters (BatchNorm affine, biases); the originals do not."""
     decay_depthwise: bool = True
     """Decay depthwise conv weights (US-Nets do not)."""
-    grad_clip: float = 0.0
+    grad_clip: NonNegativeFloat = 0.0
     """Clip the gradient norm to this value; 0 disables. Always passed explicitly (DeepSpeed clips to 1.0 by
     default otherwise)."""
 
@@ -107,112 +177,52 @@ class ScheduleConfig:
     kind: Literal["cosine", "linear", "step", "exp", "constant"] = "cosine"
     """Cosine to `min_lr`, linear decay to `min_lr`, step decay by `gamma` at `milestones`, exponential decay by
     `gamma` per epoch, or constant."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: NonNegativeFloat = 0.0
     """Linear warm-up from `warmup_lr` to the peak."""
-    warmup_lr: float = 1e-5
+    warmup_lr: NonNegativeFloat = 1e-5
     """Learning rate at the start of warm-up."""
-    min_lr: float = 0.0
+    min_lr: NonNegativeFloat = 0.0
     """Final learning rate of the decay, kept through the cool-down epochs."""
-    cooldown_epochs: int = 0
+    cooldown_epochs: NonNegative = 0
     """Epochs at `min_lr` after the decay (counted inside the stage's epochs)."""
-    milestones: tuple[int, ...] = ()
+    milestones: Annotated[tuple[int, ...], at_least(0)] = ()
     """Epochs at which `step` multiplies the rate by `gamma`."""
-    gamma: float = 0.1
+    gamma: NonNegativeFloat = 0.1
     """Factor of `step` (per milestone) and `exp` (per epoch) decay."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training stage: how long, with which optimizer, and what each step computes."""
+    """The training loop of a stage: how long, with which optimizer and schedule, how it saves and logs.
 
-    epochs: int = 1
+    Each method's settings are a subclass of this with the fields that method reads (`dslim.methods`).
+    """
+
+    epochs: Annotated[int, in_range(1, 100_000)] = 1
     """Epochs of this stage."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    label_smoothing: float = 0.1
-    """Label smoothing of the cross-entropy on labels."""
-    ema_decay: float = 0.0
-    """Decay of the weights' exponential moving average (0: no EMA). IEB needs it: its teacher is the EMA."""
-    grad_accum: int = 1
+    ema_decay: Annotated[float, in_range(0.0, 1.0)] = 0.0
+    """Decay of the weights' exponential moving average (0: no EMA)."""
+    grad_accum: Positive = 1
     """Micro-batches per optimizer step."""
-    rule: Literal["sandwich", "all_widths", "single"] = "sandwich"
-    """Subnets per step: `sandwich` (largest, smallest, `num_random` random), `all_widths` (S-Net: every named
-    width, largest first), `single` (the largest only, e.g. retraining a fixed subnet)."""
-    num_random: int = 2
-    """Random subnets per sandwich step (n - 2 of the sandwich rule)."""
-    random_subnets: tuple[str, ...] = ()
-    """Names the random subnets are drawn from (DS-Net: uniform-1..12); empty: any width in the range."""
-    distill: Literal["none", "inplace", "ieb"] = "inplace"
-    """Targets of the non-largest subnets: labels (`none`), the online largest's detached softmax (`inplace`),
-    or the EMA model's largest (`ieb`, in-place ensemble bootstrapping)."""
-    ensemble_ib: bool = False
-    """IEB: the smallest's target is the mean of the EMA softmaxes of the largest and the random subnets."""
-    eval_subnets: tuple[str, ...] = ()
-    """Subnets evaluated after each epoch (empty: smallest and largest)."""
-    checkpoint_every: int = 0
+    checkpoint_every: NonNegative = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
-    keep_last: int = 2
+    keep_last: Positive = 2
     """Resumable checkpoints kept per stage."""
-    log_every: int = 10
+    log_every: Positive = 10
     """Optimizer steps between lines of `metrics.jsonl` (and TensorBoard points); epoch summaries are always logged."""
 
 
 @dataclass(frozen=True)
-class GateConfig(TrainConfig):
-    """DS-Net stage II: only the gate trains, the supernet frozen with BatchNorm in eval mode.
-
-    Loss per image: `sgs_weight * CE(gate logits, SGS target) + CE(dynamic output, label)
-    + macs_weight * (routed MAdds / macs_unit)^2`; the SGS target is the slimmest route if the smallest subnet
-    classifies the image correctly, else the widest ("sandwich gate sparsification").
-    """
-
-    sgs_weight: float = 1.0
-    """Weight of the gate's cross-entropy against the SGS target (on logits, not the original's double softmax)."""
-    macs_weight: float = 0.5
-    """Weight of the squared per-image MAdds penalty."""
-    macs_unit: float = 1e9
-    """MAdds are divided by this before squaring (1e9: GMAdds, as the original)."""
-    gumbel_tau: float = 1.0
-    """Gumbel-softmax temperature of the straight-through route samples in training."""
-
-
-@dataclass(frozen=True)
-class BnCalibrationConfig:
-    """BN recalibration: reset, then cumulative statistics per subnet from training batches, no gradients."""
-
-    batches: int = 100
-    """Training batches per subnet (per process; statistics are averaged across processes)."""
-    subnets: tuple[str, ...] = ()
-    """Subnets to calibrate (empty: every named subnet)."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Final evaluation."""
-
-    subnets: tuple[str, ...] = ()
-    """Subnets to evaluate (empty: every named subnet)."""
-    calibrate_batches: int = 50
-    """For calibrated-BN models: batches used to calibrate a subnet that has no statistics yet."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """The optional `export` stage: subnets written as standalone models (physically sliced weights)."""
-
-    subnets: tuple[str, ...] = ()
-    """Subnets to write as `export/<name>.safetensors` (empty: every named subnet)."""
-
-
-@dataclass(frozen=True)
 class StagesConfig:
-    """Settings of every stage a recipe may run."""
+    """Settings of every stage a recipe may run: one field per registered stage (`dslim.stages.stages_config`)."""
 
-    supernet: TrainConfig = field(default_factory=TrainConfig)
-    bn_recalibration: BnCalibrationConfig = field(default_factory=BnCalibrationConfig)
-    gate: GateConfig = field(default_factory=lambda: GateConfig(distill="none", ema_decay=0.0))
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+
+def _default_stages() -> StagesConfig:
+    from dslim.stages.registry import stages_config
+
+    return stages_config()
 
 
 @dataclass(frozen=True)
@@ -221,12 +231,12 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    stages: StagesConfig = field(default_factory=StagesConfig)
+    stages: StagesConfig = field(default_factory=_default_stages)
     pipeline: tuple[str, ...] = ("supernet", "bn_recalibration", "evaluate")
     """Stages this recipe runs, in order (`--stages NAME ...` runs a selection of them)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision of the forward passes; BN statistics and master weights stay fp32."""
-    seed: int = 0
+    seed: NonNegative = 0
     """Random seed (every process draws the same subnets)."""
     tensorboard: bool = False
     """Also log metrics to TensorBoard under `<out-dir>/tensorboard` (Accelerate tracker; needs `tensorboard`)."""

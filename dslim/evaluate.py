@@ -1,11 +1,13 @@
 """`python -m dslim.evaluate --run D [--widths W ...] [--json] [--batches N]`: accuracy and cost of subnets.
 
 Reads `D/config.json` and the latest finished stage's `model.safetensors`, evaluates the requested subnets (default:
-the config's evaluation subnets, else every named one) on the validation split, prints a table and writes
-`D/eval.json` and `D/pareto.png`; after a gate stage the dynamic model (per-input routing) is evaluated too.
-With calibrated BatchNorm (US-Net, AutoSlim, DMCP), any width in the range is calibrated on the fly from training
-batches if the artifact holds no statistics for it; the artifact itself is left as it is. Runs under
-`accelerate launch` too: the validation split is sharded and the counts reduced.
+the config's evaluation subnets, else every named one, those of the run's subnets files included) on the validation
+split, prints a table and adds the rows to `D/eval.json` (rows of the same subnets are replaced, the others kept)
+and redraws `D/pareto.png`; a model whose router was trained (a DS-Net gate, a BlockDrop policy) is evaluated
+routing each image too. With calibrated or private BatchNorm, a subnet the artifact holds no statistics for (any
+width of a universally slimmable range, a searched subnet) is calibrated on the fly from training batches; the
+artifact itself is left as it is. Runs under `accelerate launch` too: the validation split is sharded and the counts
+reduced.
 """
 
 from __future__ import annotations
@@ -35,58 +37,37 @@ class EvaluateCommand:
     """Training batches to calibrate a subnet without statistics (default: the run's `stages.evaluate`)."""
 
 
-def print_table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("subnet", "MACs (M)", "params (M)", "top-1 (%)", "top-5 (%)"):
-        table.add_column(col, justify="left" if col == "subnet" else "right")
-    for r in rows:
-        table.add_row(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}", f"{r['top1']:.2f}",
-                      f"{r['top5']:.2f}")  # fmt: skip
-    Console().print(table)
-
-
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     cmd = tyro.cli(EvaluateCommand, args=sys.argv[1:] if argv is None else list(argv), description=__doc__)
-    if cmd.batches is not None and cmd.batches < 1:
-        raise UserError(f"--batches must be at least 1, not {cmd.batches}")
-    from dslim.rundir import open_run
+    for option, value in (("--batches", cmd.batches), ("--calibrate-batches", cmd.calibrate_batches)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be at least 1, not {value}")
+    from dslim.stages.layout import open_run
 
     run = open_run(cmd.run)
-    for name in cmd.widths:  # every bad name before any work
-        run.supernet.resolve(name)
+    net, config = run.supernet, run.config
+    names = list(cmd.widths) or list(config.stages.evaluate.subnets)  # type: ignore[attr-defined]
+    names = names or [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
+    subnets = {name: run.resolve(name) for name in names}  # every bad name before any work
     from accelerate import Accelerator
 
-    from dslim.calibration import shard_of
-    from dslim.data import build_loader
-    from dslim.evaluation import evaluate_dynamic, run_evaluation, write_report
-    from dslim.stages import ARTIFACT
+    from dslim.report import merge, print_results, write_report
+    from dslim.stages.evaluate import run_evaluation
 
     accelerator = Accelerator()
-    supernet, config, size = run.supernet.to(accelerator.device), run.config, run.config.model.input_size
-    rows = run_evaluation(
-        supernet, config, cmd.widths, accelerator=accelerator, max_batches=cmd.batches,
-        calibrate_batches=cmd.calibrate_batches,
-    )  # fmt: skip
-    dynamic = None
-    if hasattr(supernet, "forward_dynamic") and (run.dir / "gate" / ARTIFACT).is_file():  # a trained gate
-        val = build_loader(config.data, "val", size, seed=config.seed, **shard_of(accelerator))
-        dynamic = evaluate_dynamic(supernet, val, size, accelerator, cmd.batches)
+    rows, dynamic = run_evaluation(net.to(accelerator.device), config, subnets, accelerator, cmd.batches,
+                                   cmd.calibrate_batches)  # fmt: skip
     if not accelerator.is_main_process:
         return
-    report = {"subnets": rows, **({"dynamic": dynamic} if dynamic is not None else {})}
+    report = merge(None, rows, dynamic)
     if cmd.batches is None:
-        write_report(rows, run.dir, dynamic)
+        report = write_report(run.dir, rows, dynamic)
     if cmd.json:
         print(json.dumps(report))
         return
-    shown = rows + ([{**dynamic, "subnet": "dynamic", "macs": round(dynamic["macs_mean"])}] if dynamic else [])
-    print_table(shown, f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px")
-    if dynamic:
-        print("routes: " + ", ".join(f"{k} {v}" for k, v in dynamic["routes"].items()))
+    size = config.model.input_size
+    print_results(rows, dynamic, f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ class ExportCommand:
     run: str
     """Run directory (the `--out-dir` of `dslim.train`)."""
     subnet: str
-    """Subnet to export: a name (`uniform-3`, `largest`) or a width (`0.75`, any width of a universally slimmable
-    range)."""
+    """Subnet to export: a name (`uniform-3`, `largest`, a name from the run's subnets files such as
+    `autoslim-300M`) or a width (`0.75`, any width of a universally slimmable range)."""
     out: str
     """Output file (`.safetensors`)."""
 
@@ -35,10 +35,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.calibration import calibrate_missing
     from dslim.complexity import measure
     from dslim.deploy import extract, save_subnet
-    from dslim.rundir import open_run
+    from dslim.stages.layout import open_run
 
     run = open_run(cmd.run)
-    subnet = run.supernet.resolve(cmd.subnet)
+    subnet = run.resolve(cmd.subnet)
     calibrate_missing(run.supernet, run.config, {cmd.subnet: subnet})
     size = run.config.model.input_size
     model = extract(run.supernet, subnet)

@@ -1,6 +1,8 @@
 """`python -m dslim.profile --recipe R [--widths W ...] [--json]`: exact MACs and params of each subnet.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
+`--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
+`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do.
 """
 
 from __future__ import annotations
@@ -15,49 +17,76 @@ import tyro
 from dslim.cli import parse
 from dslim.complexity import measure
 from dslim.config import Config
-from dslim.errors import exits_cleanly
+from dslim.errors import UserError, exits_cleanly
 from dslim.models import from_config
+from dslim.models.base import Supernet
+from dslim.subnet import Subnet
 
 
 @dataclass(frozen=True)
 class ProfileCommand:
     recipe: str
-    """Recipe name (see `recipes/`) or path to a recipe file."""
+    """Recipe name (see `recipes/`) or path to a recipe file (not needed with `--run`)."""
     config: Annotated[Config, tyro.conf.arg(name="")]
     widths: tuple[str, ...] = ()
     """Subnets to profile, by width (any width in a universally slimmable range) or name; default: all named."""
+    run: str | None = None
+    """A training run directory: profile its model and the named subnets of its subnets files."""
     json: bool = False
     """Print a JSON list of {subnet, macs, params} on stdout and nothing else."""
 
 
-def profile(config: Config, subnets: Sequence[str] = ()) -> list[dict]:
-    """One row per subnet: name, MACs and params of the sliced subnet at the model's input size."""
-    net = from_config(config.model)
-    names = list(subnets) or list(net.named_subnets())
-    resolved = [(name, net.resolve(name)) for name in names]  # all errors before any work
+def profile_subnets(net: Supernet, subnets: dict[str, Subnet], input_size: int) -> list[dict]:
+    """One row per subnet: name, MACs and params of the sliced subnet at `input_size`."""
     rows = []
-    for name, subnet in resolved:
-        cost = measure(net, config.model.input_size, subnet)
+    for name, subnet in subnets.items():
+        cost = measure(net, input_size, subnet)
         rows.append({"subnet": name, "macs": cost.macs, "params": cost.params})
     return rows
 
 
+def profile(config: Config, subnets: Sequence[str] = ()) -> list[dict]:
+    """Rows of `profile_subnets` for a recipe's model (default: every named subnet)."""
+    net = from_config(config.model)
+    names = list(subnets) or list(net.named_subnets())
+    resolved = {name: net.resolve(name) for name in names}  # all errors before any work
+    return profile_subnets(net, resolved, config.model.input_size)
+
+
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(ProfileCommand, argv, __doc__ or "")
-    rows = profile(cmd.config, cmd.widths)
+    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
+    if cmd.run is not None:
+        from dslim.stages.layout import open_run
+
+        run = open_run(cmd.run)
+        config, net = run.config, run.supernet
+        names = list(cmd.widths) or [
+            *net.named_subnets(),
+            *(n for n in run.subnet_files if n not in net.named_subnets()),
+        ]
+        rows = profile_subnets(net, {n: run.resolve(n) for n in names}, config.model.input_size)
+        title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
+    else:
+        if not cmd.recipe:
+            raise UserError("give --recipe R or --run D")
+        config = cmd.config
+        rows = profile(config, cmd.widths)
+        title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
     if cmd.json:
         print(json.dumps(rows))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from dslim.ui import print_table
 
-    table = Table(title=f"{cmd.recipe}: {cmd.config.model.arch} at {cmd.config.model.input_size}px")
-    for col in ("subnet", "MACs (M)", "params (M)"):
-        table.add_column(col, justify="left" if col == "subnet" else "right")
-    for r in rows:
-        table.add_row(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}")
-    Console().print(table)
+    print_table(title, ("subnet", "MACs (M)", "params (M)"),
+                [(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}") for r in rows])  # fmt: skip
+
+
+def _has_run(argv: Sequence[str] | None) -> bool:
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return any(a == "--run" or a.startswith("--run=") for a in args)
 
 
 if __name__ == "__main__":

@@ -67,19 +67,7 @@ def load(name_or_path: str) -> Config:
 
 
 def validate(config: Config, where: str = "config") -> None:
-    """Check what the types cannot: known architecture, stages and subnets that exist."""
-    from dslim.models import from_config
-    from dslim.stages import STAGES
+    """Check what the types cannot, before any work: bounds, the model, and each pipeline stage's settings."""
+    from dslim.stages import validate as validate_stages
 
-    unknown = [s for s in config.pipeline if s not in STAGES]
-    if unknown:
-        raise UserError(f"{where}: unknown stage(s) {unknown}; available: {', '.join(STAGES)}")
-    net = from_config(config.model)
-    for names_ in (
-        config.stages.supernet.random_subnets,
-        config.stages.supernet.eval_subnets,
-        config.stages.bn_recalibration.subnets,
-        config.stages.evaluate.subnets,
-    ):
-        for name in names_:
-            net.resolve(name)
+    validate_stages(config, where=where)

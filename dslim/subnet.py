@@ -13,30 +13,37 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from dslim.errors import UserError
+
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that are sliced together; `choices` restricts the allowed counts (None: any in [1, max])."""
+    """Channels that are sliced together.
+
+    `choices` restricts the allowed counts (DS-Net's stage widths); without it any count in `[min, max]` is allowed.
+    """
 
     name: str
     max: int
     choices: tuple[int, ...] | None = None
+    min: int = 1
 
     def check(self, channels: int) -> None:
-        from dslim.errors import UserError
-
         if self.choices is not None and channels not in self.choices:
             raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.choices}")
-        if not 1 <= channels <= self.max:
-            raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: 1..{self.max}")
+        if not self.min <= channels <= self.max:
+            raise UserError(
+                f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.min}..{self.max}"
+            )
 
 
 @dataclass(frozen=True)
 class Subnet(Mapping[str, int]):
     """Active channels per group (ordered as the supernet lists its groups) plus an optional block keep-mask.
 
-    Hashable and JSON-serializable; `key` is a short digest used to file per-subnet BatchNorm statistics,
-    so the same channels always find the same statistics whatever name the subnet is called by.
+    Hashable and JSON-serializable. `key` is a short digest of the channels alone: it files per-subnet BatchNorm
+    statistics, so the same channels always find the same statistics whatever the subnet is called, and a block
+    mask (BlockDrop) does not multiply them.
     """
 
     channels: tuple[tuple[str, int], ...]
@@ -65,17 +72,28 @@ class Subnet(Mapping[str, int]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Subnet) and (self.channels, self.blocks) == (other.channels, other.blocks)
 
+    def with_blocks(self, blocks: tuple[bool, ...] | None) -> Subnet:
+        return Subnet(self.channels, None if blocks is None else tuple(bool(b) for b in blocks))
+
     def to_json(self) -> dict:
         return {"channels": dict(self.channels), "blocks": None if self.blocks is None else list(self.blocks)}
 
     @classmethod
-    def from_json(cls, obj: dict) -> Subnet:
+    def from_json(cls, obj: object, where: str = "subnet") -> Subnet:
+        """A subnet from its JSON form; a `UserError` naming `where` if the object is not one."""
+        channels = obj.get("channels") if isinstance(obj, dict) else None
+        if not isinstance(channels, dict) or not all(
+            isinstance(g, str) and isinstance(c, int) and not isinstance(c, bool) for g, c in channels.items()
+        ):
+            raise UserError(f'{where} is not a subnet: expected {{"channels": {{group: int, ...}}, "blocks": ...}}')
         blocks = obj.get("blocks")
-        return cls.of(obj["channels"], None if blocks is None else tuple(bool(b) for b in blocks))
+        if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, bool) for b in blocks)):
+            raise UserError(f"{where}: `blocks` must be a list of true/false or null")
+        return cls.of(channels, None if blocks is None else tuple(blocks))
 
     @functools.cached_property
     def key(self) -> str:
-        return "s" + hashlib.sha1(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+        return "s" + hashlib.sha1(json.dumps(dict(self.channels), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int = 1) -> int:

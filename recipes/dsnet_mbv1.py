@@ -8,18 +8,12 @@ Stage II: the gate over the 4 slimmest routes (uniform-0..3) with SGS and 0.5 * 
 and exported. (The original also kept an EMA of the gate; dslim evaluates and exports the online gate.)
 """
 
-from dslim.config import (
-    BnCalibrationConfig,
-    Config,
-    DataConfig,
-    EvalConfig,
-    GateConfig,
-    ModelConfig,
-    OptimConfig,
-    ScheduleConfig,
-    StagesConfig,
-    TrainConfig,
-)
+from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from dslim.methods.gate import GateConfig
+from dslim.methods.sandwich import SandwichConfig
+from dslim.stages import stages_config
+from dslim.stages.bn_recalibration import BnCalibrationConfig
+from dslim.stages.evaluate import EvalConfig
 
 UNIFORM = tuple(f"uniform-{r}" for r in range(14))
 
@@ -28,8 +22,8 @@ def recipe() -> Config:
     return Config(
         model=ModelConfig(arch="ds_mobilenet_v1", widths=(), bn="private", dropout=0.2),
         data=DataConfig(root="/data/imagenet", batch_size=64, random_area=(0.08, 1.0)),
-        stages=StagesConfig(
-            supernet=TrainConfig(
+        stages=stages_config(
+            supernet=SandwichConfig(
                 epochs=160,
                 rule="sandwich",
                 num_random=2,
@@ -46,8 +40,6 @@ def recipe() -> Config:
             bn_recalibration=BnCalibrationConfig(batches=1000, subnets=UNIFORM),
             gate=GateConfig(
                 epochs=40,
-                rule="single",
-                distill="none",
                 label_smoothing=0.1,
                 optim=OptimConfig(lr=0.08, lr_batch=512, weight_decay=0.01),
                 schedule=ScheduleConfig(kind="cosine", min_lr=1e-5, cooldown_epochs=10),

@@ -3,15 +3,17 @@
 Original: batch 160, lr 0.045, exponential decay 0.98 per epoch, 480 epochs, SGD Nesterov, weight decay 1e-4.
 """
 
-from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig, StagesConfig, TrainConfig
+from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from dslim.methods.sandwich import SandwichConfig
+from dslim.stages import stages_config
 
 
 def recipe() -> Config:
     return Config(
         model=ModelConfig(arch="mobilenet_v1", widths=(0.25, 0.5, 0.75, 1.0), bn="switchable"),
         data=DataConfig(root="/data/imagenet", batch_size=40),
-        stages=StagesConfig(
-            supernet=TrainConfig(
+        stages=stages_config(
+            supernet=SandwichConfig(
                 epochs=480,
                 rule="all_widths",
                 distill="none",

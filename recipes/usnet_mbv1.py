@@ -5,16 +5,10 @@ Original: batch 1024, lr 0.5, linear decay to 0, 250 epochs, SGD Nesterov, weigh
 depthwise) and FC weights, label smoothing 0.1 on the largest. Evaluated on the 0.025 grid.
 """
 
-from dslim.config import (
-    BnCalibrationConfig,
-    Config,
-    DataConfig,
-    ModelConfig,
-    OptimConfig,
-    ScheduleConfig,
-    StagesConfig,
-    TrainConfig,
-)
+from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from dslim.methods.sandwich import SandwichConfig
+from dslim.stages import stages_config
+from dslim.stages.bn_recalibration import BnCalibrationConfig
 
 GRID = tuple(round(0.25 + 0.025 * i, 3) for i in range(31))
 
@@ -23,8 +17,8 @@ def recipe() -> Config:
     return Config(
         model=ModelConfig(arch="mobilenet_v1", widths=GRID, width_range=(0.25, 1.0), bn="calibrated"),
         data=DataConfig(root="/data/imagenet", batch_size=128),
-        stages=StagesConfig(
-            supernet=TrainConfig(
+        stages=stages_config(
+            supernet=SandwichConfig(
                 epochs=250,
                 rule="sandwich",
                 num_random=2,

@@ -1,6 +1,6 @@
 """Does DS-Net's per-image routing save real time? Dynamic inference vs the widest route run statically.
 
-Prints, at batch 1 and batch 64 on this machine's CPU, the wall-time speed-up of `forward_dynamic` over the
+Prints, at batch 1 and batch 64 on this machine's CPU, the wall-time speed-up of `forward_routed` over the
 static widest route, the MAdds speed-up of the same two, and their ratio (goal: >= 0.8; the original realized
 none, because it ran the full width and masked). The gate is fitted so the images spread evenly over the routes.
 
@@ -64,7 +64,7 @@ def main() -> None:
     widest = routes[-1]
     x = torch.randn(64, 3, args.size, args.size)
     spread_gate(net, x)
-    _, route = net.forward_dynamic(x)
+    _, route = net.forward_routed(x)
     route_macs = [measure(net, args.size, r).macs for r in routes]
     gate_macs = net.gate_block.gate.in_channels * net.gate_block.gate.out_channels
     dynamic_macs = sum(route_macs[r] for r in route.tolist()) / len(x) + gate_macs
@@ -84,7 +84,7 @@ def main() -> None:
 
         def dynamic(batch: int = batch) -> None:
             for i in range(0, len(x), batch):
-                net.forward_dynamic(x[i : i + batch])
+                net.forward_routed(x[i : i + batch])
 
         t_static = timed(static, args.repeats) / len(x) * batch
         t_dynamic = timed(dynamic, args.repeats) / len(x) * batch

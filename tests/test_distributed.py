@@ -26,10 +26,10 @@ VARIANTS = {
 
 
 def worker(out: str, accum: int, variant: str) -> None:
-    from dslim.config import OptimConfig, TrainConfig
-    from dslim.methods import sandwich_step
+    from dslim.config import OptimConfig
+    from dslim.methods.sandwich import Sandwich, SandwichConfig
     from dslim.models import create_supernet
-    from dslim.trainer import MetricsLog, Trainer, make_accelerator
+    from dslim.training import MetricsLog, Trainer, make_accelerator
 
     v = VARIANTS[variant]
     acc = make_accelerator("no")
@@ -38,16 +38,16 @@ def worker(out: str, accum: int, variant: str) -> None:
     net = create_supernet("mobilenet_v1", num_classes=10, max_width=0.5, widths=(0.25, 0.375, 0.5),
                           width_range=width_range, bn=v["bn"])  # fmt: skip
     optim = OptimConfig(lr=0.005, lr_batch=GLOBAL_BATCH, weight_decay=1e-3, grad_clip=v["grad_clip"])
-    cfg = TrainConfig(epochs=1, rule=v["rule"], distill=v["distill"], grad_accum=accum, num_random=1, optim=optim)
+    cfg = SandwichConfig(epochs=1, rule=v["rule"], distill=v["distill"], grad_accum=accum, num_random=1, optim=optim)
     per = GLOBAL_BATCH // (acc.num_processes * accum)
     g = torch.Generator().manual_seed(1)
     steps = [(torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (GLOBAL_BATCH,), generator=g))
              for _ in range(STEPS)]  # fmt: skip
     mine = [(x[k * per : (k + 1) * per], y[k * per : (k + 1) * per])
             for x, y in steps for k in range(acc.process_index * accum, (acc.process_index + 1) * accum)]  # fmt: skip
-    trainer = Trainer(acc, net, cfg, stage="supernet", state_dir=f"{out}.state",
+    trainer = Trainer(acc, net, Sandwich(cfg), cfg, stage="supernet", state_dir=f"{out}.state",
                       metrics=MetricsLog(f"{out}.jsonl", acc), batch_size=per)  # fmt: skip
-    trainer.fit(sandwich_step, lambda epoch: mine)
+    trainer.fit(lambda epoch: mine)
     Path(f"{out}.rank{acc.process_index}").write_text(
         json.dumps({"processes": acc.num_processes, "type": str(acc.distributed_type)})
     )

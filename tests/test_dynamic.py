@@ -34,12 +34,12 @@ def test_dynamic_equals_each_image_alone_at_its_route():
     net = _dsnet_with_mixed_routes()
     x = torch.randn(16, 3, 64, 64)
     _spread_routes(net, x)
-    out, route = net.forward_dynamic(x)
+    out, route = net.forward_routed(x)
     assert len(route.unique()) > 1, "the test needs images on several routes"
     for i in range(len(x)):
         with torch.no_grad(), net.using(net.routes()[route[i]]):
             torch.testing.assert_close(out[i : i + 1], net(x[i : i + 1]), atol=1e-5, rtol=1e-5)
-        single, r1 = net.forward_dynamic(x[i : i + 1])  # a batch of one takes the same path
+        single, r1 = net.forward_routed(x[i : i + 1])  # a batch of one takes the same path
         assert r1.item() == route[i].item()
         torch.testing.assert_close(single, out[i : i + 1], atol=1e-5, rtol=1e-5)
 
@@ -50,7 +50,7 @@ def test_dynamic_runs_narrower_tensors():
     _spread_routes(net, x)
     widths = []
     hook = net.classifier.register_forward_hook(lambda m, a, y: widths.append(a[0].shape[1]))
-    _, route = net.forward_dynamic(x)
+    _, route = net.forward_routed(x)
     hook.remove()
     assert sorted(widths) == sorted(736 + 32 * r for r in route.unique().tolist())
     assert net.subnet == net.largest()  # the active subnet is left as it was
@@ -63,7 +63,7 @@ def test_dynamic_export_routes_per_input(tmp_path):
     net = _dsnet_with_mixed_routes()
     x = torch.randn(8, 3, 64, 64)
     _spread_routes(net, x)
-    expected, route = net.forward_dynamic(x)
+    expected, route = net.forward_routed(x)
     routed = extract_dynamic(net)
     assert routed.net.stages[4][1].pw.weight.shape[0] == 736 + 32 * 3  # cut to the widest route
     dslim.save_subnet(routed, None, tmp_path / "dyn.safetensors", input_size=64)

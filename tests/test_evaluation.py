@@ -16,8 +16,9 @@ from dslim.complexity import measure
 from dslim.config import Config, ModelConfig
 from dslim.errors import UserError
 from dslim.evaluate import main
-from dslim.evaluation import evaluate, plot_pareto, write_report
-from dslim.rundir import config_from_json, latest_artifact, load_config
+from dslim.evaluation import evaluate
+from dslim.report import plot_pareto, write_report
+from dslim.stages.layout import RunLayout, config_from_json, load_config, stage_order
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,12 +63,12 @@ def test_report_follows_the_contract(tmp_path):
         {"subnet": "0.25", "macs": 1_000_000, "params": 20_000, "top1": 50.0, "top5": 80.0},
         {"subnet": "1.0", "macs": 9_000_000, "params": 90_000, "top1": 70.0, "top5": 90.0},
     ]
-    report = write_report(rows, tmp_path / "a")
+    report = write_report(tmp_path / "a", rows)
     saved = json.loads((tmp_path / "a" / "eval.json").read_text())
     assert saved == report == {"subnets": rows} and "dynamic" not in saved
     assert (tmp_path / "a" / "pareto.png").read_bytes().startswith(PNG)
     dynamic = {"macs_mean": 4_000_000.0, "top1": 68.0, "routes": {"uniform-0": 10, "uniform-3": 5}}
-    write_report(rows, tmp_path / "b", dynamic)
+    write_report(tmp_path / "b", rows, dynamic)
     saved = json.loads((tmp_path / "b" / "eval.json").read_text())
     assert saved == {"subnets": rows, "dynamic": dynamic}
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["eval.json", "pareto.png"]  # no temp files left
@@ -88,9 +89,13 @@ def test_config_json_round_trip_for_every_recipe():
 
 def test_latest_finished_stage_is_found(tmp_path):
     run, net = make_run(tmp_path / "run")
-    assert latest_artifact(run, load_config(run)) == run / "supernet" / "model.safetensors"
+
+    def latest():
+        return RunLayout(run).supernet_before(stage_order(load_config(run)))
+
+    assert latest() == run / "supernet" / "model.safetensors"
     save_supernet(net, run / "bn_recalibration" / "model.safetensors", stage="bn_recalibration")
-    assert latest_artifact(run, load_config(run)) == run / "bn_recalibration" / "model.safetensors"
+    assert latest() == run / "bn_recalibration" / "model.safetensors"
 
 
 def test_command_calibrates_any_width_and_prints_only_json(tmp_path, monkeypatch, capsys):
@@ -118,7 +123,7 @@ def test_command_evaluates_the_dynamic_model_after_a_gate_stage(tmp_path, monkey
     assert sum(dynamic["routes"].values()) == 12
     routes = {name: net.resolve(name) for name in dynamic["routes"]}
     with torch.no_grad():
-        top1 = 100.0 * sum(int((net.forward_dynamic(x)[0].argmax(1) == y).sum()) for x, y in val) / 12
+        top1 = 100.0 * sum(int((net.forward_routed(x)[0].argmax(1) == y).sum()) for x, y in val) / 12
     assert dynamic["top1"] == pytest.approx(top1)
     macs = {name: measure(net, 32, s).macs for name, s in routes.items()}
     assert min(macs.values()) <= dynamic["macs_mean"] <= max(macs.values()) + net.gate_block.gate.weight.numel()

@@ -14,9 +14,11 @@ import dslim
 import dslim.data
 from dslim.calibration import recalibrate
 from dslim.checkpoint import save_supernet
-from dslim.config import Config, EvalConfig, ModelConfig, StagesConfig
+from dslim.config import Config, ModelConfig
 from dslim.export import main
 from dslim.models import from_config
+from dslim.stages import stages_config
+from dslim.stages.evaluate import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def make_run(
         widths, width_range = ((0.25, 0.5), (0.25, 0.5)) if bn == "calibrated" else ((0.25, 0.5, 1.0), None)
         model = ModelConfig(arch="mobilenet_v1", num_classes=10, input_size=32, max_width=max(widths), widths=widths,
                             width_range=width_range, bn=bn)  # fmt: skip
-    config = Config(model=model, stages=StagesConfig(evaluate=EvalConfig(calibrate_batches=2)))
+    config = Config(model=model, stages=stages_config(evaluate=EvalConfig(calibrate_batches=2)))
     net = from_config(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -47,6 +49,7 @@ def make_run(
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"config": dataclasses.asdict(config), "argv": ["--recipe", "test"], "versions": {"dslim": "test"}}
     (path / "config.json").write_text(json.dumps(cfg))
+    net.router_trained = stage == "gate"  # what the gate stage records
     save_supernet(net, path / stage / "model.safetensors", stage=stage)
     return path, net.eval()
 

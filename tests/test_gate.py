@@ -2,7 +2,6 @@
 
 import torch
 
-from dslim.methods.gate import freeze_all_but_gate, route_macs
 from tests.test_dynamic import _dsnet_with_mixed_routes
 
 
@@ -21,9 +20,15 @@ def test_gumbel_forward_equals_each_image_at_its_sampled_route():
 
 def test_macs_penalty_pushes_the_gate_to_slimmer_routes():
     net = _dsnet_with_mixed_routes()
-    freeze_all_but_gate(net)
-    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["stages.3.0.gate.weight"]
-    macs = route_macs(net, 64)
+    from dslim.config import OptimConfig
+    from dslim.methods.gate import GateConfig, GateTraining
+
+    sets = GateTraining(GateConfig(optim=OptimConfig()), net, 64).param_sets(net)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert [names[id(p)] for s in sets.values() for p in s.params] == ["stages.3.0.gate.weight"]
+    net.requires_grad_(False)
+    net.gate_block.gate.requires_grad_(True)
+    macs = net.route_macs(64)
     assert torch.all(macs[1:] > macs[:-1])
     x = torch.randn(16, 3, 64, 64)
     opt = torch.optim.SGD([net.gate_block.gate.weight], lr=50.0)

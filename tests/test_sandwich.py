@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from accelerate.state import AcceleratorState
 
-from dslim.config import OptimConfig, ScheduleConfig, TrainConfig
-from dslim.methods import sandwich_step
-from dslim.methods.sandwich import step_subnets
+from dslim.config import OptimConfig, ScheduleConfig
+from dslim.methods.sandwich import Sandwich, SandwichConfig, step_subnets
 from dslim.models import create_supernet
-from dslim.trainer import SUBNET_STREAM, MetricsLog, Trainer, make_accelerator
+from dslim.training import MetricsLog, Trainer, make_accelerator
+from dslim.training.method import SUBNET_STREAM
 
 LR, MOMENTUM, WD, SMOOTHING, BATCH, SIZE = 0.2, 0.9, 1e-3, 0.1, 8, 16
 
@@ -28,9 +28,9 @@ def supernet(bn: str):
 def one_trainer_step(net, cfg, batch, tmp_path):
     AcceleratorState._reset_state(True)
     acc = make_accelerator("no")
-    trainer = Trainer(acc, net, cfg, stage="supernet", state_dir=tmp_path / "state",
+    trainer = Trainer(acc, net, Sandwich(cfg), cfg, stage="supernet", state_dir=tmp_path / "state",
                       metrics=MetricsLog(tmp_path / "metrics.jsonl", acc), batch_size=BATCH, seed=3)  # fmt: skip
-    trainer.fit(sandwich_step, lambda epoch: [batch])
+    trainer.fit(lambda epoch: [batch])
     return trainer
 
 
@@ -73,7 +73,7 @@ def reference_step(net, subnets, distill, ensemble, batch):
     [("calibrated", "inplace", False), ("private", "ieb", True), ("switchable", "none", False)],
 )
 def test_one_step_matches_hand_computed_reference(tmp_path, bn, distill, ensemble):
-    cfg = TrainConfig(
+    cfg = SandwichConfig(
         epochs=1,
         rule="all_widths" if bn == "switchable" else "sandwich",
         num_random=2,
@@ -91,7 +91,7 @@ def test_one_step_matches_hand_computed_reference(tmp_path, bn, distill, ensembl
     ref = copy.deepcopy(net)
 
     # The subnets, drawn as documented: from (seed, step) only.
-    rng = np.random.default_rng((3, 0, SUBNET_STREAM))
+    rng = np.random.default_rng((3, 0, SUBNET_STREAM, 0))
     if bn == "calibrated":
         subnets = [ref.largest(), ref.uniform(rng.uniform(0.25, 1.0)), ref.uniform(rng.uniform(0.25, 1.0)),
                    ref.smallest()]  # fmt: skip
@@ -100,7 +100,7 @@ def test_one_step_matches_hand_computed_reference(tmp_path, bn, distill, ensembl
         subnets = [ref.largest(), *(ref.resolve(names[rng.integers(2)]) for _ in range(2)), ref.smallest()]
     else:
         subnets = [ref.resolve(w) for w in ("1.0", "0.75", "0.5", "0.25")]
-    assert [s for _, s in step_subnets(ref, cfg, np.random.default_rng((3, 0, SUBNET_STREAM)))] == subnets
+    assert [s for _, s in step_subnets(ref, cfg, np.random.default_rng((3, 0, SUBNET_STREAM, 0)))] == subnets
 
     trainer = one_trainer_step(net, cfg, batch, tmp_path)
     reference_step(ref, subnets, distill, ensemble, batch)
@@ -118,10 +118,10 @@ def test_one_step_matches_hand_computed_reference(tmp_path, bn, distill, ensembl
 
 def test_subnet_draws_depend_only_on_seed_and_step():
     net = supernet("calibrated")
-    cfg = TrainConfig(num_random=2)
+    cfg = SandwichConfig(num_random=2)
 
     def draws(seed, step):
-        return step_subnets(net, cfg, np.random.default_rng((seed, step, SUBNET_STREAM)))
+        return step_subnets(net, cfg, np.random.default_rng((seed, step, SUBNET_STREAM, 0)))
 
     assert draws(0, 5) == draws(0, 5)
     assert draws(0, 5) != draws(0, 6) and draws(0, 5) != draws(1, 5)

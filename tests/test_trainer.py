@@ -7,13 +7,15 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from dslim.config import Config, OptimConfig, ScheduleConfig, TrainConfig, replace
+from dslim.config import Config, OptimConfig, ScheduleConfig, replace
 from dslim.errors import UserError
-from dslim.methods import sandwich_step
+from dslim.methods.sandwich import Sandwich, SandwichConfig
 from dslim.models import create_supernet
-from dslim.stages import select_stages, write_config
+from dslim.stages import select_stages
+from dslim.stages.layout import RunLayout
+from dslim.stages.pipeline import write_config
 from dslim.train import split_stages
-from dslim.trainer import MetricsLog, Trainer, lr_at, make_accelerator, param_groups, update_ema
+from dslim.training import MetricsLog, Trainer, lr_at, make_accelerator, param_groups, update_ema
 
 
 @pytest.fixture(autouse=True)
@@ -36,14 +38,14 @@ def batches(n, size=8, seed=0):
 
 def train(tmp_path, cfg, data, mixed_precision="no", net=None):
     acc = make_accelerator(mixed_precision)
-    trainer = Trainer(acc, net or tiny(), cfg, stage="supernet", state_dir=tmp_path / "state",
+    trainer = Trainer(acc, net or tiny(), Sandwich(cfg), cfg, stage="supernet", state_dir=tmp_path / "state",
                       metrics=MetricsLog(tmp_path / "metrics.jsonl", acc), batch_size=8)  # fmt: skip
-    trainer.fit(sandwich_step, lambda epoch: data)
+    trainer.fit(lambda epoch: data)
     return trainer
 
 
 def test_bf16_steps_are_finite_and_keep_bn_statistics_fp32(tmp_path):
-    cfg = TrainConfig(epochs=1, ema_decay=0.5, distill="ieb", log_every=1)
+    cfg = SandwichConfig(epochs=1, ema_decay=0.5, distill="ieb", log_every=1)
     trainer = train(tmp_path, cfg, batches(2), "bf16", tiny("private"))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if r["kind"] == "step"]
@@ -94,7 +96,7 @@ def test_weight_decay_groups():
     assert bn_and_bias and depthwise
 
     def groups(**kw):
-        decay, no_decay = param_groups(net, OptimConfig(weight_decay=1e-4, **kw))
+        decay, no_decay = param_groups(net, list(net.parameters()), OptimConfig(weight_decay=1e-4, **kw))
         assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
         return {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
 
@@ -124,7 +126,7 @@ def test_ema_update():
 
 
 def test_checkpoints_keep_last_and_gradient_accumulation(tmp_path):
-    cfg = TrainConfig(epochs=2, grad_accum=2, checkpoint_every=1, keep_last=2, log_every=1)
+    cfg = SandwichConfig(epochs=2, grad_accum=2, checkpoint_every=1, keep_last=2, log_every=1)
     trainer = train(tmp_path, cfg, batches(5))  # 5 micro-batches: 2 steps per epoch, the 5th is dropped
     assert trainer.step == 4
     kept = [p.name for p in trainer.checkpoints()]
@@ -148,13 +150,19 @@ def test_stage_selection_and_overrides_are_told_apart():
 def test_run_directory_refuses_another_config(tmp_path):
     acc = make_accelerator()
     config = Config()
-    write_config(tmp_path, config, "r", ["a"], acc)
-    write_config(tmp_path, config, "r", ["a"], acc)  # the same: fine
+    write_config(RunLayout(tmp_path), config, "r", ["a"], acc)
+    write_config(RunLayout(tmp_path), config, "r", ["a"], acc)  # the same: fine
     with pytest.raises(UserError, match="differs in stages.supernet.epochs"):
         (tmp_path / "supernet").mkdir()
-        write_config(tmp_path, replace(config, **{"stages.supernet.epochs": 7}), "r", ["b"], acc)
+        write_config(RunLayout(tmp_path), replace(config, **{"stages.supernet.epochs": 7}), "r", ["b"], acc)
     # Settings of a stage that has not started, and harmless ones, may change.
-    write_config(tmp_path, replace(config, **{"stages.evaluate.subnets": ("1.0",), "data.workers": 1}), "r", ["c"], acc)
+    write_config(
+        RunLayout(tmp_path),
+        replace(config, **{"stages.evaluate.subnets": ("1.0",), "data.workers": 1}),
+        "r",
+        ["c"],
+        acc,
+    )
     record = json.loads((tmp_path / "config.json").read_text())
     assert record["config"]["stages"]["evaluate"]["subnets"] == ["1.0"] and record["history"] == [["a"]]
     assert set(record["versions"]) >= {"torch", "accelerate", "dslim"}

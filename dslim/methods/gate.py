@@ -1,6 +1,6 @@
 """DS-Net stage II: gate training with sandwich gate sparsification (SGS) and a MAdds penalty.
 
-Per micro-batch, with the supernet frozen and BatchNorm in eval mode:
+Only the gate learns; the supernet is frozen with BatchNorm in eval mode. Per micro-batch:
 - the smallest subnet classifies the batch without gradients; the SGS target of an image is the slimmest route if
   it was right (the image is easy), else the widest route;
 - the model routes every image by a straight-through Gumbel-softmax sample of the gate (`forward_gumbel`);
@@ -10,47 +10,57 @@ Per micro-batch, with the supernet frozen and BatchNorm in eval mode:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslim.complexity import measure
-from dslim.config import GateConfig
+from dslim.config import Fraction, NonNegativeFloat, TrainConfig, at_least
 from dslim.models.base import Supernet
-from dslim.trainer import Batch, Method, StepContext
+from dslim.training import Batch, Method, ParamSet, StepContext
 
 
-def freeze_all_but_gate(net: Supernet) -> None:
-    """Only the gate learns in stage II."""
-    net.requires_grad_(False)
-    net.gate_block.gate.requires_grad_(True)
+@dataclass(frozen=True)
+class GateConfig(TrainConfig):
+    """DS-Net stage II: only the gate trains (see `dslim.methods.gate`)."""
+
+    label_smoothing: Fraction = 0.1
+    """Label smoothing of the cross-entropy of the routed output."""
+    sgs_weight: NonNegativeFloat = 1.0
+    """Weight of the gate's cross-entropy against the SGS target (on logits, not the original's double softmax)."""
+    macs_weight: NonNegativeFloat = 0.5
+    """Weight of the squared per-image MAdds penalty."""
+    macs_unit: Annotated[float, at_least(1.0)] = 1e9
+    """MAdds are divided by this before squaring (1e9: GMAdds, as the original)."""
+    gumbel_tau: Annotated[float, at_least(1e-3)] = 1.0
+    """Gumbel-softmax temperature of the straight-through route samples in training."""
 
 
-def route_macs(net: Supernet, input_size: int) -> torch.Tensor:
-    """Exact MAdds per image of each route, the gate's own 1x1 conv included."""
-    gate = net.gate_block.gate
-    return torch.tensor(
-        [float(measure(net, input_size, r).macs + gate.in_channels * gate.out_channels) for r in net.routes()]
-    )
+class GateTraining(Method):
+    """The gate's weights alone, one optimizer; the routes' MAdds are measured once, at construction."""
 
+    def __init__(self, cfg: GateConfig, net: Supernet, input_size: int) -> None:
+        self.cfg = cfg
+        self.macs = net.route_macs(input_size)  # type: ignore[attr-defined]
+        self.smallest = net.routes()[0]  # type: ignore[attr-defined]
 
-def gate_method(net: Supernet, input_size: int) -> Method:
-    """The stage's step function; the routes' MAdds are measured once, here."""
-    macs = route_macs(net, input_size)
-    smallest = net.routes()[0]
+    def param_sets(self, net: Supernet) -> dict[str, ParamSet]:
+        return {"gate": ParamSet(list(net.gate_block.gate.parameters()), self.cfg.optim, self.cfg.schedule)}  # type: ignore[attr-defined]
 
-    def gate_step(model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         images, labels = batch
-        cfg: GateConfig = ctx.cfg  # type: ignore[assignment]
-        ctx.supernet.eval()  # frozen supernet: BN statistics, no dropout
-        with torch.no_grad(), ctx.supernet.using(smallest), ctx.accelerator.autocast():
-            easy = ctx.supernet(images).argmax(1) == labels
-        target = torch.where(easy, 0, len(macs) - 1)
+        cfg, net = self.cfg, ctx.supernet
+        net.eval()  # frozen supernet: BN statistics, no dropout
+        with torch.no_grad(), net.using(self.smallest), ctx.accelerator.autocast():
+            easy = net(images).argmax(1) == labels
+        target = torch.where(easy, 0, len(self.macs) - 1)
         with ctx.backward_pass(last=True):
             logits, gate, onehot = model(images, gumbel_tau=cfg.gumbel_tau)
             sgs = F.cross_entropy(gate.float(), target)
             ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            routed = onehot @ macs.to(onehot.device)
+            routed = onehot @ self.macs.to(onehot.device)
             penalty = ((routed / cfg.macs_unit) ** 2).mean()
             loss = cfg.sgs_weight * sgs + ce + cfg.macs_weight * penalty
             ctx.backward(loss)
@@ -61,5 +71,3 @@ def gate_method(net: Supernet, input_size: int) -> Method:
             "macs_M": routed.detach().mean() / 1e6,
             "easy": easy.float().mean(),
         }
-
-    return gate_step

@@ -5,20 +5,25 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
+import torch
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear, slim_layers
 from dslim.subnet import ChannelGroup, Subnet
 
 
 class Supernet(nn.Module):
     """A network whose subnets share weights.
 
-    Subclasses build their layers from `dslim.nn`, declare their `ChannelGroup`s and name their subnets.
-    `set_subnet` (or `with model.using(subnet):`) is the only way widths change, and they stay set.
-    Built with `channels=` (a mapping group -> channels), the same architecture is made at exactly those widths:
-    that is how a subnet is exported as a standalone module.
+    Subclasses build their layers from `dslim.nn`, declare their `ChannelGroup`s and name their subnets
+    (`builtin_subnets`); searches and samplers add names of their own (`name_subnets`), stored with the artifact.
+    `set_subnet` (or `with net.using(subnet):`) is the only way widths change, and they stay set. Built with
+    `channels=` (a mapping group -> channels), the same architecture is made at exactly those widths: that is how
+    a subnet is exported as a standalone module.
+
+    A dynamic supernet (a DS-Net gate, a BlockDrop policy) also implements the routing protocol of
+    `dslim.models.routing`; `router_trained` says whether its router has learnt anything yet.
     """
 
     arch: str = ""
@@ -30,9 +35,12 @@ class Supernet(nn.Module):
         self.arch_kwargs = arch_kwargs
         self.blocks: list[nn.Module] = []
         self.subnet: Subnet | None = None
+        self.extra_names: dict[str, Subnet] = {}
+        self.router_trained = False
 
     # -- subclasses -------------------------------------------------------------------------------------------
-    def named_subnets(self) -> dict[str, Subnet]:
+    def builtin_subnets(self) -> dict[str, Subnet]:
+        """The architecture's own named subnets (widths, DS-Net's uniform choices...)."""
         raise NotImplementedError
 
     def smallest(self) -> Subnet:
@@ -46,15 +54,31 @@ class Supernet(nn.Module):
         """Constructor arguments of this architecture as a static (exported) network."""
         return self.arch_kwargs
 
+    def round_channels(self, channels: float) -> int:
+        """A fractional channel count rounded as this architecture rounds widths (for channel bins)."""
+        return max(1, int(round(channels)))
+
+    @property
+    def is_dynamic(self) -> bool:
+        """Whether this network routes each input (implements `dslim.models.routing.Dynamic`)."""
+        return False
+
+    # -- names ------------------------------------------------------------------------------------------------
+    def named_subnets(self) -> dict[str, Subnet]:
+        return {**self.builtin_subnets(), **self.extra_names}
+
+    def name_subnets(self, named: Mapping[str, Subnet]) -> None:
+        """Give subnets names of their own (found by a search, drawn by a sampler); they travel with the artifact.
+
+        Private and switchable BatchNorm get statistics (and affines) for them, as for the built-in names.
+        """
+        for name, subnet in named.items():
+            self.check(subnet)
+            self.extra_names[name] = subnet
+        self._allocate(named.values())
+
     def allowed_names(self) -> str:
         return ", ".join(self.named_subnets())
-
-    # -- shared -----------------------------------------------------------------------------------------------
-    def norm(self, channels: int, group: str | None) -> SlimBatchNorm2d:
-        return SlimBatchNorm2d(channels, group, self.bn_mode)
-
-    def largest(self) -> Subnet:
-        return Subnet.of({name: g.max for name, g in self.groups.items()})
 
     def resolve(self, name: str) -> Subnet:
         """The subnet called `name`; a `UserError` listing the allowed names otherwise."""
@@ -66,6 +90,33 @@ class Supernet(nn.Module):
             raise UserError(f"unknown subnet {name!r} for {self.arch}; allowed: {self.allowed_names()}")
         return found
 
+    def name_of(self, subnet: Subnet, default: str) -> str:
+        """`subnet`'s own name if it has one (the last listed, the most specific: `uniform-0` over `smallest`),
+        else `default`."""
+        return next((n for n, s in reversed(self.named_subnets().items()) if s == subnet), default)
+
+    # -- channels ---------------------------------------------------------------------------------------------
+    def largest(self) -> Subnet:
+        return Subnet.of({name: g.max for name, g in self.groups.items()})
+
+    def group_choices(self, bins: int = 0, min_bin: int = 1) -> dict[str, tuple[int, ...]]:
+        """The channel counts each group may take: its own choices, or `min_bin/bins .. bins/bins` of its widest
+        width rounded by the architecture's rule (AutoSlim's bins), or, with `bins=0`, every count in its range."""
+        out = {}
+        for name, g in self.groups.items():
+            if g.choices is not None:
+                out[name] = g.choices
+            elif bins:
+                counts = {self.round_channels(g.max * i / bins) for i in range(min_bin, bins + 1)}
+                out[name] = tuple(sorted(c for c in counts if g.min <= c <= g.max))
+            else:
+                out[name] = tuple(range(g.min, g.max + 1))
+        return out
+
+    # -- building ---------------------------------------------------------------------------------------------
+    def norm(self, channels: int, group: str | None) -> SlimBatchNorm2d:
+        return SlimBatchNorm2d(channels, group, self.bn_mode)
+
     def finish(self, allocate: bool = True) -> None:
         """Call at the end of a subclass's `__init__`: allocate per-subnet BN state, start at the largest.
 
@@ -73,12 +124,19 @@ class Supernet(nn.Module):
         """
         self.init_weights()
         self._layers = tuple(slim_layers(self))  # a plain tuple (not registered): set_subnet's fast path
-        if allocate and self.bn_mode != "calibrated":
-            for subnet in self.named_subnets().values():
-                for m in self.modules():
-                    if isinstance(m, SlimBatchNorm2d):
-                        m.add_subnet(subnet.key, m.num_features if m.group is None else subnet[m.group])
+        if allocate:
+            self._allocate(self.builtin_subnets().values())
         self.set_subnet(self.largest())
+
+    def _allocate(self, subnets: Iterator[Subnet] | list[Subnet]) -> None:
+        if self.bn_mode == "calibrated":  # statistics come from calibration, for any subnet
+            return
+        device = next(self.parameters()).device
+        for subnet in subnets:
+            for m in self._layers:
+                if isinstance(m, SlimBatchNorm2d):
+                    m.add_subnet(subnet.key, m.num_features if m.group is None else subnet[m.group])
+                    m.to(device)
 
     def init_weights(self) -> None:
         """The originals' initialization: He-normal (fan-out) convs, N(0, 0.01) classifier, zero biases."""
@@ -91,6 +149,7 @@ class Supernet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    # -- setting a subnet -------------------------------------------------------------------------------------
     def check(self, subnet: Subnet) -> None:
         if list(subnet) != list(self.groups):
             raise UserError(f"subnet groups {list(subnet)} do not match {self.arch}'s groups {list(self.groups)}")
@@ -101,37 +160,34 @@ class Supernet(nn.Module):
 
     def set_subnet(self, subnet: Subnet) -> None:
         """Make every layer run at `subnet` until another subnet is set."""
+        if subnet is self.subnet:
+            return
         self.check(subnet)
-        key = subnet.key
         for m in self._layers:
-            # plain attribute writes: nn.Module.__setattr__'s bookkeeping is most of the cost at batch 1
-            if isinstance(m, SlimBatchNorm2d):
-                object.__setattr__(m, "key", key)
-            else:
-                object.__setattr__(m, "active_out", None if m.out_group is None else subnet[m.out_group])
+            m.follow(subnet)
         for block, keep in zip(self.blocks, subnet.blocks or [True] * len(self.blocks)):
             block.keep = keep
         self.subnet = subnet
 
     @contextlib.contextmanager
-    def using(self, subnet: Subnet) -> Iterator[Supernet]:
-        """Run at `subnet` inside the block, then return to the previous subnet."""
-        previous = self.subnet
-        self.set_subnet(subnet)
+    def using(self, subnet: Subnet | None = None, *, train: bool | None = None) -> Iterator[Supernet]:
+        """Run at `subnet` (and in train or eval mode, if given) inside the block, then restore both."""
+        previous, was_training = self.subnet, self.training
+        if subnet is not None:
+            self.set_subnet(subnet)
+        if train is not None:
+            self.train(train)
         try:
             yield self
         finally:
+            if train is not None:
+                self.train(was_training)
             if previous is not None:
                 self.set_subnet(previous)
 
-
-def slim_layers(module: nn.Module) -> Iterator[nn.Module]:
-    """The slimmable layers under `module`, without walking into BatchNorms' per-subnet statistics."""
-    for child in module.children():
-        if isinstance(child, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
-            yield child
-        else:
-            yield from slim_layers(child)
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
 
 def resolve_channels(defaults: Mapping[str, int], channels: Mapping[str, int] | None) -> dict[str, int]:

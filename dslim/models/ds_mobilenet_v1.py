@@ -5,8 +5,9 @@ groups (stem and five stages); the slimmable choices are listed per group.
 
 The gate (stage II) sits in stage 3's first block: a 1x1 conv from the block's squeezed SE vector (its second
 head, beside the SE's excitation) to one logit per route. Routes are `uniform-0`..`uniform-(R-1)`: they share the
-stem and stages 0-2, so everything up to the gate runs once per image (`prefix`), and `forward_dynamic` groups the
-batch by route and runs each group's remainder (`tail`) at its own, physically narrower, width.
+stem and stages 0-2, so everything up to the gate runs once per image (`prefix`), and `forward_routed` groups the
+batch by route (`dslim.models.routing.dispatch`) and runs each group's remainder (`tail`) at its own, physically
+narrower, width.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dslim import complexity
 from dslim.config import ModelConfig
 from dslim.models.base import Supernet, resolve_channels
 from dslim.models.registry import register
+from dslim.models.routing import dispatch
 from dslim.nn import GlobalAvgPool, SlimConv2d, SlimLinear, SqueezeExcite
 from dslim.subnet import ChannelGroup, Subnet
 
@@ -110,7 +113,7 @@ class DSMobileNetV1(Supernet):
         channels.update(s3=CHOICES["s3"][r], s4=CHOICES["s4"][r])
         return Subnet.of(channels)
 
-    def named_subnets(self) -> dict[str, Subnet]:
+    def builtin_subnets(self) -> dict[str, Subnet]:
         named = {"largest": self.largest(), "smallest": self.smallest()}
         named.update({f"uniform-{r}": self.uniform(r) for r in range(len(CHOICES["s3"]))})
         return named
@@ -126,8 +129,11 @@ class DSMobileNetV1(Supernet):
         return {**self.arch_kwargs, "gate_routes": 0}  # a static subnet has no use for the gate
 
     def routes(self) -> list[Subnet]:
-        """The subnets the gate chooses among: the slimmest `gate_routes` uniform subnets."""
-        return [self.uniform(r) for r in range(self.gate_block.gate.out_channels)]
+        """The subnets the gate chooses among: the slimmest `gate_routes` uniform subnets (the same objects each
+        time, so that setting one is the fast path of `set_subnet`)."""
+        if "_routes" not in self.__dict__:
+            self.__dict__["_routes"] = [self.uniform(r) for r in range(self.gate_block.gate.out_channels)]
+        return self.__dict__["_routes"]
 
     def forward(self, x: torch.Tensor, gumbel_tau: float | None = None):  # type: ignore[no-untyped-def]
         """The active subnet, statically (the gate is not consulted); with `gumbel_tau`, gate training's forward.
@@ -146,8 +152,7 @@ class DSMobileNetV1(Supernet):
         compares all routes exactly, each at its own width with its own BN statistics, at no backward cost.
         """
         routes = self.routes()
-        previous = self.subnet
-        try:
+        with self.using():
             with torch.no_grad():
                 self.set_subnet(routes[0])
                 features, squeezed = self.prefix(x)
@@ -158,9 +163,6 @@ class DSMobileNetV1(Supernet):
             gate = self.gate_logits(squeezed)
             onehot = nn.functional.gumbel_softmax(gate.float(), tau=tau, hard=True)
             logits = torch.einsum("nr,rnc->nc", onehot, torch.stack(outs).float())
-        finally:
-            if previous is not None:
-                self.set_subnet(previous)
         return logits, gate, onehot
 
     def prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,31 +181,49 @@ class DSMobileNetV1(Supernet):
     def gate_logits(self, squeezed: torch.Tensor) -> torch.Tensor:
         return self.gate_block.gate(squeezed).flatten(1)
 
-    @torch.no_grad()
-    def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-input routing that saves real compute: `(logits, route index per image)`.
+    # -- the routing protocol (dslim.models.routing.Dynamic) --------------------------------------------------
+    @property
+    def is_dynamic(self) -> bool:
+        return hasattr(self.gate_block, "gate")
 
-        The shared prefix runs once for the batch; the gate's argmax picks a route per image; each route's images
-        run the rest of the network together at that route's width, and results return to their places.
-        """
+    def route_subnets(self) -> list[Subnet]:
+        return self.routes()
+
+    @torch.no_grad()
+    def forward_routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared prefix runs once for the batch; the gate's argmax picks a route per image; each route's images
+        run the rest of the network together at that route's width (`dispatch`)."""
         routes = self.routes()
-        previous = self.subnet
-        try:
-            self.set_subnet(routes[0])  # every route shares the prefix's widths
+        with self.using(routes[0]):  # every route shares the prefix's widths
             features, squeezed = self.prefix(x)
             route = self.gate_logits(squeezed).argmax(1)
-            used = route.unique().tolist()
-            if len(used) == 1:  # one route (always so at batch 1): no gather, no scatter
-                self.set_subnet(routes[used[0]])
-                return self.tail(features, squeezed), route
-            out = None
-            for r in used:
-                idx = (route == r).nonzero().flatten()
+
+            def run(r: int, inputs: list[torch.Tensor]) -> torch.Tensor:
                 self.set_subnet(routes[r])
-                y = self.tail(features[idx], squeezed[idx])
-                out = y.new_empty(x.shape[0], y.shape[1]) if out is None else out
-                out[idx] = y
-        finally:
-            if previous is not None:
-                self.set_subnet(previous)
+                return self.tail(*inputs)
+
+            out = dispatch(route, (features, squeezed), run)
         return out, route
+
+    def route_macs(self, input_size: int) -> torch.Tensor:
+        """Exact MAdds per image of each route, the gate's own 1x1 conv included (cached per input size)."""
+        cache = self.__dict__.setdefault("_route_macs", {})
+        if input_size not in cache:
+            gate = self.gate_block.gate.in_channels * self.gate_block.gate.out_channels
+            cache[input_size] = complexity.route_macs(self, self.routes(), input_size) + gate
+        return cache[input_size]
+
+    def routed_macs(self, decisions: torch.Tensor, input_size: int) -> torch.Tensor:
+        return self.route_macs(input_size).to(decisions.device)[decisions]
+
+    def route_report(self, decisions: torch.Tensor, input_size: int) -> dict:
+        routes, macs = self.routes(), self.route_macs(input_size)
+        names = [self.name_of(r, f"route-{i}") for i, r in enumerate(routes)]
+        hist = torch.bincount(decisions.cpu(), minlength=len(routes)).tolist()
+        gate = self.gate_block.gate.weight.numel()
+        return {
+            "macs_mean": float(macs.double()[decisions.cpu()].mean()),
+            "params": complexity.measure(self, input_size, routes[-1]).params + gate,
+            "routes": dict(zip(names, hist)),
+            "route_macs": dict(zip(names, (int(m) for m in macs.tolist()))),
+        }

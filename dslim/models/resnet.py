@@ -12,6 +12,7 @@ from torch import nn
 
 from dslim.models.base import resolve_channels
 from dslim.models.registry import register
+from dslim.models.routing import run_blocks
 from dslim.models.width import WidthSupernet
 from dslim.nn import GlobalAvgPool, SlimConv2d, SlimLinear
 
@@ -40,10 +41,12 @@ class Block(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.keep = True
 
+    def run(self, x: torch.Tensor, keep: bool) -> torch.Tensor:
+        """The block, or (skipped) its shortcut alone, without the final ReLU: BlockDrop's convention."""
+        return self.relu(self.body(x) + self.shortcut(x)) if keep else self.shortcut(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.keep:
-            return self.relu(self.shortcut(x))
-        return self.relu(self.body(x) + self.shortcut(x))
+        return self.run(x, self.keep)
 
 
 class ResNet(WidthSupernet):
@@ -104,8 +107,15 @@ class ResNet(WidthSupernet):
             out[g] = int(4 * c * width) // 4 if self.bottleneck and ".mid" in g else int(c * width)
         return out
 
+    def round_channels(self, channels: float) -> int:
+        return max(1, int(channels))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(self.features(self.stem(x)))))
+
+    def forward_blocks(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Each image through the blocks its row of `keep` (`[N, blocks]`, bool) keeps, grouped per block."""
+        return self.classifier(self.dropout(self.pool(run_blocks(self.blocks, self.stem(x), keep))))
 
 
 @register("resnet18")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dslim.errors import UserError
 from dslim.models.base import Supernet
-from dslim.subnet import ChannelGroup, Subnet
+from dslim.subnet import ChannelGroup, Subnet, make_divisible
 
 
 def width_name(width: float) -> str:
@@ -46,6 +46,9 @@ class WidthSupernet(Supernet):
         """Channels of every group at a width multiplier (the architecture's own rounding rule)."""
         raise NotImplementedError
 
+    def round_channels(self, channels: float) -> int:
+        return make_divisible(channels)
+
     def check_width(self, width: float) -> None:
         lo, hi = self.width_range or (min(self.widths), max(self.widths))
         if self.width_range is None and width not in self.widths:
@@ -57,7 +60,7 @@ class WidthSupernet(Supernet):
         self.check_width(width)
         return Subnet.of(self.width_channels(width))
 
-    def named_subnets(self) -> dict[str, Subnet]:
+    def builtin_subnets(self) -> dict[str, Subnet]:
         return {width_name(w): Subnet.of(self.width_channels(w)) for w in self.widths}
 
     def subnet_from_name(self, name: str) -> Subnet | None:

@@ -13,11 +13,15 @@ Statistics are fp32 and accumulate either as an EMA (`momentum`) or, during cali
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dslim.errors import UserError
+from dslim.nn.base import LayerCost, SlimModule, copy_
+from dslim.subnet import Subnet
 
 
 class _Stats(nn.Module):
@@ -35,7 +39,7 @@ class _Affine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
 
-class SlimBatchNorm2d(nn.Module):
+class SlimBatchNorm2d(SlimModule):
     """BatchNorm2d over the first `C` channels of whatever arrives, with per-subnet statistics.
 
     `key` (the active subnet's key) and `track` are set by the supernet. `mask`, when set, multiplies the
@@ -60,6 +64,9 @@ class SlimBatchNorm2d(nn.Module):
         self.key: str | None = None
         self.track = mode != "calibrated"
         self.mask: torch.Tensor | None = None
+
+    def follow(self, subnet: Subnet) -> None:
+        object.__setattr__(self, "key", subnet.key)
 
     def add_subnet(self, key: str, channels: int) -> None:
         """Allocate statistics (and, if switchable, an affine) for a subnet ahead of training."""
@@ -108,6 +115,32 @@ class SlimBatchNorm2d(nn.Module):
             m = self.mask
             y = y * (m[:c].view(1, -1, 1, 1) if m.dim() == 1 else m[:, :c, None, None])
         return y
+
+    def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
+        return None, 2 * x.shape[1]
+
+    def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
+        assert isinstance(source, SlimBatchNorm2d)
+        c = self.num_features
+        if self.mode != "switchable":
+            copy_(self, weight=source.weight[:c], bias=source.bias[:c])
+        for key in keys:
+            stats = source.stats_for(key)
+            if stats is None:
+                raise UserError("a subnet to export has no BatchNorm statistics: run bn_recalibration for it first")
+            self.add_subnet(key, stats.running_mean.numel())  # a narrower route keeps its own width
+            self.stats[key].load_state_dict(stats.state_dict())
+            if self.mode == "switchable":
+                self.affine[key].load_state_dict(source.affine[key].state_dict())
+
+    def to_plain(self, key: str | None) -> nn.Module:
+        out = nn.BatchNorm2d(self.num_features, eps=self.eps)
+        stats = self.stats_for(key)
+        if stats is not None:
+            weight, bias = self.affine_params(key, self.num_features)
+            copy_(out, weight=weight, bias=bias, running_mean=stats.running_mean, running_var=stats.running_var,
+                  num_batches_tracked=stats.num_batches_tracked)  # fmt: skip
+        return out
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
         # Statistics of subnets calibrated after construction live only in the checkpoint: allocate them first.

@@ -1,0 +1,89 @@
+"""The process around training: the Accelerator, and stopping cleanly on Ctrl-C or a scheduler's SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+import torch
+from accelerate import Accelerator, PartialState
+
+from dslim.errors import Stopped, UserError
+
+__all__ = ["StopRequests", "Stopped", "make_accelerator"]
+
+
+def make_accelerator(
+    mixed_precision: str = "no", project_dir: str | os.PathLike | None = None, tensorboard: bool = False
+) -> Accelerator:
+    """The run's one Accelerator (Accelerate keeps its state per process, so stages share it).
+
+    Refuses the silent failures of multi-process launches: processes that each train alone, DeepSpeed dropped.
+    """
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    if deepspeed and os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true"):
+        raise UserError("ACCELERATE_USE_CPU=true turns DeepSpeed off silently: unset it to run DeepSpeed on a CPU")
+    if deepspeed and not torch.cuda.is_available():
+        PartialState(backend="gloo")  # without it every DeepSpeed rank on CPU believes it is rank 0
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--mixed-precision fp16 needs a GPU (on CPU Accelerate would silently run fp32); use bf16")
+    log_with = None
+    if tensorboard:
+        try:
+            import tensorboard as _  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        log_with = "tensorboard"
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        log_with=log_with,
+        project_dir=None if project_dir is None else str(project_dir),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise UserError(
+            f"launched as {launched} processes but Accelerate sees {accelerator.num_processes}: each would train "
+            "alone; on CPU set ACCELERATE_USE_CPU=true (DDP) or ACCELERATE_USE_DEEPSPEED=true (DeepSpeed)"
+        )
+    return accelerator
+
+
+class StopRequests:
+    """Turns SIGINT / SIGTERM into a request the training loop honours between two steps.
+
+    The first signal is only recorded (the loop then saves a checkpoint and raises `Stopped`); a second one gets
+    the default behaviour back, so a user can always kill a run that does not stop. All processes agree on
+    whether to stop (`requested` is all-reduced), so none waits forever in a collective the others left.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here, leave them alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+
+    def requested(self) -> int:
+        """The signal number to stop on (0: carry on), the same on every process."""
+        if self.accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=self.accelerator.device)
+        return int(self.accelerator.reduce(flag, "max").item())

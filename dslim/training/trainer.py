@@ -1,0 +1,410 @@
+"""The one training loop: Accelerate, mixed precision, schedules, EMA, accumulation, logging, checkpoint/resume.
+
+It knows no method. A method (`dslim.training.method`) names its parameter sets and runs the passes of each
+update; the trainer owns everything between: learning rates, freezing the sets an update does not train,
+gradient reduction and clipping, optimizer steps, EMA, progress, `metrics.jsonl`, resumable checkpoints, and
+stopping cleanly on a signal.
+
+Choices made here, and why:
+- The learning rate of each set is a pure function of the optimizer step (`lr_at`), written into its param groups
+  before each step: nothing to prepare or save, identical on resume, and under DeepSpeed (whose engine steps
+  inside the last backward) already set when the step happens.
+- Gradient accumulation is counted here (a DALI loader is not a prepared DataLoader): each micro-batch's losses are
+  divided by `grad_accum`, and the main set's gradients are all-reduced only by the last backward of the step.
+- The main (first) parameter set belongs to DDP or the DeepSpeed engine. A DeepSpeed engine owns exactly one
+  optimizer, so every other set (DMCP's architecture parameters, a BlockDrop policy: small) is kept out of both:
+  DDP is told to ignore it, the engine never sees it in its optimizer, and the loop all-reduces its gradients
+  itself (one flat all-reduce, a mean) before a plain torch optimizer steps it. Partitioning a few thousand
+  parameters with ZeRO would save nothing, and this way DDP and DeepSpeed runs treat them identically.
+- A checkpoint is `accelerator.save_state` (model, main optimizer, scaler, RNG of every process) plus
+  `trainer.json` (where in which epoch), the other sets' optimizers and `ema.safetensors`, written into a hidden
+  folder renamed into place once complete: a crash never leaves a checkpoint that looks finished. Resume rebuilds
+  the epoch's loader (deterministic per seed and epoch) and skips the micro-batches already done.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sized
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+
+from dslim.checkpoint import load_tensors, save_tensors
+from dslim.config import TrainConfig
+from dslim.errors import UserError
+from dslim.models.base import Supernet
+from dslim.training.method import Batch, Method, StepContext, Update, Where
+from dslim.training.optim import ParamSet, build_optimizer, lr_at, peak_lr
+from dslim.training.runtime import Stopped, StopRequests
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """`ema = decay * ema + (1 - decay) * model` for every floating tensor, parameters and BN statistics alike."""
+    current = model.state_dict()
+    for name, e in ema.state_dict().items():
+        m = current.get(name)
+        if m is None:  # statistics of a subnet first met after the EMA was made: not needed by a teacher
+            continue
+        if e.dtype.is_floating_point:
+            e.lerp_(m.to(e.dtype), 1.0 - decay)
+        else:
+            e.copy_(m)
+
+
+class MetricsLog:
+    """`metrics.jsonl` (one JSON object per line, main process only) and, optionally, TensorBoard."""
+
+    def __init__(self, path: str | os.PathLike, accelerator: Accelerator) -> None:
+        self.path, self.accelerator = Path(path), accelerator
+
+    def write(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.accelerator.log_with:
+            numbers = {f"{record['stage']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=record.get("step"))
+
+
+def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as safetensors tensors plus JSON (param groups and non-tensor state)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for i, entry in state["state"].items():
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{i}.{k}"] = v
+            else:
+                scalars[f"{i}.{k}"] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        i, k = name.split(".", 1)
+        state.setdefault(int(i), {})[k] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    """Trains `supernet` with `method` for one stage of `cfg`, checkpointing into `state_dir`.
+
+    `batch_size` is the micro-batch per process; the global batch is `batch_size * processes * grad_accum`.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        supernet: Supernet,
+        method: Method,
+        cfg: TrainConfig,
+        *,
+        stage: str,
+        state_dir: str | os.PathLike,
+        metrics: MetricsLog,
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        self.accelerator, self.supernet, self.method, self.cfg = accelerator, supernet, method, cfg
+        self.stage, self.state_dir, self.metrics, self.seed = stage, Path(state_dir), metrics, seed
+        self.batch_size = batch_size
+        self.global_batch = batch_size * accelerator.num_processes * cfg.grad_accum
+        self.step = 0
+        self.sets: dict[str, ParamSet] = method.param_sets(supernet)
+        self.main = next(iter(self.sets))
+        members = {id(p) for s in self.sets.values() for p in s.params}
+        for p in supernet.parameters():
+            p.requires_grad_(id(p) in members)  # what no set trains is frozen for the whole stage
+        self.peaks = {name: peak_lr(s.optim, self.global_batch) for name, s in self.sets.items()}
+        self.ema: Supernet | None = None
+        if cfg.ema_decay > 0:
+            self.ema = copy.deepcopy(supernet).to(accelerator.device).eval().requires_grad_(False)
+        optimizers = {
+            name: build_optimizer(supernet, s.params, s.optim, self.peaks[name]) for name, s in self.sets.items()
+        }
+        self._configure_distributed()
+        self.model, optimizers[self.main] = accelerator.prepare(supernet, optimizers[self.main])
+        self.optimizers = optimizers
+
+    def _configure_distributed(self) -> None:
+        acc, main = self.accelerator, self.sets[self.main]
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            # Explicit, whatever a config file said: DeepSpeed clips to 1.0 when unset, and we accumulate ourselves.
+            ds["gradient_clipping"] = main.optim.grad_clip
+            ds["train_micro_batch_size_per_gpu"] = self.batch_size
+            ds["gradient_accumulation_steps"] = 1
+            ds["train_batch_size"] = self.batch_size * acc.num_processes
+            ds.setdefault("zero_allow_untested_optimizer", True)
+        elif acc.num_processes > 1:
+            # Some parameters get no gradient in some passes (switchable BN affines of other widths, dropped blocks):
+            # cheap to search for in a CNN, and a hang or an error otherwise.
+            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+            others = {id(p) for name, s in self.sets.items() if name != self.main for p in s.params}
+            ignored = [n for n, p in self.supernet.named_parameters() if id(p) in others]
+            self.supernet._ddp_params_and_buffers_to_ignore = ignored  # read by DistributedDataParallel
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.state_dir.is_dir():
+            return []
+        return sorted(p for p in self.state_dir.glob("ckpt-*") if p.is_dir())
+
+    def save_checkpoint(self, epoch: int, batch: int) -> None:
+        """Everything needed to continue at micro-batch `batch` of epoch `epoch`."""
+        acc = self.accelerator
+        final = self.state_dir / f"ckpt-{self.step:09d}"
+        if final.exists():
+            return
+        tmp = self.state_dir / f".tmp-ckpt-{self.step:09d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process's files are in before the folder is renamed
+        if acc.is_main_process:
+            state = {
+                "stage": self.stage,
+                "step": self.step,
+                "epoch": epoch,
+                "batch": batch,
+                "batch_size": self.batch_size,
+                "processes": acc.num_processes,
+                "grad_accum": self.cfg.grad_accum,
+                "sets": list(self.sets),
+            }
+            for name, optimizer in self.optimizers.items():
+                if name != self.main:
+                    tensors, meta = _optimizer_tensors(optimizer)
+                    save_tensors(tensors, tmp / f"optimizer-{name}.safetensors", meta)
+            if self.ema is not None:
+                save_tensors(self.ema.state_dict(), tmp / "ema.safetensors", {"stage": self.stage, "step": self.step})
+            (tmp / "trainer.json").write_text(json.dumps(state))
+            os.replace(tmp, final)
+            for old in self.checkpoints()[: -max(self.cfg.keep_last, 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def resume(self) -> tuple[int, int]:
+        """Load the newest checkpoint, if any; returns (epoch, micro-batches of it already done)."""
+        found = self.checkpoints()
+        if self.accelerator.is_main_process:
+            for stale in self.state_dir.glob(".tmp-ckpt-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if not found:
+            return 0, 0
+        latest = found[-1]
+        state = json.loads((latest / "trainer.json").read_text())
+        was = (state["batch_size"], state["processes"], state["grad_accum"])
+        now = (self.batch_size, self.accelerator.num_processes, self.cfg.grad_accum)
+        if was != now:
+            raise UserError(
+                f"{latest} was written with (batch size, processes, grad accum) = {was}, this run has {now}: "
+                "resume with the same settings, or use a new --out-dir"
+            )
+        self.accelerator.load_state(str(latest))
+        for name, optimizer in self.optimizers.items():
+            if name != self.main:
+                _load_optimizer(optimizer, *load_tensors(latest / f"optimizer-{name}.safetensors"))
+        if self.ema is not None:
+            tensors, _ = load_tensors(latest / "ema.safetensors")
+            self.ema.load_state_dict(tensors)
+        self.step = state["step"]
+        self.accelerator.print(f"{self.stage}: resuming from {latest} (epoch {state['epoch']}, step {self.step})")
+        return state["epoch"], state["batch"]
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        loader_for_epoch: Callable[[int], Iterable[Batch] | Sized],
+        on_epoch_end: Callable[[int], dict[str, float]] | None = None,
+    ) -> None:
+        """Train `cfg.epochs` epochs. `loader_for_epoch(e)` gives this process's batches of epoch `e`, the same ones
+        whenever asked; `on_epoch_end(e)` may return metrics (e.g. top-1 per subnet) for the epoch's summary.
+
+        A SIGINT or SIGTERM stops the loop at the next step boundary, after a checkpoint: `Stopped` is raised.
+        """
+        acc, cfg = self.accelerator, self.cfg
+        set_seed(self.seed)
+        start_epoch, done = self.resume()
+        per_epoch = len(loader_for_epoch(start_epoch)) // cfg.grad_accum  # type: ignore[arg-type]
+        if per_epoch == 0:
+            raise UserError(f"an epoch has fewer batches than --stages.{self.stage}.grad-accum {cfg.grad_accum}")
+        show = acc.is_main_process and sys.stdout.isatty()
+        with _progress(show) as progress, StopRequests(acc) as stops:
+            epochs_bar = progress.add_task(f"{self.stage} epochs", total=cfg.epochs, completed=start_epoch, info="")
+            steps_bar = progress.add_task("steps", total=per_epoch, info="")
+            for epoch in range(start_epoch, cfg.epochs):
+                batches = iter(loader_for_epoch(epoch))
+                skip = done if epoch == start_epoch else 0
+                for _ in range(skip):  # the loader is deterministic per (seed, epoch): replay to where we stopped
+                    next(batches)
+                progress.reset(steps_bar, total=per_epoch, completed=skip // cfg.grad_accum)
+                sums: dict[str, list] = {}
+                window: dict[str, list] = {}
+                epoch_start = window_start = time.perf_counter()
+                epoch_steps = window_steps = 0
+                for i in range(skip // cfg.grad_accum, per_epoch):
+                    where = Where(self.step, per_epoch, cfg.epochs)
+                    lrs = self._set_learning_rates(where)
+                    scalars = self._step(batches, where)
+                    for k, v in scalars.items():
+                        for store in (sums, window):
+                            total, n = store.get(k, (0, 0))
+                            store[k] = [total + v, n + 1]
+                    epoch_steps += 1
+                    window_steps += 1
+                    if self.step % cfg.log_every == 0 or i == per_epoch - 1:
+                        now = time.perf_counter()
+                        values = self._mean(window)
+                        img_s = window_steps * self.global_batch / max(now - window_start, 1e-9)
+                        self.metrics.write({"kind": "step", "stage": self.stage, "step": self.step,
+                                            "epoch": round(self.step / per_epoch, 4), **lrs, **values,
+                                            "img_s": round(img_s, 1), "time": time.time()})  # fmt: skip
+                        info = f"loss {values.get('loss', float('nan')):.4f}  lr {lrs['lr']:.4g}  {img_s:,.0f} img/s"
+                        progress.update(steps_bar, info=info)
+                        window, window_start, window_steps = {}, now, 0
+                    progress.update(steps_bar, completed=i + 1)
+                    signum = stops.requested()
+                    if signum:
+                        self.save_checkpoint(epoch, (i + 1) * cfg.grad_accum)
+                        raise Stopped(
+                            f"{self.stage} stopped by signal {signum} at epoch {epoch + 1}, step {self.step}; "
+                            "a checkpoint is saved: run the same command again to resume",
+                            signum,
+                        )
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and i < per_epoch - 1:
+                        self.save_checkpoint(epoch, (i + 1) * cfg.grad_accum)
+                seconds = time.perf_counter() - epoch_start
+                summary = {"kind": "epoch", "stage": self.stage, "step": self.step, "epoch": epoch + 1,
+                           **self._mean(sums), "seconds": round(seconds, 2)}  # fmt: skip
+                if on_epoch_end is not None:
+                    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+                    with torch.random.fork_rng(devices=devices):  # evaluation must not move the training RNG
+                        summary.update(on_epoch_end(epoch))
+                self.metrics.write({**summary, "time": time.time()})
+                acc.print(self._summary_line(summary, cfg.epochs, epoch_steps * self.global_batch / seconds))
+                self.save_checkpoint(epoch + 1, 0)
+                progress.update(epochs_bar, completed=epoch + 1)
+        acc.wait_for_everyone()
+
+    def _set_learning_rates(self, where: Where) -> dict[str, float]:
+        """Every set's learning rate at this step (a set whose phase has not begun is held at 0)."""
+        lrs = {}
+        for name, s in self.sets.items():
+            start = round(s.start_epoch * where.steps_per_epoch)
+            lr = 0.0
+            if where.step >= start:
+                lr = lr_at(where.step - start, where.steps_per_epoch, where.epochs - s.start_epoch,
+                           self.peaks[name], s.schedule)  # fmt: skip
+            for group in self.optimizers[name].param_groups:
+                group["lr"] = lr
+            lrs["lr" if name == self.main else f"lr/{name}"] = lr
+        return lrs
+
+    def _step(self, batches: Iterator[Batch], where: Where) -> dict[str, torch.Tensor]:
+        acc, cfg = self.accelerator, self.cfg
+        micro_batches = []
+        for _ in range(cfg.grad_accum):
+            images, labels = next(batches)
+            micro_batches.append((images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)))
+        totals: dict[str, torch.Tensor] = {}
+        for update in self.method.updates(where, list(self.sets)):
+            trains_main = self.main in update.sets
+            partial = set(update.sets) != set(self.sets)
+            if partial:
+                self._train_only(update.sets)
+            model = self.model if trains_main else self.supernet
+            for micro, batch in enumerate(micro_batches):
+                ctx = StepContext(acc, model, self.supernet, self.ema, cfg, self.seed, where, micro, trains_main)
+                for k, v in update.passes(model, batch, ctx).items():
+                    totals[k] = totals.get(k, 0) + v.detach().float() / cfg.grad_accum
+            if trains_main and not acc.sync_gradients:
+                raise RuntimeError("a method's last backward_pass of a micro-batch must say last=True")
+            self._apply(update)
+            if partial:
+                self._train_only(self.sets)
+        if self.ema is not None:
+            update_ema(self.ema, self.supernet, cfg.ema_decay)
+        self.step += 1
+        return totals
+
+    def _train_only(self, names: Iterable[str]) -> None:
+        """Freeze every parameter set but `names`, so an update's backward reaches only its own sets."""
+        names = set(names)
+        for name, s in self.sets.items():
+            for p in s.params:
+                p.requires_grad_(name in names)
+
+    def _apply(self, update: Update) -> None:
+        """Reduce, clip and step the optimizers of `update`'s sets."""
+        acc = self.accelerator
+        for name in update.sets:
+            s, optimizer = self.sets[name], self.optimizers[name]
+            if name == self.main:
+                if s.optim.grad_clip > 0 and acc.distributed_type != DistributedType.DEEPSPEED:
+                    acc.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
+            else:
+                self._reduce(s.params)
+                if s.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(s.params, s.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def _reduce(self, params: Iterable[nn.Parameter]) -> None:
+        """Average a set's gradients over processes in one flat all-reduce (sets outside DDP and DeepSpeed)."""
+        if self.accelerator.num_processes == 1:
+            return
+        params = list(params)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), "mean")
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+            offset += g.numel()
+
+    def _mean(self, sums: dict[str, list]) -> dict[str, float]:
+        """Means over the steps that logged each value and over processes (a collective: every process calls it
+        at the same steps, with the same names, as methods log the same values on every process)."""
+        if not sums:
+            return {}
+        names = sorted(sums)
+        stacked = torch.stack([torch.as_tensor(sums[k][0], device=self.accelerator.device).float() for k in names])
+        reduced = self.accelerator.reduce(stacked, "mean").tolist()
+        return {k: round(float(v) / sums[k][1], 6) for k, v in zip(names, reduced)}
+
+    def _summary_line(self, s: dict, epochs: int, img_s: float) -> str:
+        extra = "  ".join(f"{k} {v:.2f}" for k, v in s.items() if k.startswith("top1"))
+        loss = s.get("loss", float("nan"))
+        return (
+            f"{self.stage} epoch {s['epoch']}/{epochs}: loss {loss:.4f}  {img_s:,.0f} img/s  {s['seconds']:.1f} s"
+            + (f"  | {extra}" if extra else "")
+        )

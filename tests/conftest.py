@@ -1,0 +1,30 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a dslim subprocess: this checkout importable, one thread (2-core CI machines)."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory holding the built-in digits, written once per test session."""
+    from dslim.data import digits_root
+
+    cache = tmp_path_factory.mktemp("digits-cache")
+    digits_root(cache)
+    return cache
