@@ -5,7 +5,8 @@ config.json, one folder per stage with its model.safetensors and resumable state
 pareto.png. Re-running the same command resumes: finished stages are skipped, an interrupted one continues from
 its last checkpoint. `--stages NAME ...` runs only those stages (any registered stage, e.g. supernet,
 bn_recalibration, gate, evaluate, export); `--stages.supernet.epochs 3` and the like are config overrides.
-`--from F` starts the first stage run from the supernet artifact F. Works under `accelerate launch -m dslim.train ...` and `torchrun -m dslim.train ...`.
+`--from F` starts the first stage run from the supernet artifact F. Works under `accelerate launch -m dslim.train`
+and `torchrun -m dslim.train`.
 """
 
 from __future__ import annotations
