@@ -306,6 +306,9 @@ def test_holdout_is_stratified_fixed_and_nested(cache: Path) -> None:
     for n in (50, 200):
         # Each class in proportion to its size, within one image.
         assert np.abs(np.bincount(labels[chosen[n]], minlength=10) - n * sizes / len(labels)).max() < 1
+    # Drawn at random within each class, not its first files in name order.
+    first_of_class = np.searchsorted(labels, labels)  # labels are sorted by class
+    assert (chosen[50] - first_of_class[chosen[50]]).max() > 50
     # A larger holdout only adds images: a search on N images is a subset of one on more.
     assert set(chosen[3]) < set(chosen[10]) < set(chosen[50]) < set(chosen[200])
     assert np.array_equal(holdout_indices(config(cache, holdout=50, batch_size=8, loader="pil")), chosen[50])

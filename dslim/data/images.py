@@ -81,8 +81,7 @@ class Images:
 
 def scan(root: Path, split: str, format: str, cache_dir: Path) -> Images:
     """List the images of `split` under `root`; raise `UserError` for anything the user must fix."""
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
+    _check_root(root)
     if format == "webdataset":
         return _scan_webdataset(root, split, cache_dir)
     if format == "cifar":
@@ -93,13 +92,17 @@ def scan(root: Path, split: str, format: str, cache_dir: Path) -> Images:
 
 def count_classes(root: Path, format: str, cache_dir: Path) -> int:
     """Classes of the data set under `root`, without decoding any image."""
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
+    _check_root(root)
     if format == "webdataset":
         return _scan_webdataset(root, "train", cache_dir).num_classes
     if format == "cifar":
         return cifar.detect(root).num_classes
     return len(_class_names(root))
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
 
 
 def _class_names(root: Path) -> list[str]:

@@ -43,7 +43,7 @@ def holdout_indices(cfg: DataConfig) -> np.ndarray:
     The order is the one every loader reads: folders by class, then by file name; CIFAR files record by record.
     The choice is stratified by class and does not depend on the run's seed.
     """
-    check(cfg)
+    _check(cfg)
     return _holdout(cfg, _scan(cfg, "train"))
 
 
@@ -71,7 +71,7 @@ def build_loader(
         raise ValueError(f"split must be 'train', 'val' or 'holdout', not {split!r}")
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards})")
-    check(cfg)
+    _check(cfg)
     if image_size < 1:
         raise UserError(f"image size {image_size} must be at least 1; set --model.input-size")
     if split == "holdout" and cfg.holdout == 0:
@@ -108,7 +108,7 @@ def build_loader(
     return loader
 
 
-def check(cfg: DataConfig) -> None:
+def _check(cfg: DataConfig) -> None:
     """Refuse settings that would divide by zero, loop or fail deep inside a pipeline."""
     at_least = {"batch_size": (cfg.batch_size, 1), "eval_batch_size": (cfg.eval_batch_size, 1),
                 "workers": (cfg.workers, 0), "holdout": (cfg.holdout, 0), "pad": (cfg.pad, 0)}  # fmt: skip
@@ -126,9 +126,11 @@ def check(cfg: DataConfig) -> None:
     if not all(s > 0 for s in cfg.std):
         raise UserError(f"--data.std is {cfg.std}; every channel's standard deviation must be positive")
     if cfg.holdout and cfg.format == "webdataset":
-        # DALI's WebDataset reader reads whole shards and cannot skip given samples: the held-out images would be
-        # trained on. Splitting the shards themselves is the way to hold images out there.
-        raise UserError("--data.holdout needs --data.format folder or cifar; with WebDataset, write held-out shards")
+        # DALI's WebDataset reader reads whole shards and cannot leave given samples out: the held-out images would
+        # be trained on.
+        raise UserError(
+            "--data.holdout needs --data.format folder or cifar: DALI's WebDataset reader cannot leave images out"
+        )
 
 
 def _scan(cfg: DataConfig, split: Literal["train", "val"]) -> Images:
