@@ -29,12 +29,8 @@ TEST_IMAGES = 13
 @pytest.fixture(autouse=True)
 def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """The official files hold 10000 or 50000 images; these tests write 100 training and 13 test images."""
-    counts = {f"data_batch_{i}": 20 for i in range(1, 6)} | {
-        "train": 100,
-        "test_batch": TEST_IMAGES,
-        "test": TEST_IMAGES,
-    }
-    monkeypatch.setattr(cifar, "IMAGES_PER_FILE", counts)
+    counts = {f"data_batch_{i}": 20 for i in range(1, 6)} | {"train": 100}
+    monkeypatch.setattr(cifar, "IMAGES_PER_FILE", counts | {"test_batch": TEST_IMAGES, "test": TEST_IMAGES})
 
 
 def save_py2(obj: object, f: io.BufferedWriter) -> None:
