@@ -111,9 +111,13 @@ class DataConfig:
 
     root: str = "digits"
     """Dataset root with `train/<class>/*` and `val/<class>/*` (ImageFolder), a folder of WebDataset shards
-    `train-*.tar` / `val-*.tar`, or `digits` for the built-in handwritten digits."""
-    format: Literal["folder", "webdataset"] = "folder"
-    """Layout of `root`."""
+    `train-*.tar` / `val-*.tar`, an extracted CIFAR folder (`cifar-10-batches-bin`, `cifar-100-binary`,
+    `cifar-10-batches-py` or `cifar-100-python`), or `digits` for the built-in handwritten digits."""
+    format: Literal["folder", "webdataset", "cifar"] = "folder"
+    """Layout of `root`; `cifar` reads CIFAR-10/100 files into memory (their test batch is the `val` split)."""
+    holdout: NonNegative = 0
+    """N training images set aside, deterministically, never trained on; the `holdout` split; used by AutoSlim's
+    search and DMCP's validation. The same images whatever the run's seed, stratified by class."""
     loader: Literal["dali", "pil"] = "dali"
     """`dali`: NVIDIA DALI pipelines; `pil`: PIL + torch DataLoader fallback with the same transforms."""
     decoder: Literal["cpu", "mixed"] = "cpu"
@@ -124,10 +128,15 @@ class DataConfig:
     """Images per process per step (evaluation)."""
     workers: Annotated[int, in_range(0, 1024)] = 2
     """DALI threads / DataLoader workers per process."""
+    augment: Literal["random_resized_crop", "pad_crop"] = "random_resized_crop"
+    """Training crop: `random_resized_crop` (ImageNet: a random area and aspect ratio, resized to `input_size`) or
+    `pad_crop` (CIFAR: zero-pad by `pad` on each side, then a random `input_size` window, no resizing)."""
     random_area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.08, 1.0)
     """RandomResizedCrop area range."""
     random_aspect_ratio: Annotated[tuple[float, float], in_range(0.0, 100.0, open_low=True)] = (0.75, 4.0 / 3.0)
     """RandomResizedCrop aspect-ratio range."""
+    pad: Annotated[int, in_range(0, 1024)] = 4
+    """Zero padding on each side before the `pad_crop` window is drawn."""
     flip: bool = True
     """Random horizontal flip in training (off for digits, whose mirror images are other shapes)."""
     crop_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.875
@@ -138,9 +147,6 @@ class DataConfig:
     """Per-channel standard deviation (of pixel values in [0, 1])."""
     cache_dir: str = "~/.cache/dslim"
     """Where the built-in digits are written as PNG files once."""
-    holdout: NonNegative = 0
-    """Training images set aside, deterministically, never trained on: the `holdout` split (AutoSlim's search and
-    DMCP's validation score on it)."""
 
 
 @dataclass(frozen=True)

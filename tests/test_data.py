@@ -1,10 +1,13 @@
-"""Data loading: the digits cache, DALI and PIL batches, sharding, determinism, WebDataset, user errors."""
+"""Data loading: the digits cache, DALI and PIL batches, sharding, determinism, WebDataset, the held-out split,
+user errors, module structure."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
 import multiprocessing
+import re
 import shutil
 import tarfile
 from collections.abc import Iterable
@@ -15,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
+import dslim.data
 from dslim.config import DataConfig
-from dslim.data import build_loader, digits_root
+from dslim.data import build_loader, dataset_classes, digits_root, holdout_indices
 from dslim.data.digits import split_digits
 from dslim.data.pil import random_resized_crop_box
 from dslim.errors import UserError
@@ -222,6 +226,9 @@ def test_webdataset_shards(cache: Path, tmp_path: Path) -> None:
     assert len(batches) == len(train) == 1437 // 2 // 64
     assert all(b[0].shape == (64, 3, 32, 32) and set(b[1].tolist()) <= set(range(10)) for b in batches)
     assert len(list((tmp_path / "cache" / "wds-index").glob("*.idx"))) == 4
+    assert dataset_classes(cfg) == 10
+    with pytest.raises(UserError, match="--data.holdout needs --data.format folder or cifar"):
+        build_loader(dataclasses.replace(cfg, holdout=10), "train", 32)
 
 
 @pytest.fixture
@@ -282,3 +289,117 @@ def test_mixed_decoder_without_cuda(cache: Path) -> None:
 def test_batch_larger_than_the_split(cache: Path) -> None:
     with pytest.raises(UserError, match="lower the batch size"):
         build_loader(config(cache, batch_size=1000), "train", 32, num_shards=2)
+
+
+def train_labels(cache: Path) -> np.ndarray:
+    """The digits training labels in the loader's order."""
+    return build_loader(config(cache), "train", 32).images.labels
+
+
+def test_holdout_is_stratified_fixed_and_nested(cache: Path) -> None:
+    labels = train_labels(cache)
+    sizes = np.bincount(labels)
+    chosen = {n: holdout_indices(config(cache, holdout=n)) for n in (3, 10, 50, 200)}
+    assert all(len(np.unique(c)) == len(c) == n and np.all(np.diff(c) > 0) for n, c in chosen.items())
+    assert len(set(labels[chosen[3]])) == 3
+    assert sorted(labels[chosen[10]]) == list(range(10))
+    for n in (50, 200):
+        # Each class in proportion to its size, within one image.
+        assert np.abs(np.bincount(labels[chosen[n]], minlength=10) - n * sizes / len(labels)).max() < 1
+    # Drawn at random within each class, not its first files in name order.
+    first_of_class = np.searchsorted(labels, labels)  # labels are sorted by class
+    assert (chosen[50] - first_of_class[chosen[50]]).max() > 50
+    # A larger holdout only adds images: a search on N images is a subset of one on more.
+    assert set(chosen[3]) < set(chosen[10]) < set(chosen[50]) < set(chosen[200])
+    assert np.array_equal(holdout_indices(config(cache, holdout=50, batch_size=8, loader="pil")), chosen[50])
+    assert len(holdout_indices(config(cache))) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_holdout_split_is_left_out_of_training(cache: Path, backend: str) -> None:
+    cfg = config(cache, holdout=50, loader=backend)
+    held_out = holdout_indices(cfg)
+    everyone = build_loader(config(cache), "train", 32).images.names
+    held_out_names = {everyone[i] for i in held_out}
+    # The held-out images, with evaluation transforms, whatever the run's seed.
+    holdout = build_loader(cfg, "holdout", 32, seed=3)
+    assert (holdout.num_images, len(holdout), holdout.train) == (50, 1, False)
+    assert set(holdout.images.names) == held_out_names
+    images, labels = everything(holdout)
+    assert labels.tolist() == train_labels(cache)[held_out].tolist()
+    other_seed_images, _ = everything(build_loader(cfg, "holdout", 32, seed=4))
+    assert torch.equal(images, other_seed_images)
+    # Training never reads them, in any epoch or shard, and reads all the others.
+    for epoch in range(2):
+        seen = []
+        for shard in range(2):
+            train = build_loader(cfg, "train", 32, shard_id=shard, num_shards=2, epoch=epoch)
+            assert train.num_images == 1437 - 50 and len(train) == (1437 - 50) // 2 // 64
+            seen += [train.images.names[i] for i in train.order()]
+        assert not held_out_names & set(seen) and len(set(seen)) == len(seen) == 1437 - 51
+
+
+def test_holdout_errors_name_the_option(cache: Path) -> None:
+    with pytest.raises(UserError, match="set --data.holdout N"):
+        build_loader(config(cache), "holdout", 32)
+    # 1437 training images, batches of 64: at most 1373 set aside.
+    assert len(holdout_indices(config(cache, holdout=1373))) == 1373
+    for split in ("train", "holdout"):
+        with pytest.raises(UserError, match="--data.holdout 1374 leaves less than one batch .* at most 1373"):
+            build_loader(config(cache, holdout=1374), split, 32)
+    assert build_loader(config(cache, holdout=1374), "val", 32).num_images == 360
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "option"),
+    [
+        ("batch_size", 0, "--data.batch-size"),
+        ("eval_batch_size", 0, "--data.eval-batch-size"),
+        ("workers", -1, "--data.workers"),
+        ("holdout", -1, "--data.holdout"),
+        ("pad", -1, "--data.pad"),
+        ("crop_fraction", 0.0, "--data.crop-fraction"),
+        ("crop_fraction", 1.5, "--data.crop-fraction"),
+        ("random_area", (0.0, 1.0), "--data.random-area"),
+        ("random_area", (0.5, 0.2), "--data.random-area"),
+        ("random_aspect_ratio", (0.0, 1.0), "--data.random-aspect-ratio"),
+        ("std", (0.2, 0.0, 0.2), "--data.std"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_settings_name_the_option(cache: Path, field: str, value: object, option: str, backend: str) -> None:
+    for split in ("train", "val"):
+        with pytest.raises(UserError, match=re.escape(option)):
+            build_loader(config(cache, loader=backend, **{field: value}), split, 32)
+
+
+def test_bad_sizes_and_shard_counts(cache: Path) -> None:
+    with pytest.raises(UserError, match="--model.input-size"):
+        build_loader(config(cache), "val", 0)
+    with pytest.raises(UserError, match="the val split has 360 images, fewer than the 400 processes"):
+        build_loader(config(cache), "val", 32, shard_id=0, num_shards=400)
+
+
+def test_dataset_classes_without_decoding(cache: Path, tmp_path: Path) -> None:
+    assert dataset_classes(config(cache)) == 10
+    for name in ("cat", "dog", "emu"):
+        (tmp_path / "train" / name).mkdir(parents=True)  # empty folders: nothing is read but the listing
+    assert dataset_classes(config(cache, root=str(tmp_path))) == 3
+    with pytest.raises(UserError, match=f"data root {tmp_path / 'absent'} does not exist"):
+        dataset_classes(config(cache, root=str(tmp_path / "absent")))
+
+
+def test_data_modules_import_one_way() -> None:
+    """Each module imports only modules of lower layers: no import cycle inside the package."""
+    layers = [("cifar", "digits"), ("images",), ("plan",), ("dali", "pil"), ("loader",)]
+    layer = {module: i for i, modules in enumerate(layers) for module in modules}
+    folder = Path(dslim.data.__file__).parent
+    assert {p.stem for p in folder.glob("*.py")} == set(layer) | {"__init__"}
+    for module, level in layer.items():
+        imported = set()
+        for node in ast.walk(ast.parse((folder / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "dslim.data":
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dslim.data."):
+                imported.add(node.module.split(".")[2])
+        assert all(layer[m] < level for m in imported), f"{module} imports {imported}"

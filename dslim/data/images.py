@@ -1,4 +1,5 @@
-"""What a split holds: the images of an ImageFolder or of WebDataset shards, in one fixed order, with labels.
+"""What a split holds: the images of an ImageFolder, of WebDataset shards or of CIFAR files, in one fixed order,
+with labels.
 
 Every backend and every process derives its work from this list, so they all agree on what image `i` is.
 Layout problems are found here, up front, and reported as `UserError`s naming the path.
@@ -18,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dslim.data import cifar
 from dslim.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -28,7 +30,8 @@ LAYOUT_HINT = "--data.root must hold train/<class>/<image> and val/<class>/<imag
 
 @dataclass(frozen=True, eq=False)
 class Images:
-    """The images of one split. `names[i]` is a file path (folder) or `shard.tar:key` (WebDataset)."""
+    """The images of one split. `names[i]` is a file path (folder), `shard.tar:key` (WebDataset) or `file#record`
+    (CIFAR)."""
 
     names: list[str]
     labels: np.ndarray
@@ -40,12 +43,16 @@ class Images:
     """WebDataset: DALI's index file of each shard."""
     locations: np.ndarray | None = None
     """WebDataset: (shard, byte offset, byte size) of each image inside its tar, for random access."""
+    pixels: np.ndarray | None = None
+    """Images held in memory (CIFAR): uint8 (N, H, W, 3) RGB."""
 
     def __len__(self) -> int:
         return len(self.names)
 
     def decode(self, i: int) -> Image.Image:
         """Image `i` as RGB, decoded by PIL; a `UserError` naming it when it cannot be read or decoded."""
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels[i])
         try:
             return Image.open(io.BytesIO(self.read(i))).convert("RGB")
         except UnidentifiedImageError:
@@ -63,14 +70,39 @@ class Images:
             f.seek(offset)
             return f.read(size)
 
+    def subset(self, indices: np.ndarray) -> Images:
+        """The images at `indices`, in that order (not for WebDataset, which DALI reads shard by shard)."""
+        if self.locations is not None:
+            raise ValueError("a WebDataset split cannot be subset")
+        pixels = None if self.pixels is None else self.pixels[indices]
+        names = [self.names[i] for i in indices]
+        return Images(names=names, labels=self.labels[indices], num_classes=self.num_classes, pixels=pixels)
+
 
 def scan(root: Path, split: str, format: str, cache_dir: Path) -> Images:
     """List the images of `split` under `root`; raise `UserError` for anything the user must fix."""
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
+    _check_root(root)
     if format == "webdataset":
         return _scan_webdataset(root, split, cache_dir)
+    if format == "cifar":
+        pixels, labels, names, num_classes = cifar.read(root, split)
+        return Images(names=names, labels=labels, num_classes=num_classes, pixels=pixels)
     return _scan_folder(root, split)
+
+
+def count_classes(root: Path, format: str, cache_dir: Path) -> int:
+    """Classes of the data set under `root`, without decoding any image."""
+    _check_root(root)
+    if format == "webdataset":
+        return _scan_webdataset(root, "train", cache_dir).num_classes
+    if format == "cifar":
+        return cifar.detect(root).num_classes
+    return len(_class_names(root))
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
 
 
 def _class_names(root: Path) -> list[str]:

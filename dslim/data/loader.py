@@ -1,25 +1,13 @@
 """`build_loader`: one process's batches of one split, the same whichever backend (DALI or PIL) produces them.
 
-Order, sharding and seeds are decided here, once for both backends:
-
-- Training: every process draws the same permutation of the whole split from `(seed, epoch)` and takes its own
-  contiguous `n // num_shards` images of it, so shards are disjoint, every process runs the same number of steps,
-  and the few images left over differ from epoch to epoch. Augmentations are seeded from `(seed, epoch, shard)`.
-  Hence the same `(seed, epoch, shard)` gives the same batches, and a resumed run rebuilds epoch `e` exactly with
-  `build_loader(..., epoch=e)` or `loader.set_epoch(e)`: every iteration builds a fresh pipeline for the epoch.
-- Evaluation: the split in its fixed order, cut into `num_shards` contiguous parts (sizes differ by at most one,
-  as DALI cuts them), the last batch partial: every image is seen exactly once over all processes, with no
-  padding. Processes may therefore run one batch more or fewer than each other: sum (correct, total) per process
-  and reduce once after the loop, not per batch.
-- WebDataset through DALI is the exception: DALI's reader shards the stored order itself and shuffles training
-  samples in a buffer of `SHUFFLE_BUFFER` images only, so shards should be shuffled when they are written.
+Order, sharding and seeds follow `dslim.data.plan`: the same `(seed, epoch, shard)` gives the same batches,
+training shards are disjoint and equally long, evaluation covers every image exactly once over all processes.
+Settings are checked here, before any pipeline is built, and reported as `UserError`s naming the option.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -29,10 +17,11 @@ import torch
 
 from dslim.config import DataConfig
 from dslim.data.digits import digits_root
-from dslim.data.images import Images, scan
+from dslim.data.images import Images, count_classes, scan
+from dslim.data.plan import Batch, Plan, stratified_holdout
 from dslim.errors import UserError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Split = Literal["train", "val", "holdout"]
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -42,9 +31,25 @@ def resolve_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
+def dataset_classes(cfg: DataConfig) -> int:
+    """Number of classes of the data set, from folder names, CIFAR's layout or the WebDataset index; no image is
+    decoded, so it can be checked against the model before training."""
+    return count_classes(resolve_root(cfg), cfg.format, Path(cfg.cache_dir).expanduser())
+
+
+def holdout_indices(cfg: DataConfig) -> np.ndarray:
+    """Positions, in the training split's fixed order, of the `cfg.holdout` images set aside (sorted).
+
+    The order is the one every loader reads: folders by class, then by file name; CIFAR files record by record.
+    The choice is stratified by class and does not depend on the run's seed.
+    """
+    _check(cfg)
+    return _holdout(cfg, _scan(cfg, "train"))
+
+
 def build_loader(
     cfg: DataConfig,
-    split: Literal["train", "val"],
+    split: Split,
     image_size: int,
     *,
     shard_id: int = 0,
@@ -56,21 +61,30 @@ def build_loader(
 ) -> Loader:
     """Batches `(images, labels)` of `split` for process `shard_id` of `num_shards`.
 
-    `split="train"` applies training augmentation (random resized crop, flip) and drops the last partial batch
-    unless `drop_last=False`; `split="val"` applies the evaluation resize and center crop and keeps it.
+    `split="train"` applies training augmentation (`cfg.augment`, flip) and drops the last partial batch unless
+    `drop_last=False`; it leaves out the `cfg.holdout` held-out images. `split="val"` and `split="holdout"` (those
+    held-out images) apply the evaluation resize and center crop and keep the last partial batch.
     `device_id` is the GPU of the `mixed` DALI decoder (default: the current CUDA device); images then arrive on
     that GPU, otherwise on the CPU.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if split not in ("train", "val", "holdout"):
+        raise ValueError(f"split must be 'train', 'val' or 'holdout', not {split!r}")
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards})")
+    _check(cfg)
+    if image_size < 1:
+        raise UserError(f"image size {image_size} must be at least 1; set --model.input-size")
+    if split == "holdout" and cfg.holdout == 0:
+        raise UserError("the holdout split is empty; set --data.holdout N to set N training images aside")
     if cfg.loader == "dali" and cfg.decoder == "mixed":
         if not torch.cuda.is_available():
             raise UserError("--data.decoder mixed decodes on the GPU but CUDA is not available; use --data.decoder cpu")
         if device_id is None:
             device_id = torch.cuda.current_device()
-    images = scan(resolve_root(cfg), split, cfg.format, Path(cfg.cache_dir).expanduser())
+    images = _scan(cfg, "val" if split == "val" else "train")
+    if cfg.holdout and split != "val":
+        held_out = _holdout(cfg, images)
+        images = images.subset(held_out if split == "holdout" else np.setdiff1d(np.arange(len(images)), held_out))
     train = split == "train"
     loader = Loader(
         cfg,
@@ -85,6 +99,8 @@ def build_loader(
         device_id=device_id,
     )
     if len(loader) == 0:
+        if not train and len(images) < num_shards:
+            raise UserError(f"the {split} split has {len(images)} images, fewer than the {num_shards} processes")
         raise UserError(
             f"the {split} split has {len(loader.order())} images per process, fewer than one batch of "
             f"{loader.batch_size}; lower the batch size"
@@ -92,70 +108,52 @@ def build_loader(
     return loader
 
 
-def contiguous_share(n: int, shard_id: int, num_shards: int) -> np.ndarray:
-    """Shard `shard_id`'s part of `range(n)` cut into `num_shards` contiguous parts, as DALI's readers cut it."""
-    return np.arange(n * shard_id // num_shards, n * (shard_id + 1) // num_shards)
+def _check(cfg: DataConfig) -> None:
+    """Refuse settings that would divide by zero, loop or fail deep inside a pipeline."""
+    at_least = {"batch_size": (cfg.batch_size, 1), "eval_batch_size": (cfg.eval_batch_size, 1),
+                "workers": (cfg.workers, 0), "holdout": (cfg.holdout, 0), "pad": (cfg.pad, 0)}  # fmt: skip
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise UserError(f"--data.{name.replace('_', '-')} is {value}; it must be at least {low}")
+    if not 0 < cfg.crop_fraction <= 1:
+        raise UserError(f"--data.crop-fraction is {cfg.crop_fraction}; it must be in (0, 1]")
+    low, high = cfg.random_area
+    if not 0 < low <= high <= 1:
+        raise UserError(f"--data.random-area is {cfg.random_area}; it needs 0 < min <= max <= 1")
+    low, high = cfg.random_aspect_ratio
+    if not 0 < low <= high:
+        raise UserError(f"--data.random-aspect-ratio is {cfg.random_aspect_ratio}; it needs 0 < min <= max")
+    if not all(s > 0 for s in cfg.std):
+        raise UserError(f"--data.std is {cfg.std}; every channel's standard deviation must be positive")
+    if cfg.holdout and cfg.format == "webdataset":
+        # DALI's WebDataset reader reads whole shards and cannot leave given samples out: the held-out images would
+        # be trained on.
+        raise UserError(
+            "--data.holdout needs --data.format folder or cifar: DALI's WebDataset reader cannot leave images out"
+        )
 
 
-def eval_resize(image_size: int, crop_fraction: float) -> int:
-    """Shorter side before the evaluation center crop (256 for 224 at 0.875), rounded down as timm does."""
-    return int(image_size / crop_fraction + 1e-6)
+def _scan(cfg: DataConfig, split: Literal["train", "val"]) -> Images:
+    return scan(resolve_root(cfg), split, cfg.format, Path(cfg.cache_dir).expanduser())
 
 
-@dataclass
-class Loader:
+def _holdout(cfg: DataConfig, train: Images) -> np.ndarray:
+    if cfg.holdout and cfg.holdout > len(train) - cfg.batch_size:
+        raise UserError(
+            f"--data.holdout {cfg.holdout} leaves less than one batch ({cfg.batch_size}) of the {len(train)} "
+            f"training images; set it to at most {len(train) - cfg.batch_size}"
+        )
+    return stratified_holdout(train.labels, cfg.holdout)
+
+
+class Loader(Plan):
     """An iterable of `(images, labels)` batches for one epoch: images float32 NCHW normalized, labels int64.
 
     Iterating twice gives the same batches; `set_epoch` moves to another epoch.
     """
 
-    cfg: DataConfig
-    images: Images = field(repr=False)
-    train: bool
-    image_size: int
-    shard_id: int
-    num_shards: int
-    seed: int
-    epoch: int
-    drop_last: bool
-    device_id: int | None
-
-    @property
-    def num_classes(self) -> int:
-        return self.images.num_classes
-
-    @property
-    def num_images(self) -> int:
-        """Images in the whole split (all processes together)."""
-        return len(self.images)
-
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size if self.train else self.cfg.eval_batch_size
-
-    @property
-    def augment_seed(self) -> int:
-        """Seed of this process's augmentations in this epoch (DALI pipeline seed)."""
-        return int(np.random.SeedSequence([self.seed, self.epoch, self.shard_id]).generate_state(1)[0] >> 1)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> np.ndarray:
-        """Indices into `images` that this process reads this epoch, in reading order."""
-        n, k, s = len(self.images), self.num_shards, self.shard_id
-        if self.train:
-            per_shard = n // k
-            permutation = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            return permutation[s * per_shard : (s + 1) * per_shard]
-        return contiguous_share(n, s, k)
-
-    def __len__(self) -> int:
-        """Batches per epoch; the same on every process in training."""
-        n = len(self.images) // self.num_shards if self.train else len(self.order())
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
     def __iter__(self) -> Iterator[Batch]:
+        # Imported here: DALI is only loaded by those who use it.
         if self.cfg.loader == "dali":
             from dslim.data import dali as backend
         else:

@@ -2,35 +2,33 @@
 
 The random resized crop samples exactly as torchvision's `RandomResizedCrop` (area uniform, aspect ratio
 log-uniform, ten attempts, then a center crop) and resizes bilinearly, as DALI does; only the random numbers and
-small resampling details differ. Each image's random numbers come from `(seed, epoch, image index)`, so batches do
-not depend on how images are spread over workers.
+small resampling details differ. The pad crop draws its window from the same distribution as DALI's. Each
+image's random numbers come from `(seed, epoch, image index)`, so batches do not depend on how images are spread
+over workers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dslim.data.loader import eval_resize
+from dslim.config import DataConfig
+from dslim.data.plan import Batch, Plan, eval_resize
 from dslim.errors import UserError
 
-if TYPE_CHECKING:
-    from dslim.data.loader import Batch, Loader
 
-
-def batches(loader: Loader) -> Iterator[Batch]:
-    """Run one epoch of `loader` through a fresh DataLoader."""
-    cfg = loader.cfg
+def batches(plan: Plan) -> Iterator[Batch]:
+    """Run one epoch of `plan` through a fresh DataLoader."""
+    cfg = plan.cfg
     data_loader = DataLoader(
-        _Images(loader),
-        batch_size=loader.batch_size,
-        drop_last=loader.drop_last,
+        _Images(plan),
+        batch_size=plan.batch_size,
+        drop_last=plan.drop_last,
         num_workers=cfg.workers,
         collate_fn=_Normalize(cfg.mean, cfg.std),
     )
@@ -72,19 +70,26 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def train_transform(
-    image: Image.Image,
-    size: int,
-    area: tuple[float, float],
-    ratio: tuple[float, float],
-    flip: bool,
-    rng: np.random.Generator,
-) -> Image.Image:
-    """Random resized crop to `size` x `size`, then a random horizontal flip if `flip`."""
-    left, top, w, h = random_resized_crop_box(*image.size, area, ratio, rng)
-    # Resizing straight from the crop box resamples only the box.
-    image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-    if flip and rng.random() < 0.5:
+def pad_crop_box(width: int, height: int, size: int, pad: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(left, top) of a random `size` x `size` window of the image zero-padded by `pad` on each side, in the
+    unpadded image's coordinates (negative: the window starts in the padding)."""
+    left = int(rng.integers(0, max(width + 2 * pad - size, 0) + 1)) - pad
+    top = int(rng.integers(0, max(height + 2 * pad - size, 0) + 1)) - pad
+    return left, top
+
+
+def train_transform(image: Image.Image, size: int, cfg: DataConfig, rng: np.random.Generator) -> Image.Image:
+    """`cfg.augment` to `size` x `size` (random resized crop, or pad and random crop), then a random horizontal flip
+    if `cfg.flip`."""
+    if cfg.augment == "pad_crop":
+        left, top = pad_crop_box(*image.size, size, cfg.pad, rng)
+        # PIL fills the part of a crop outside the image with zeros: that is the padding.
+        image = image.crop((left, top, left + size, top + size))
+    else:
+        left, top, w, h = random_resized_crop_box(*image.size, cfg.random_area, cfg.random_aspect_ratio, rng)
+        # Resizing straight from the crop box resamples only the box.
+        image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if cfg.flip and rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return image
 
@@ -103,24 +108,24 @@ def eval_transform(image: Image.Image, size: int, crop_fraction: float) -> Image
 
 
 class _Images(Dataset):
-    """This process's images for one epoch, in `loader.order()`, as uint8 HWC tensors."""
+    """This process's images for one epoch, in `plan.order()`, as uint8 HWC tensors."""
 
-    def __init__(self, loader: Loader) -> None:
-        self.loader = loader
-        self.order = loader.order()
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.order = plan.order()
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
-        loader, cfg, i = self.loader, self.loader.cfg, int(self.order[position])
-        image = loader.images.decode(i)
-        if loader.train:
-            rng = np.random.default_rng([loader.seed, loader.epoch, i])
-            image = train_transform(image, loader.image_size, cfg.random_area, cfg.random_aspect_ratio, cfg.flip, rng)
+        plan, i = self.plan, int(self.order[position])
+        image = plan.images.decode(i)
+        if plan.train:
+            rng = np.random.default_rng([plan.seed, plan.epoch, i])
+            image = train_transform(image, plan.image_size, plan.cfg, rng)
         else:
-            image = eval_transform(image, loader.image_size, cfg.crop_fraction)
-        return torch.from_numpy(np.asarray(image).copy()), int(loader.images.labels[i])
+            image = eval_transform(image, plan.image_size, plan.cfg.crop_fraction)
+        return torch.from_numpy(np.asarray(image).copy()), int(plan.images.labels[i])
 
 
 class _Normalize:
