@@ -77,7 +77,6 @@ class Toy(Method):
         return {"loss/arch": loss.detach()}
 
 
-@register_stage("toy", ToyConfig, from_scratch=True)
 def toy_stage(ctx: StageContext) -> None:
     """The toy method's stage."""
     net = ctx.supernet()
@@ -135,6 +134,7 @@ def test_two_optimizer_method_defined_here_resumes_bit_identically(tmp_path, dig
     assert all(r["lr/arch"] == 0 for r in steps if r["step"] <= 11)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # registered in the training process only: the test process's stages stay the shipped ones
+    register_stage("toy", ToyConfig, from_scratch=True)(toy_stage)
     torch.manual_seed(0)
     run_pipeline(config(sys.argv[2]), sys.argv[1], recipe="toy", argv=sys.argv)
