@@ -6,8 +6,8 @@ tyro shows it in `--help`, and a field whose values are bounded says so in its a
 the offending option as the user typed it.
 
 Here live the settings every run shares (model, data, optimizer, schedule, the training loop); each stage's own
-settings live with the stage or method that reads them (`dslim.stages`, `dslim.methods`), and `Config.stages`
-holds one of each registered stage.
+settings live with the stage or method that reads them (`dslim.stages`, `dslim.methods`) and register here, so that
+`Config.stages` holds one of each registered stage (importing `dslim` registers the built-in stages).
 """
 
 from __future__ import annotations
@@ -222,13 +222,43 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StagesConfig:
-    """Settings of every stage a recipe may run: one field per registered stage (`dslim.stages.stages_config`)."""
+    """Settings of every stage a recipe may run: one field per registered stage (`stages_config`)."""
 
 
-def _default_stages() -> StagesConfig:
-    from dslim.stages.registry import stages_config
+_STAGE_SETTINGS: dict[str, tuple[type, str]] = {}
+_stages_class: type | None = None
 
-    return stages_config()
+
+def register_settings(name: str, settings: type, doc: str) -> None:
+    """Add a stage's settings class as `Config.stages.<name>` (`dslim.stages.register_stage` calls this)."""
+    global _stages_class
+    _STAGE_SETTINGS[name] = (settings, doc)
+    _stages_class = None  # rebuilt with the new stage on next use
+
+
+def stages_config_class() -> type:
+    """The dataclass holding one settings object per registered stage (a subclass of `StagesConfig`); tyro shows
+    each stage's one-line description above its options."""
+    global _stages_class
+    if _stages_class is None:
+        import tyro
+
+        fields = [
+            (name, Annotated[cls, tyro.conf.arg(help=doc)], field(default_factory=cls))
+            for name, (cls, doc) in _STAGE_SETTINGS.items()
+        ]
+        _stages_class = dataclasses.make_dataclass("StagesConfig", fields, bases=(StagesConfig,), frozen=True)
+    return _stages_class
+
+
+def stages_config(**settings: object) -> StagesConfig:
+    """Settings of every registered stage: the given ones, the others at their defaults."""
+    for name, value in settings.items():
+        if name not in _STAGE_SETTINGS:
+            raise UserError(f"unknown stage {name!r}; available: {', '.join(_STAGE_SETTINGS)}")
+        if not isinstance(value, _STAGE_SETTINGS[name][0]):
+            raise UserError(f"stage {name} takes {_STAGE_SETTINGS[name][0].__name__}, not {type(value).__name__}")
+    return stages_config_class()(**settings)
 
 
 @dataclass(frozen=True)
@@ -237,7 +267,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    stages: StagesConfig = field(default_factory=_default_stages)
+    stages: StagesConfig = field(default_factory=stages_config)
     pipeline: tuple[str, ...] = ("supernet", "bn_recalibration", "evaluate")
     """Stages this recipe runs, in order (`--stages NAME ...` runs a selection of them)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

@@ -22,7 +22,39 @@ VARIANTS = {
     "us": dict(bn="calibrated", rule="sandwich", distill="inplace", grad_clip=0.0),
     # S-Net: switchable BN (each width's affine is unused by the other passes), every width on the labels, clipping
     "s": dict(bn="switchable", rule="all_widths", distill="none", grad_clip=0.5),
+    # two optimizers, alternating every step: the weights (DDP / DeepSpeed) and a second set the loop reduces itself
+    "two": dict(bn="calibrated", rule="sandwich", distill="inplace", grad_clip=0.0),
 }
+
+
+def two_optimizer_method(cfg):  # type: ignore[no-untyped-def]
+    """Sandwich steps of the weights, then a step of a logit calibrator on the weights just updated."""
+    import torch.nn.functional as F
+
+    from dslim.config import OptimConfig, ScheduleConfig
+    from dslim.methods.sandwich import Sandwich
+    from dslim.training import ParamSet, Update
+
+    class TwoSets(Sandwich):
+        def param_sets(self, net):  # type: ignore[no-untyped-def]
+            weights = [p for n, p in net.named_parameters() if not n.startswith("calibrator.")]
+            arch = OptimConfig(
+                lr=0.05, lr_batch=GLOBAL_BATCH, weight_decay=1e-2, grad_clip=0.5
+            )  # SGD: Adam amplifies rounding
+            return {"weights": ParamSet(weights, cfg.optim, cfg.schedule),
+                    "arch": ParamSet(list(net.calibrator.parameters()), arch, ScheduleConfig(kind="constant"))}  # fmt: skip
+
+        def updates(self, where, sets):  # type: ignore[no-untyped-def]
+            return [Update(("weights",), self.step), Update(("arch",), self.arch_pass)]
+
+        def arch_pass(self, model, batch, ctx):  # type: ignore[no-untyped-def]
+            images, labels = batch
+            with ctx.backward_pass(last=True), ctx.supernet.using(ctx.supernet.smallest()):
+                loss = F.cross_entropy(ctx.supernet.calibrator(model(images)), labels)
+                ctx.backward(loss)
+            return {"loss/arch": loss.detach()}
+
+    return TwoSets(cfg)
 
 
 def worker(out: str, accum: int, variant: str) -> None:
@@ -45,7 +77,11 @@ def worker(out: str, accum: int, variant: str) -> None:
              for _ in range(STEPS)]  # fmt: skip
     mine = [(x[k * per : (k + 1) * per], y[k * per : (k + 1) * per])
             for x, y in steps for k in range(acc.process_index * accum, (acc.process_index + 1) * accum)]  # fmt: skip
-    trainer = Trainer(acc, net, Sandwich(cfg), cfg, stage="supernet", state_dir=f"{out}.state",
+    method = Sandwich(cfg)
+    if variant == "two":
+        net.calibrator = torch.nn.Linear(10, 10)
+        method = two_optimizer_method(cfg)
+    trainer = Trainer(acc, net, method, cfg, stage="supernet", state_dir=f"{out}.state",
                       metrics=MetricsLog(f"{out}.jsonl", acc), batch_size=per)  # fmt: skip
     trainer.fit(lambda epoch: mine)
     Path(f"{out}.rank{acc.process_index}").write_text(
@@ -75,8 +111,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     params = [k for k in a if a[k].dtype.is_floating_point and "running_" not in k]
     for k in params:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+    if "calibrator.weight" in a:  # the second set trained, in both runs alike
+        assert not torch.allclose(a["calibrator.weight"], torch.nn.Linear(10, 10).weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_ddp_two_processes_match_one(tmp_path, variant):
     one = launch(tmp_path, "one", 1, variant)
@@ -84,17 +123,19 @@ def test_ddp_two_processes_match_one(tmp_path, variant):
     assert_same_weights(one, two)
 
 
-def test_deepspeed_zero2_two_processes_match_one(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["us", "two"])
+def test_deepspeed_zero2_two_processes_match_one(tmp_path, variant):
     pytest.importorskip("deepspeed")
     pytest.importorskip("transformers")  # Accelerate's DeepSpeed path checks its version
-    one = launch(tmp_path, "one", 1, "us")
+    one = launch(tmp_path, "one", 1, variant)
     # Not ACCELERATE_USE_CPU here: with it Accelerate silently drops DeepSpeed (dslim's make_accelerator sets up gloo).
     deepspeed = {
         "ACCELERATE_USE_CPU": "false",
         "ACCELERATE_USE_DEEPSPEED": "true",
         "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
     }
-    ds = launch(tmp_path, "ds", 2, "us", **deepspeed)
+    ds = launch(tmp_path, "ds", 2, variant, **deepspeed)
     assert "DEEPSPEED" in json.loads((tmp_path / "ds.safetensors.rank1").read_text())["type"]
     assert_same_weights(one, ds)
 

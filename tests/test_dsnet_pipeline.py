@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import dslim
@@ -19,6 +20,7 @@ def _cmd(out, cache):
             "--stages.bn-recalibration.batches", "2", "--stages.export.subnets", "uniform-0"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_dsnet_digits_killed_in_the_gate_stage_resumes_without_redoing_stage_one(tmp_path):
     out, env = tmp_path / "run", {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cmd(out, tmp_path / "cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -76,3 +76,29 @@ def test_dynamic_export_routes_per_input(tmp_path):
     static = dslim.extract(net, net.routes()[2])
     idx = (route == 2).nonzero().flatten()
     torch.testing.assert_close(static(x[idx]), expected[idx], atol=1e-5, rtol=1e-5)
+
+
+def test_per_image_block_masks_equal_each_image_alone():
+    """BlockDrop's routing on a ResNet: each block runs only on the images that keep it (grouped per block)."""
+    from dslim.calibration import recalibrate
+
+    torch.manual_seed(0)
+    net = create_supernet("resnet18", num_classes=10, widths=(1.0,), bn="calibrated")
+    recalibrate(net, {"full": net.largest()}, [(torch.randn(16, 3, 64, 64), None)], 1)
+    net.eval()
+    x = torch.randn(12, 3, 64, 64)
+    keep = torch.rand(12, len(net.blocks)) < 0.5
+    keep[0] = True  # every block kept
+    keep[1] = False  # every block skipped, the stage-changing ones included
+    ran = []
+    hooks = [b.body.register_forward_hook(lambda m, a, y, i=i: ran.append((i, a[0].shape[0])))
+             for i, b in enumerate(net.blocks)]  # fmt: skip
+    with torch.no_grad():
+        out = net.forward_blocks(x, keep)
+    for h in hooks:
+        h.remove()
+    assert sorted(ran) == sorted((i, int(keep[:, i].sum())) for i in range(len(net.blocks)))  # physically fewer
+    for i in range(len(x)):
+        with torch.no_grad(), net.using(net.largest().with_blocks(tuple(keep[i].tolist()))):
+            torch.testing.assert_close(out[i : i + 1], net(x[i : i + 1]), atol=1e-5, rtol=1e-5)
+    assert net.subnet == net.largest()

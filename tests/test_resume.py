@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,6 +42,7 @@ def finish(proc: subprocess.Popen, log: Path) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = train(straight, "straight.log")

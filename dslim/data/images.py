@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dslim.data import cifar
 from dslim.errors import UserError
+from dslim.io import write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
@@ -218,8 +219,8 @@ def _index_shard(shard: Path, index_dir: Path) -> tuple[Path, dict[str, list]]:
             lines.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in members))
 
     index_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(index_path, "\n".join(lines) + "\n")
-    _write_atomically(samples_path, json.dumps(samples))
+    write_text(index_path, "\n".join(lines) + "\n")  # concurrent processes each rename a complete copy
+    write_text(samples_path, json.dumps(samples))
     return index_path, samples
 
 
@@ -258,10 +259,3 @@ def _check_png(name: str, f: BinaryIO, offset: int, size: int) -> None:
     f.seek(offset + tail_start)
     if head != PNG_SIGNATURE or b"IEND" not in f.read(size - tail_start):
         raise UserError(f"image {name} is not a complete PNG file (truncated or corrupt); replace or remove it")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Concurrent processes may write the same cache file: each writes its own temporary file and renames it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

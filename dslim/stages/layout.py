@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dslim.checkpoint import load_supernet
-from dslim.config import Config, StagesConfig
+from dslim.config import Config, StagesConfig, stages_config_class
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.stages import registry
@@ -107,7 +107,7 @@ def _convert(hint: object, value: object, where: str) -> object:
     if value is None:
         return None
     if hint is StagesConfig:
-        hint = registry.stages_config_class()
+        hint = stages_config_class()
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise UserError(f"{where} should be an object, not {value!r}")

@@ -15,14 +15,11 @@ Artifact kinds:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import tyro
-
-from dslim.config import Config, StagesConfig
+from dslim.config import Config, register_settings
 from dslim.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,7 +48,6 @@ class Stage:
 
 
 _STAGES: dict[str, Stage] = {}
-_settings_class: type | None = None
 
 
 def register_stage(
@@ -68,10 +64,9 @@ def register_stage(
     assert not unknown and writes, f"stage {name}: artifact kinds must be among {KINDS}"
 
     def add(run: Callable[[StageContext], None]) -> Callable[[StageContext], None]:
-        global _settings_class
         doc = (run.__doc__ or name).strip().splitlines()[0]
         _STAGES[name] = Stage(name, settings, run, reads, writes, from_scratch, check, doc)
-        _settings_class = None  # rebuilt with the new stage on next use
+        register_settings(name, settings, doc)
         return run
 
     return add
@@ -85,26 +80,3 @@ def get(name: str) -> Stage:
     if name not in _STAGES:
         raise UserError(f"unknown stage {name!r}; available: {', '.join(_STAGES)}")
     return _STAGES[name]
-
-
-def stages_config_class() -> type:
-    """The dataclass holding one settings object per registered stage (a subclass of `StagesConfig`)."""
-    global _settings_class
-    if _settings_class is None:
-        fields = [
-            (s.name, Annotated[s.settings, tyro.conf.arg(help=s.doc)], dataclasses.field(default_factory=s.settings))
-            for s in _STAGES.values()
-        ]
-        _settings_class = dataclasses.make_dataclass("StagesConfig", fields, bases=(StagesConfig,), frozen=True)
-    return _settings_class
-
-
-def stages_config(**settings: object) -> StagesConfig:
-    """Settings of every registered stage: the given ones, the others at their defaults."""
-    unknown = [n for n in settings if n not in _STAGES]
-    if unknown:
-        raise UserError(f"unknown stage(s) {unknown}; available: {', '.join(_STAGES)}")
-    for name, value in settings.items():
-        if not isinstance(value, _STAGES[name].settings):
-            raise UserError(f"stage {name} takes {_STAGES[name].settings.__name__}, not {type(value).__name__}")
-    return stages_config_class()(**settings)
