@@ -38,11 +38,13 @@ def two_optimizer_method(cfg):  # type: ignore[no-untyped-def]
     class TwoSets(Sandwich):
         def param_sets(self, net):  # type: ignore[no-untyped-def]
             weights = [p for n, p in net.named_parameters() if not n.startswith("calibrator.")]
-            arch = OptimConfig(
-                lr=0.05, lr_batch=GLOBAL_BATCH, weight_decay=1e-2, grad_clip=0.5
-            )  # SGD: Adam amplifies rounding
-            return {"weights": ParamSet(weights, cfg.optim, cfg.schedule),
-                    "arch": ParamSet(list(net.calibrator.parameters()), arch, ScheduleConfig(kind="constant"))}  # fmt: skip
+            # SGD here: Adam's normalized steps would amplify rounding differences of near-zero gradients
+            arch = OptimConfig(lr=0.05, lr_batch=GLOBAL_BATCH, weight_decay=1e-2, grad_clip=0.5)
+            calibrator = list(net.calibrator.parameters())
+            return {
+                "weights": ParamSet(weights, cfg.optim, cfg.schedule),
+                "arch": ParamSet(calibrator, arch, ScheduleConfig(kind="constant")),
+            }
 
         def updates(self, where, sets):  # type: ignore[no-untyped-def]
             return [Update(("weights",), self.step), Update(("arch",), self.arch_pass)]
