@@ -102,7 +102,8 @@ def measure(model: nn.Module, input_size: int, subnet: Subnet | None = None) -> 
         for bn in bns:
             bn.track = False
         with using, torch.no_grad():
-            model(torch.randn(2, 3, input_size, input_size, device=next(model.parameters()).device))
+            p = next(model.parameters())
+            model(torch.randn(2, 3, input_size, input_size, device=p.device, dtype=p.dtype))
     finally:
         for h in hooks:
             h.remove()

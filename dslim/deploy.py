@@ -14,7 +14,7 @@ import os
 
 from torch import nn
 
-from dslim.checkpoint import load_tensors, save_tensors
+from dslim.checkpoint import build_checked, field, load_tensors, save_tensors
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
@@ -91,17 +91,32 @@ def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike
 
 
 def load_subnet(path: str | os.PathLike) -> nn.Module:
-    """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode)."""
+    """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode).
+
+    The file is checked first (metadata, then the tensors against the architecture it names, on the `meta` device),
+    so a damaged or foreign file is refused in one line before anything is built from it.
+    """
     tensors, meta = load_tensors(path)
-    subnet = Subnet.from_json(meta.get("subnet") or {"channels": {}})
-    if meta.get("format") == FORMAT:
-        net = _build(meta["arch"], meta["arch_kwargs"], subnet, None)
-    elif meta.get("format") == DYNAMIC_FORMAT:
-        net = supernet_class(meta["arch"])(**meta["arch_kwargs"], channels=dict(subnet.items()))
-    else:
-        raise UserError(f"{path} is not an exported subnet (format {meta.get('format')!r}, expected {FORMAT!r})")
-    net.load_state_dict(tensors, strict=True)
-    model = RoutedNet(net) if meta["format"] == DYNAMIC_FORMAT else net
+    kind = meta.get("format")
+    if kind not in (FORMAT, DYNAMIC_FORMAT):
+        raise UserError(
+            f"{path} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
+        )
+    arch = field(meta, "arch", str, path)
+    kwargs = field(meta, "arch_kwargs", dict, path)
+    size = field(meta, "input_size", int, path)
+    if not 8 <= size <= 4096:  # type: ignore[operator]
+        raise UserError(f"{path}: metadata input_size {size} is not a plausible image size")
+    subnet = Subnet.from_json(meta.get("subnet"), f"{path}: metadata 'subnet'")
+    cls = supernet_class(arch)  # type: ignore[arg-type]
+
+    def build() -> nn.Module:
+        if kind == FORMAT:
+            return _build(arch, kwargs, subnet, None)  # type: ignore[arg-type]
+        return cls(**kwargs, channels=dict(subnet.items()))
+
+    net = build_checked(build, tensors, path, f"{arch} subnet")
+    model = RoutedNet(net) if kind == DYNAMIC_FORMAT else net
     model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
-    model.input_size = meta["input_size"]
+    model.input_size = size
     return model.eval()

@@ -93,3 +93,5 @@ def test_unsafe_pickles_are_refused(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and "weights_only" in out.stderr and "Traceback" not in out.stderr
+    assert "CompletedProcess" in out.stderr and "weights_only=False" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "\x1b" not in out.stderr

@@ -12,6 +12,8 @@ narrower, width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -102,6 +104,23 @@ class DSMobileNetV1(Supernet):
         self.dropout = nn.Dropout(dropout)
         self.classifier = SlimLinear(ch[prev], num_classes, in_group=prev)
         self.finish(allocate=channels is None)
+
+    def init_weights(self) -> None:
+        """DS-Net's initialization (timm's EfficientNet "goog" rule): convs N(0, 2 / fan_out) with fan_out =
+        k * k * out / groups, so a depthwise conv is not shrunk by its channel count (PyTorch's kaiming fan-out
+        would give a 1152-channel depthwise conv std 0.014 instead of 0.47, and its tiny weights then take huge
+        effective steps under BatchNorm: the supernet collapsed to chance for a few epochs); linear layers
+        U(+-1/sqrt(out)); zero biases."""
+        for m in self.modules():
+            if isinstance(m, SlimConv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, SlimLinear):
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> DSMobileNetV1:
