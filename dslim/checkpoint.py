@@ -60,6 +60,17 @@ def field(meta: dict, name: str, kind: type, path: str | os.PathLike) -> object:
     return value
 
 
+def arch_class(meta: dict, path: str | os.PathLike) -> type:
+    """The registered architecture a file's metadata names; a `UserError` naming the file otherwise."""
+    from dslim.models.registry import supernet_class
+
+    name = field(meta, "arch", str, path)
+    try:
+        return supernet_class(name)  # type: ignore[arg-type]
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
 def build_checked(
     build: Callable[[], nn.Module], tensors: dict[str, torch.Tensor], path: str | os.PathLike, what: str
 ) -> nn.Module:
@@ -101,17 +112,14 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
 
     `arch`: the architecture the caller expects (a run's model); another one is refused.
     """
-    from dslim.models.registry import supernet_class
-
     tensors, meta = load_tensors(path)
     if meta.get("format") != SUPERNET_FORMAT:
         raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
-    name = field(meta, "arch", str, path)
+    cls = arch_class(meta, path)
     kwargs = field(meta, "arch_kwargs", dict, path)
-    if arch is not None and name != arch:
-        raise UserError(f"{path} holds a {name}, but this run's model is {arch}")
-    cls = supernet_class(name)
-    net = build_checked(lambda: cls(**kwargs), tensors, path, name)
+    if arch is not None and cls.arch != arch:
+        raise UserError(f"{path} holds a {cls.arch}, but this run's model is {arch}")
+    net = build_checked(lambda: cls(**kwargs), tensors, path, cls.arch)
     subnets = field(meta, "subnets", dict, path)
     extra = meta.get("extra_names", [])
     if not isinstance(extra, list) or not all(isinstance(n, str) and n in subnets for n in extra):

@@ -14,7 +14,7 @@ import os
 
 from torch import nn
 
-from dslim.checkpoint import build_checked, field, load_tensors, save_tensors
+from dslim.checkpoint import arch_class, build_checked, field, load_tensors, save_tensors
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
@@ -102,13 +102,13 @@ def load_subnet(path: str | os.PathLike) -> nn.Module:
         raise UserError(
             f"{path} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
         )
-    arch = field(meta, "arch", str, path)
+    cls = arch_class(meta, path)
+    arch = cls.arch
     kwargs = field(meta, "arch_kwargs", dict, path)
     size = field(meta, "input_size", int, path)
     if not 8 <= size <= 4096:  # type: ignore[operator]
         raise UserError(f"{path}: metadata input_size {size} is not a plausible image size")
     subnet = Subnet.from_json(meta.get("subnet"), f"{path}: metadata 'subnet'")
-    cls = supernet_class(arch)  # type: ignore[arg-type]
 
     def build() -> nn.Module:
         if kind == FORMAT:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def load_checkpoint(path: str | os.PathLike, allowed: Iterable[object] = ()) -> 
         raise UserError(
             f"{path} is not a PyTorch checkpoint dslim can read (its pickle holds unsupported data)"
         ) from None
-    except (EOFError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # a damaged or foreign file makes the unpickler fail in many ways (EOF, Key, Index...)
         detail = _ANSI.sub("", str(e)).strip().splitlines()
         reason = f" ({detail[0][:200]})" if detail and len(detail[0]) > 3 else ""
         raise UserError(f"{path} is not a PyTorch checkpoint (torch.save file){reason}") from None

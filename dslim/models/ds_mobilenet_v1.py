@@ -106,21 +106,17 @@ class DSMobileNetV1(Supernet):
         self.finish(allocate=channels is None)
 
     def init_weights(self) -> None:
-        """DS-Net's initialization (timm's EfficientNet "goog" rule): convs N(0, 2 / fan_out) with fan_out =
-        k * k * out / groups, so a depthwise conv is not shrunk by its channel count (PyTorch's kaiming fan-out
-        would give a 1152-channel depthwise conv std 0.014 instead of 0.47, and its tiny weights then take huge
-        effective steps under BatchNorm: the supernet collapsed to chance for a few epochs); linear layers
-        U(+-1/sqrt(out)); zero biases."""
+        """Convs as DS-Net initializes them (timm's EfficientNet rule): N(0, 2 / fan_out) with fan_out =
+        k * k * out / groups, so a depthwise conv is not shrunk by its channel count. PyTorch's kaiming fan-out
+        (the slimmable networks' rule, used by the other supernets) gives a 1152-channel depthwise conv std 0.014
+        instead of 0.47; under BatchNorm such tiny weights take huge effective steps, and the digits supernet sat at
+        chance for its first epochs. The classifier keeps N(0, 0.01): the original's U(+-1/sqrt(classes)) is
+        that small only for 1000 classes (with 10 it starts the loss far above chance)."""
+        super().init_weights()
         for m in self.modules():
             if isinstance(m, SlimConv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
                 nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, SlimLinear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> DSMobileNetV1:

@@ -39,8 +39,19 @@ class WidthSupernet(Supernet):
         built = channels if channels is not None else self.width_channels(max_width)
         super().__init__([ChannelGroup(g, built[g]) for g in base], bn, arch_kwargs)
         if channels is None:
+            if self.width_range is not None:
+                lo, hi = self.width_range
+                if not 0 < lo <= hi <= max_width + 1e-9:
+                    raise UserError(
+                        f"--model.width-range {lo} {hi}: must satisfy 0 < min <= max <= --model.max-width {max_width}"
+                    )
+            elif not self.widths:
+                raise UserError("--model.widths is empty: name at least one width (or set --model.width-range)")
             for w in self.widths:
-                self.check_width(w)
+                try:
+                    self.check_width(w)
+                except UserError as e:
+                    raise UserError(f"--model.widths: {e}") from None
 
     def width_channels(self, width: float) -> dict[str, int]:
         """Channels of every group at a width multiplier (the architecture's own rounding rule)."""

@@ -27,7 +27,7 @@ def check(config: Config, net: Supernet, cfg: ExportConfig) -> None:
     check_names(config, net, cfg.subnets, "stages.export.subnets")
 
 
-@register_stage("export", ExportConfig, reads=("supernet", "subnets"), writes=("export",), check=check)
+@register_stage("export", ExportConfig, reads=("supernet", "subnets"), writes=("export",), check=check, uses_data=False)
 def export_stage(ctx: StageContext) -> None:
     """Subnets as standalone models with physically sliced weights; a trained dynamic model as `dynamic`."""
     cfg: ExportConfig = ctx.settings  # type: ignore[assignment]

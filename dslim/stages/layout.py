@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from dslim.checkpoint import load_supernet
 from dslim.config import Config, StagesConfig, stages_config_class
 from dslim.errors import UserError
+from dslim.io import is_temporary
 from dslim.models.base import Supernet
 from dslim.stages import registry
 from dslim.subnet import Subnet
@@ -60,6 +62,14 @@ class RunLayout:
 
     def started(self, stage: str) -> bool:
         return self.finished(stage) or self.dir(stage).exists()
+
+    def sweep(self) -> None:
+        """Remove what an interrupted write left behind (temporary files, unfinished checkpoint folders)."""
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.rglob(".*"), reverse=True):
+            if is_temporary(path):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     def supernet_before(self, order: list[str], stage: str | None = None) -> Path | None:
         """The `supernet` artifact of the nearest finished stage before `stage` (None: the last one) in `order`."""

@@ -13,11 +13,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import platform
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,14 +123,36 @@ def write_config(layout: RunLayout, config: Config, recipe: str, argv: Sequence[
 
 
 def check_out_dir(root: Path) -> None:
-    """`--out-dir` must be a directory this process can create and write, checked before anything is written."""
+    """`--out-dir` must be a directory this process can create and write: checked by doing it, after every other
+    check (a directory made for a failed check is removed again)."""
     if root.exists() and not root.is_dir():
         raise UserError(f"--out-dir {root} is a file, not a directory; choose another --out-dir")
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out-dir {root}: cannot write into {existing}; choose a writable --out-dir")
+    made = [p for p in [root, *root.parents] if not p.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        reason = e.strerror or str(e)
+        raise UserError(f"--out-dir {root} cannot be written ({reason}); choose a writable --out-dir") from None
+
+
+def check_data(config: Config, stages: Sequence[str]) -> None:
+    """The data must exist and have no more classes than the classifier, before the first step (a label out of
+    range would otherwise fail minutes into training)."""
+    if not any(registry.get(s).uses_data for s in stages):
+        return
+    from dslim.data import dataset_classes
+
+    classes = dataset_classes(config.data)
+    if classes > config.model.num_classes:
+        raise UserError(
+            f"the data in {config.data.root} has {classes} classes but --model.num-classes is "
+            f"{config.model.num_classes}; set --model.num-classes {classes}"
+        )
 
 
 def run_pipeline(
@@ -145,12 +168,16 @@ def run_pipeline(
     layout = RunLayout(out_dir)
     selected = select_stages(config, stages)
     validate(config, selected)
-    check_out_dir(layout.root)
     source = None if from_ is None else Path(from_)
     if source is not None and not source.is_file():
         raise UserError(f"--from {from_}: no such file (give a stage's model.safetensors)")
+    check_data(config, selected)
+    check_out_dir(layout.root)
     acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
     layout.root.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        layout.sweep()
+    acc.wait_for_everyone()
     write_config(layout, config, recipe, sys.argv if argv is None else argv, acc)
     if config.tensorboard:
         acc.init_trackers("tensorboard")

@@ -44,6 +44,8 @@ class Stage:
     """It may start without a supernet to read (it builds one from the model settings)."""
     check: Callable[[Config, Supernet, object], None] | None
     """Checks of its settings against the run's model, before any work (`check(config, net, settings)`)."""
+    uses_data: bool
+    """It reads the dataset (checked before any work: present, classes within the classifier's)."""
     doc: str
 
 
@@ -58,6 +60,7 @@ def register_stage(
     writes: tuple[str, ...] = ("supernet",),
     from_scratch: bool = False,
     check: Callable[[Config, Supernet, object], None] | None = None,
+    uses_data: bool = True,
 ) -> Callable[[Callable[[StageContext], None]], Callable[[StageContext], None]]:
     """Register the decorated function as the stage `name`."""
     unknown = [k for k in (*reads, *writes) if k not in KINDS]
@@ -65,7 +68,7 @@ def register_stage(
 
     def add(run: Callable[[StageContext], None]) -> Callable[[StageContext], None]:
         doc = (run.__doc__ or name).strip().splitlines()[0]
-        _STAGES[name] = Stage(name, settings, run, reads, writes, from_scratch, check, doc)
+        _STAGES[name] = Stage(name, settings, run, reads, writes, from_scratch, check, uses_data, doc)
         register_settings(name, settings, doc)
         return run
 

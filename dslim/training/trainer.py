@@ -41,6 +41,7 @@ from torch import nn
 from dslim.checkpoint import load_tensors, save_tensors
 from dslim.config import TrainConfig
 from dslim.errors import UserError
+from dslim.io import write_text
 from dslim.models.base import Supernet
 from dslim.training.method import Batch, Method, StepContext, Update, Where
 from dslim.training.optim import ParamSet, build_optimizer, lr_at, peak_lr
@@ -62,10 +63,27 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 class MetricsLog:
-    """`metrics.jsonl` (one JSON object per line, main process only) and, optionally, TensorBoard."""
+    """`metrics.jsonl` (one JSON object per line, main process only) and, optionally, TensorBoard.
+
+    A line cut short by a crash is dropped when the log is opened again, and a resumed stage first drops what it
+    logged after its checkpoint, so the file always parses and holds each step once.
+    """
 
     def __init__(self, path: str | os.PathLike, accelerator: Accelerator) -> None:
         self.path, self.accelerator = Path(path), accelerator
+        if accelerator.is_main_process and self.path.is_file():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):
+                write_text(self.path, text[: text.rfind("\n") + 1])
+
+    def rewind(self, stage: str, step: int) -> None:
+        """Forget the step and epoch records of `stage` after optimizer step `step` (a resume redoes them)."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not _after(json.loads(line), stage, step)]
+        if len(kept) != len(lines):
+            write_text(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
@@ -75,6 +93,10 @@ class MetricsLog:
         if self.accelerator.log_with:
             numbers = {f"{record['stage']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
             self.accelerator.log(numbers, step=record.get("step"))
+
+
+def _after(record: dict, stage: str, step: int) -> bool:
+    return record.get("stage") == stage and record.get("kind") in ("step", "epoch") and record.get("step", 0) > step
 
 
 def _progress(enabled: bool):  # type: ignore[no-untyped-def]
@@ -220,6 +242,7 @@ class Trainer:
             for stale in self.state_dir.glob(".tmp-ckpt-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         if not found:
+            self.metrics.rewind(self.stage, 0)  # an attempt killed before its first checkpoint starts over
             return 0, 0
         latest = found[-1]
         state = json.loads((latest / "trainer.json").read_text())
@@ -238,6 +261,7 @@ class Trainer:
             tensors, _ = load_tensors(latest / "ema.safetensors")
             self.ema.load_state_dict(tensors)
         self.step = state["step"]
+        self.metrics.rewind(self.stage, self.step)
         self.accelerator.print(f"{self.stage}: resuming from {latest} (epoch {state['epoch']}, step {self.step})")
         return state["epoch"], state["batch"]
 
