@@ -144,9 +144,13 @@ def test_a_file_claiming_two_million_classes_allocates_nothing(tmp_path):
     meta["arch_kwargs"]["num_classes"] = 2_000_000
     bad = _artifact(tmp_path / "huge.safetensors", meta, tensors)
     script = "import sys; from dslim.checkpoint import load_supernet; load_supernet(sys.argv[1])"
-    proc = subprocess.run([PYTHON, "-c", script, str(bad)],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)))  # fmt: skip
+    cap = 3 * 2**30
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    cmd = [PYTHON, "-c", script, str(bad)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert "UserError" in proc.stderr and "classifier" in proc.stderr, proc.stderr[-2000:]
     assert "MemoryError" not in proc.stderr and "DefaultCPUAllocator" not in proc.stderr
 

@@ -65,7 +65,8 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, digits_cache
 DS = ["--recipe", "dsnet_digits", "--data.batch-size", "128", "--stages.supernet.epochs", "1",
       "--stages.supernet.checkpoint-every", "3", "--stages.bn-recalibration.batches", "2",
       "--stages.gate.epochs", "1", "--stages.gate.checkpoint-every", "3",
-      "--stages.evaluate.subnets", "largest", "uniform-0", "uniform-3", "--stages.export.subnets", "uniform-0"]  # fmt: skip
+      "--stages.evaluate.subnets", "largest", "uniform-0", "uniform-3",
+      "--stages.export.subnets", "uniform-0"]  # fmt: skip
 STAGES = ["supernet", "bn_recalibration", "gate", "evaluate", "export"]
 PLAN = [("supernet", "random"), ("supernet", "write"), ("supernet", "random"), ("bn_recalibration", "random"),
         ("bn_recalibration", "write"), ("gate", "write"), ("gate", "random"), ("gate", "write"),
@@ -108,8 +109,8 @@ def test_sigkill_anywhere_then_rerun_ends_as_an_uninterrupted_run(tmp_path, digi
     assert sum("killed" in e or "mid-write" in e for e in events) >= 10, events
     assert sum("mid-write" in e for e in events) >= 3, events
     for out in (soaked, straight):
-        done = subprocess.run([PYTHON, "-m", "dslim.train", *DS, "--out-dir", str(out), "--data.cache-dir",
-                               str(digits_cache)], env=subprocess_env(), capture_output=True, text=True, timeout=900)  # fmt: skip
+        cmd = [PYTHON, "-m", "dslim.train", *DS, "--out-dir", str(out), "--data.cache-dir", str(digits_cache)]
+        done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
 
     import dslim
