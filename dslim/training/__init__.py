@@ -2,7 +2,7 @@
 
 from dslim.training.method import Batch, Method, StepContext, Update, Where
 from dslim.training.optim import ParamSet, lr_at, param_groups, peak_lr
-from dslim.training.runtime import Stopped, make_accelerator
+from dslim.training.runtime import Stopped, make_accelerator, tune_allocator
 from dslim.training.trainer import MetricsLog, Trainer, update_ema
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "make_accelerator",
     "param_groups",
     "peak_lr",
+    "tune_allocator",
     "update_ema",
 ]

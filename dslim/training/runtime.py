@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 from types import FrameType
 
 import torch
@@ -11,7 +13,28 @@ from accelerate import Accelerator, PartialState
 
 from dslim.errors import Stopped, UserError
 
-__all__ = ["StopRequests", "Stopped", "make_accelerator"]
+__all__ = ["StopRequests", "Stopped", "make_accelerator", "tune_allocator"]
+
+MMAP_THRESHOLD = 32 * 2**20
+"""Allocations above this go straight to mmap (glibc's dynamic default starts at 128 KiB and grows)."""
+TRIM_THRESHOLD = 2**31 - 1
+"""Free memory at the top of the heap kept rather than returned to the kernel (the most `mallopt` accepts)."""
+
+
+def tune_allocator() -> bool:
+    """Make glibc's malloc keep freed memory in the process, as `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`
+    would, so that a training step's large, short-lived activations are not returned to the kernel and faulted in
+    again on the next step (up to 25% of a sandwich step on CPU: docs/benchmarks.md). Idempotent; a no-op off
+    glibc or with `DSLIM_MALLOC=system`. Returns whether it applied."""
+    if os.environ.get("DSLIM_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc: leave it alone
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))
 
 
 def make_accelerator(
@@ -20,7 +43,9 @@ def make_accelerator(
     """The run's one Accelerator (Accelerate keeps its state per process, so stages share it).
 
     Refuses the silent failures of multi-process launches: processes that each train alone, DeepSpeed dropped.
+    Also tunes the allocator (`tune_allocator`): every command that trains or evaluates comes through here.
     """
+    tune_allocator()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
     if deepspeed and os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true"):
         raise UserError("ACCELERATE_USE_CPU=true turns DeepSpeed off silently: unset it to run DeepSpeed on a CPU")
