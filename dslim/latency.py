@@ -38,7 +38,7 @@ class LatencyCommand:
     """Where to write the table (default: D/latency.json with --run, else ./latency.json)."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where to run: the CPU (with --threads threads) or the first GPU."""
-    threads: Annotated[int, at_least(1)] | None = None
+    threads: Annotated[int | None, at_least(1)] = None
     """CPU threads PyTorch may use (default: PyTorch's choice, usually one per core)."""
     warmup: NonNegative = 3
     """Untimed runs before timing each entry."""
@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
     validate_fields(cmd)
+    if not cmd.batch:
+        raise UserError("--batch is empty: give the batch sizes to measure, e.g. --batch 1 64")
     import torch
 
     if cmd.device == "cuda" and not torch.cuda.is_available():

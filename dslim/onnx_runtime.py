@@ -62,9 +62,10 @@ def execute(
 ) -> dict[str, np.ndarray]:
     """Run a routing program on a batch; returns every tensor it named (`program["outputs"]` says which matter).
 
-    `run(graph, inputs) -> outputs` runs one graph. `force` gives decisions to take instead of deciding (a route's,
-    from `program["routes"]`: every image takes it). `every_graph`: each dispatch runs all its graphs on the whole
-    batch and continues with the first one's outputs (export uses it to get example inputs for every graph).
+    `run(graph, inputs) -> outputs` runs one graph. `force` gives decisions to take instead of deciding (a route's
+    `program["routes"][name]["decisions"]`: every image takes them). `every_graph`: each dispatch runs all its
+    graphs on the whole batch and continues with the first one's outputs (export uses it to get example inputs for
+    every graph).
     """
     env: dict[str, np.ndarray] = {program["input"]: image}
     n = len(image)

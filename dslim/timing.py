@@ -106,7 +106,7 @@ def route_timings(supernet: Supernet, size: int, batches: Sequence[int], device:
         out = graphs[name](*inputs)
         return out if isinstance(out, tuple) else (out,)
 
-    routes: dict = {name: {"decisions": d, "ms": {}} for name, d in plan.program["routes"].items()}
+    routes: dict = {name: {**route, "ms": {}} for name, route in plan.program["routes"].items()}
     per_graph: dict = {name: {"ms": {}} for name in graphs}
     first = next(iter(routes.values()), {"decisions": {}})["decisions"]
     for b in batches:

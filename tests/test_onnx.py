@@ -215,3 +215,24 @@ def test_dynamo_exporter(tmp_path):
     dsnet, x = _routed_dsnet()
     export_dynamic(dsnet, tmp_path / "dsnet", 64, exporter="dynamo")
     _check_folder_routes_like_pytorch(dsnet, x, tmp_path / "dsnet")
+
+
+def test_export_stage_formats_and_cards(tmp_path):
+    from dslim.config import replace
+    from dslim.stages.layout import load_config
+    from dslim.stages.pipeline import run_pipeline
+
+    run, net = make_run(tmp_path / "run")
+    settings = {"stages.export.subnets": ("0.5",), "stages.export.formats": ("safetensors", "onnx"),
+                "stages.export.onnx_exporter": "torchscript"}  # fmt: skip
+    run_pipeline(replace(load_config(run), **settings), run, recipe="test", argv=[], stages=["export"])
+    done = json.loads((run / "export" / "done.json").read_text())
+    assert done == {"subnets": ["0.5"], "formats": ["safetensors", "onnx"]}
+    card = json.loads((run / "export" / "0.5.config.json").read_text())
+    assert card["files"] == {"safetensors": "0.5.safetensors", "onnx": "0.5.onnx"} and card["channels"]["stem"] == 16
+    import dslim
+
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = dslim.load_subnet(run / "export" / "0.5.safetensors")(x).numpy()
+    np.testing.assert_allclose(onnx_runtime.load(run / "export" / "0.5.onnx")(x.numpy()), expected, atol=1e-4)

@@ -251,7 +251,10 @@ class DSMobileNetV1(Supernet):
                 {"dispatch": "route", "graphs": tails, "inputs": ["features", "squeezed"], "outputs": ["logits"]},
             ],
             "outputs": {"logits": "logits", "decisions": "route"},
-            "routes": {self.name_of(r, t): {"route": i} for i, (t, r) in enumerate(zip(tails, routes))},
+            "routes": {
+                self.name_of(r, t): {"decisions": {"route": i}, "subnet": r.to_json()}
+                for i, (t, r) in enumerate(zip(tails, routes))
+            },  # fmt: skip
         }
         return ExportPlan(graphs, program)
 
