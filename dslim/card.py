@@ -72,10 +72,12 @@ def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, 
         return None  # a table of another model, or damaged: the card says nothing rather than something wrong
     found, estimated = {}, False
     for name, subnet in subnets.items():
-        if table.answers(subnet):
+        try:
             values = {b: table.latency(subnet, b, net) for b in table.batches}
-            found[name] = {str(b): round(ms, 4) for b, (ms, _) in values.items()}
-            estimated |= any(e for _, e in values.values())
+        except UserError:
+            continue  # neither measured nor estimable: no latency for this one
+        found[name] = {str(b): round(ms, 4) for b, (ms, _) in values.items()}
+        estimated |= any(e for _, e in values.values())
     if not found:
         return None
     device = table.device

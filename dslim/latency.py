@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--device cuda: no GPU is available here; measure with --device cpu")
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)
+    warn_if_busy(cmd.device)
     from dslim.io import write_json
     from dslim.models import from_config
     from dslim.timing import measure_table
@@ -93,6 +94,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     print_latency(table, f"{model.arch} at {model.input_size}px")
     print(f"wrote {out}")
+
+
+def warn_if_busy(device: str) -> None:
+    """Timings on a machine busy with other work include waiting for it; with several threads OpenMP's default
+    busy-waiting makes that far worse (over 100x at batch 1 on 2 busy cores: docs/deploy.md), so say so."""
+    import os
+    import sys
+
+    import torch
+
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if device == "cpu" and load > cpus - 0.5:
+        advice = ""
+        if torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            advice = "; with several threads set OMP_WAIT_POLICY=PASSIVE (or use --threads 1)"
+        print(f"dslim: note: this machine is busy (load {load:.1f} on {cpus} cores): timings include waiting for "
+              f"other work{advice}", file=sys.stderr)  # fmt: skip
 
 
 def print_latency(table: dict, title: str) -> None:

@@ -75,7 +75,8 @@ def device_info(device: torch.device) -> dict:
                  if line.startswith("model name")]  # fmt: skip
         name = model[0] if model else name
     return {"type": device.type, "name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "load": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
+            "load": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
 
 
 def _images(batch: int, size: int, device: torch.device) -> torch.Tensor:
