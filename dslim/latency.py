@@ -63,7 +63,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--device cuda: no GPU is available here; measure with --device cpu")
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)
-    warn_if_busy(cmd.device)
     from dslim.io import write_json
     from dslim.models import from_config
     from dslim.timing import measure_table
@@ -86,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'latency.json'}")
     model = config.model
+    warn_if_busy(cmd.device)
     table = measure_table(net, subnets, model.input_size, cmd.batch, torch.device(cmd.device), cmd.warmup,
                           cmd.repeats, cmd.layers, model.channel_bins or 12, model.min_bin, config.seed)  # fmt: skip
     try:

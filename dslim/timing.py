@@ -9,7 +9,7 @@ machine's load recorded alongside.
 
 A searched subnet is in no table, so a table may also hold per-layer times (`layers`): every leaf layer of the
 exported module timed in place at the channel counts of a few probe subnets (the named ones and random ones), a
-least-squares fit per layer of its time against its input and output channels, and a per-batch calibration of the
+non-negative least-squares fit per layer of its time against its channels, and a per-batch calibration of the
 summed layer times against the probes' measured totals (the sum misses what runs between layers). Any subnet's
 latency is then estimated from its layers' channel counts, the way Once-for-All's latency look-up tables let users
 predict latency on their own device; `LatencyTable.latency` answers a measured subnet exactly and estimates the rest.
@@ -201,9 +201,9 @@ def layer_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int]]:
 
 
 def _features(c_in: float, c_out: float) -> list[float]:
-    # a layer's time is affine in its work, which is a product of channels (conv, linear) or linear in them (norms,
-    # activations, depthwise convs); the constant holds its fixed overhead
-    return [1.0, c_in * c_out, c_in, c_out]
+    # a layer's time: a fixed overhead, its arithmetic (a product of channels for convs and linears) and its memory
+    # traffic (the tensors it reads and writes: linear in channels, all norms, activations and depthwise convs have)
+    return [1.0, c_in * c_out, c_in + c_out]
 
 
 def _predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
@@ -227,11 +227,13 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
         per_batch = {str(b): layer_times(model, size, b, device, warmup, repeats) for b in batches}
         for key, (c_in, c_out, _) in per_batch[str(batches[0])].items():
             points[key].append([c_in, c_out, {b: round(t[key][2], 5) for b, t in per_batch.items()}, name])
+    from scipy.optimize import nnls
+
     fits = {}
     for key, pts in points.items():
         X = np.array([_features(p[0], p[1]) for p in pts])
-        fits[key] = {str(b): np.linalg.lstsq(X, np.array([p[2][str(b)] for p in pts]), rcond=None)[0].tolist()
-                     for b in batches}  # fmt: skip
+        # non-negative coefficients: more channels never make a layer faster, and noise cannot say otherwise
+        fits[key] = {str(b): nnls(X, np.array([p[2][str(b)] for p in pts]))[0].tolist() for b in batches}
     sums: dict[str, dict[str, float]] = defaultdict(dict)
     for key, pts in points.items():
         for p in pts:
@@ -288,15 +290,19 @@ class LatencyTable:
             raise UserError(f"{where} is not a dslim latency table (format {FORMAT!r}; written by dslim.latency)")
         self.data, self.where = data, where
         self._shapes: dict[Subnet, dict] = {}
-        try:
-            self._measured = {
-                Subnet.from_json(row["subnet"], where): (name, row["ms"])
-                for part in ("routes", "subnets")
-                for name, row in data.get(part, {}).items()
-                if "subnet" in row
-            }
-        except (TypeError, KeyError) as e:
-            raise UserError(f"{where}: malformed entry ({e})") from None
+        batches = data.get("batches")
+        if not isinstance(batches, list) or not batches:
+            raise UserError(f"{where}: `batches` must list the batch sizes measured")
+        self._measured: dict[Subnet, tuple[str, dict]] = {}
+        for part in ("routes", "subnets"):
+            rows = data.get(part, {})
+            if not isinstance(rows, dict):
+                raise UserError(f"{where}: {part!r} must map names to entries")
+            for name, row in rows.items():
+                ok = isinstance(row, dict) and isinstance(row.get("ms"), dict) and "subnet" in row
+                if not ok or not {str(b) for b in batches} <= set(row["ms"]):
+                    raise UserError(f"{where}: entry {name!r} of {part!r} lacks its subnet or a batch's time")
+                self._measured[Subnet.from_json(row["subnet"], f"{where}: {name!r}")] = (name, row["ms"])
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> LatencyTable:
@@ -349,13 +355,15 @@ class LatencyTable:
 
     def estimate(self, supernet: Supernet, subnet: Subnet, batch: int) -> float:
         """The per-layer table's prediction of `subnet`'s latency at `batch` (ms)."""
-        layers = self.data["layers"]
         if subnet not in self._shapes:
             self._shapes[subnet] = layer_shapes(extract(supernet, subnet, weights=False), self.data["input_size"])
-        total = 0.0
-        for key, (c_in, c_out) in self._shapes[subnet].items():
-            if key not in layers["fits"]:
-                raise UserError(f"{self.where}: layer {key} was never measured; rebuild the table with more --layers")
-            total += _predict(layers["fits"][key][str(batch)], c_in, c_out)
-        scale, offset = layers["calibration"][str(batch)]
+        try:
+            fits, (scale, offset) = self.data["layers"]["fits"], self.data["layers"]["calibration"][str(batch)]
+            total = 0.0
+            for key, (c_in, c_out) in self._shapes[subnet].items():
+                if key not in fits:
+                    raise UserError(f"{self.where}: layer {key} was never measured; rebuild the table with --layers")
+                total += _predict(fits[key][str(batch)], c_in, c_out)
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.where}: its per-layer table is malformed; measure it again") from None
         return max(0.0, scale * total + offset)
