@@ -5,20 +5,22 @@ layer filled from the supernet (`SlimModule.copy_from`) and swapped for the plai
 (`SlimModule.to_plain`, with that subnet's BatchNorm statistics), each skipped block reduced to its shortcut.
 A dynamic model (`dslim.models.routing.Dynamic`) exports as the supernet cut to its widest route, its router, and
 the statistics of every route; `load_subnet` rebuilds it as a `RoutedNet`. The file records architecture and
-channels, so `load_subnet` needs nothing else.
+channels, so `load_subnet` needs nothing else. For runtimes that cannot branch (ONNX), `extract_graph` makes each
+graph of the model's `export_plan` a module of its own, holding only the weights of its subnet.
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
 from dslim.checkpoint import arch_class, build_checked, field, load_tensors, save_tensors
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
-from dslim.models.routing import RoutedNet
+from dslim.models.routing import GraphSpec, RoutedNet
 from dslim.nn import SlimModule
 from dslim.subnet import Subnet
 
@@ -45,10 +47,32 @@ def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None
     return net.eval()
 
 
-def extract(supernet: Supernet, subnet: Subnet) -> nn.Module:
-    """A standalone module equal to `supernet` at `subnet`, holding only the sliced weights (eval mode)."""
+def extract(supernet: Supernet, subnet: Subnet, weights: bool = True) -> nn.Module:
+    """A standalone module equal to `supernet` at `subnet`, holding only the sliced weights (eval mode).
+
+    `weights=False`: the same module with fresh weights and default statistics (for timing: nothing to copy, no
+    statistics needed)."""
     supernet.check(subnet)
-    return _build(supernet.arch, supernet.static_kwargs(), subnet, supernet)
+    return _build(supernet.arch, supernet.static_kwargs(), subnet, supernet if weights else None)
+
+
+class GraphModule(nn.Module):
+    """One graph of a dynamic model: a method of the network built at one subnet's widths, as a module."""
+
+    def __init__(self, net: nn.Module, spec: GraphSpec) -> None:
+        super().__init__()
+        self.net, self.spec = net, spec
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return getattr(self.net, self.spec.method)(*self.spec.args, *inputs)
+
+
+def extract_graph(supernet: Supernet, spec: GraphSpec, weights: bool = True) -> GraphModule:
+    """A graph of `supernet.export_plan()`: physically sliced to `spec.subnet`, router kept, eval mode
+    (`weights=False`: fresh weights, as `extract`)."""
+    supernet.check(spec.subnet)
+    net = _build(supernet.arch, supernet.arch_kwargs, spec.subnet, supernet if weights else None)
+    return GraphModule(net, spec).eval()
 
 
 def widest(subnets: list[Subnet]) -> Subnet:

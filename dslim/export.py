@@ -1,8 +1,14 @@
-"""`python -m dslim.export --run D --subnet NAME --out F.safetensors`: one subnet as a standalone model.
+"""`python -m dslim.export --run D --subnet NAME --out F [--format onnx]`: one subnet as a standalone model;
+`--dynamic` instead of `--subnet`: the trained dynamic model (DS-Net's gate), routing each input.
 
 The subnet of the latest finished stage's supernet is written with physically sliced weights and its own BatchNorm
-statistics; `dslim.load_subnet(F)` rebuilds it with nothing else. With calibrated BatchNorm, a width the artifact
-holds no statistics for is calibrated first from training batches (`stages.evaluate.calibrate_batches`).
+statistics: as safetensors (`dslim.load_subnet(F)` rebuilds it with nothing else) or as one ONNX graph with a
+dynamic batch axis. A dynamic model is written as safetensors (`load_subnet` gives a `RoutedNet`) or, for ONNX, as a
+folder: one graph per part (the shared prefix with the gate, one per route) and `routing.json`, which
+`dslim.onnx_runtime` runs. Next to each model, a card (`F.config.json`, or `config.json` in the folder) records
+architecture, channels, classes, input size, MACs, params, and accuracy and latency where the run measured them.
+With calibrated BatchNorm, a width the artifact holds no statistics for is calibrated first from training batches
+(`stages.evaluate.calibrate_batches`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -20,35 +28,80 @@ from dslim.errors import UserError, exits_cleanly
 class ExportCommand:
     run: str
     """Run directory (the `--out-dir` of `dslim.train`)."""
-    subnet: str
+    out: str
+    """Output: a `.safetensors` or `.onnx` file; with `--dynamic --format onnx`, a folder."""
+    subnet: str | None = None
     """Subnet to export: a name (`uniform-3`, `largest`, a name from the run's subnets files such as
     `autoslim-300M`) or a width (`0.75`, any width of a universally slimmable range)."""
-    out: str
-    """Output file (`.safetensors`)."""
+    dynamic: bool = False
+    """Export the trained dynamic model (routing each input) instead of one subnet."""
+    format: Literal["safetensors", "onnx"] = "safetensors"
+    """File format: safetensors (for `dslim.load_subnet`) or ONNX (for onnxruntime and other runtimes)."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    """ONNX exporter: `dynamo` (torch.export, PyTorch's default) or `torchscript` (deprecated, much faster)."""
+
+
+def check(cmd: ExportCommand) -> None:
+    """Every problem with the options, before any work."""
+    if (cmd.subnet is None) == (not cmd.dynamic):
+        raise UserError("give either --subnet NAME or --dynamic (the routing model)")
+    folder = cmd.dynamic and cmd.format == "onnx"
+    suffix = {"safetensors": ".safetensors", "onnx": ".onnx"}[cmd.format]
+    if folder and Path(cmd.out).suffix in (".onnx", ".safetensors"):
+        raise UserError(f"--out {cmd.out!r}: a dynamic model exports to ONNX as a folder; give a folder name")
+    if not folder and not cmd.out.endswith(suffix):
+        raise UserError(f"--out {cmd.out!r} should end in {suffix} (--format {cmd.format})")
+    if folder and Path(cmd.out).is_file():
+        raise UserError(f"--out {cmd.out} is a file; a dynamic model exports to ONNX as a folder")
+    if cmd.format == "onnx":
+        from dslim.onnx_export import require
+
+        require(cmd.exporter)
 
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     cmd = tyro.cli(ExportCommand, args=sys.argv[1:] if argv is None else list(argv), description=__doc__)
-    if not cmd.out.endswith(".safetensors"):
-        raise UserError(f"--out {cmd.out!r} should end in .safetensors")
+    check(cmd)
     from dslim.calibration import calibrate_missing
-    from dslim.complexity import measure
-    from dslim.deploy import extract, save_subnet
+    from dslim.card import dynamic_card, subnet_card, write_card
+    from dslim.deploy import extract, extract_dynamic, save_subnet
+    from dslim.onnx_export import export_dynamic, export_static
     from dslim.stages.layout import open_run
 
     run = open_run(cmd.run)
-    subnet = run.resolve(cmd.subnet)
-    calibrate_missing(run.supernet, run.config, {cmd.subnet: subnet})
-    size = run.config.model.input_size
-    model = extract(run.supernet, subnet)
+    net, config, size = run.supernet, run.config, run.config.model.input_size
+    if cmd.dynamic:
+        if not net.is_dynamic:
+            raise UserError(f"{net.arch} does not route per input: export one of its subnets with --subnet")
+        if not net.router_trained:
+            raise UserError(f"{cmd.run}'s router has not been trained yet: run its gate stage first")
+        routes = net.route_subnets()  # type: ignore[attr-defined]
+        calibrate_missing(net, config, {f"route-{i}": r for i, r in enumerate(routes)})
+        card = dynamic_card(net, config, run.dir)
+    else:
+        subnet = run.resolve(cmd.subnet)  # type: ignore[arg-type]
+        calibrate_missing(net, config, {cmd.subnet: subnet})  # type: ignore[dict-item]
+        card = subnet_card(net, config, cmd.subnet, subnet, run.dir)  # type: ignore[arg-type]
     try:
-        save_subnet(model, subnet, cmd.out, input_size=size)
+        if cmd.dynamic and cmd.format == "onnx":
+            export_dynamic(net, cmd.out, size, cmd.exporter)
+        elif cmd.dynamic:
+            save_subnet(extract_dynamic(net), None, cmd.out, input_size=size)
+        elif cmd.format == "onnx":
+            export_static(net, subnet, cmd.out, size, cmd.exporter)
+        else:
+            save_subnet(extract(net, subnet), subnet, cmd.out, input_size=size)
+        card_file = write_card(cmd.out, card, cmd.format)
     except OSError as e:
-        raise UserError(f"cannot write {cmd.out}: {e.strerror}") from None
-    cost = measure(run.supernet, size, subnet)
-    print(f"wrote {cmd.out}: {run.config.model.arch} subnet {cmd.subnet} from {run.artifact.parent.name}, "
-          f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params at {size}px")  # fmt: skip
+        raise UserError(f"cannot write {cmd.out}: {e.strerror or e}") from None
+    if cmd.dynamic:
+        macs = [r["macs"] / 1e6 for r in card["routes"].values()]
+        what, cost = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
+    else:
+        what, cost = f"subnet {cmd.subnet}", f"{card['macs'] / 1e6:,.1f}M MACs"
+    print(f"wrote {cmd.out} and {card_file.name}: {config.model.arch} {what} from {run.artifact.parent.name}, {cost}, "
+          f"{card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,51 +1,50 @@
-"""`python -m dslim.import_checkpoint KIND PATH --out F.safetensors [--ema]`: an original's checkpoint as a dslim
-supernet artifact.
+"""`python -m dslim.import_checkpoint KIND PATH --out F.safetensors [options of KIND]`: an original's checkpoint as
+a dslim supernet artifact, from which any stage can start (`python -m dslim.train ... --from F.safetensors`).
 
-`dsnet`: the released DS-Net supernet (changlin31/DS-Net, mobilenetv1_bn_uniform), so that gate training can start
-from it (`python -m dslim.train --recipe dsnet_mbv1 --stages gate --from F.safetensors`).
+Kinds (`dslim.importers.KINDS`, one module each): `dsnet` (changlin31/DS-Net's mobilenetv1_bn_uniform supernet,
+`--ema` for its EMA weights) and `slimmable` (JiahuiYu/slimmable_networks' S-MobileNet v1/v2, S-ResNet-50 and
+US-MobileNet v1/v2, with the BatchNorm statistics of every width the file holds; `--widths` names a US-Net file's
+widths when they are not the app's defaults).
 
 Files are read with `torch.load(weights_only=True)`: only tensors, containers, plain values and a minimal allow-list
-of what each original pickles (DS-Net: its `argparse.Namespace` of training args) are unpickled, never other
-objects, so nothing in the file is ever executed.
+of what the originals pickle (DS-Net's `argparse.Namespace` of training args; the slimmable networks' meters, read
+as inert placeholders) are unpickled, never other objects, so nothing in the file is ever executed. A file of
+another kind is refused with the kind it looks like.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import tyro
 
-from dslim.checkpoint import save_supernet
 from dslim.errors import UserError, exits_cleanly
-
-
-@dataclass(frozen=True)
-class ImportCommand:
-    kind: tyro.conf.Positional[Literal["dsnet"]]
-    """Which project's checkpoint: `dsnet` (changlin31/DS-Net, mobilenetv1_bn_uniform)."""
-    path: tyro.conf.Positional[str]
-    """The released checkpoint file."""
-    out: str
-    """Where to write the dslim supernet artifact (`.safetensors`)."""
-    ema: bool = False
-    """DS-Net: import `state_dict_ema` (the EMA weights) instead of `state_dict`."""
+from dslim.importers import KINDS, import_checkpoint
 
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = tyro.cli(ImportCommand, args=argv, description=__doc__)
-    if not cmd.out.endswith(".safetensors"):
-        raise UserError(f"--out {cmd.out!r} should end in .safetensors")
-    from dslim.importers import KINDS
+    commands = {kind: module.Options for kind, module in KINDS.items()}
+    args = sys.argv[1:] if argv is None else list(argv)
+    opts = tyro.extras.subcommand_cli_from_dict(
+        commands,
+        prog="python -m dslim.import_checkpoint",
+        args=args,
+        description=__doc__,  # type: ignore[arg-type]
+    )
+    kind = next(k for k, cls in commands.items() if type(opts) is cls)
+    if not opts.out.endswith(".safetensors"):
+        raise UserError(f"--out {opts.out!r} should end in .safetensors")
+    from dslim.checkpoint import save_supernet
 
-    net, meta = KINDS[cmd.kind].load(cmd.path, ema=cmd.ema)
+    net, meta = import_checkpoint(kind, opts)
     try:
-        save_supernet(net, cmd.out, stage="import", kind=cmd.kind, **meta)
+        save_supernet(net, opts.out, stage="import", kind=kind, **meta)
     except OSError as e:
-        raise UserError(f"cannot write --out {cmd.out}: {e.strerror or e}") from None
-    print(f"wrote {cmd.out}: {net.arch} with {len(net.named_subnets())} named subnets from {meta['weights']}")
+        raise UserError(f"cannot write --out {opts.out}: {e.strerror or e}") from None
+    note = f" ({meta['note']})" if "note" in meta else ""
+    print(f"wrote {opts.out}: {net.arch} with {len(net.named_subnets())} named subnets from {meta['weights']}{note}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
 `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
-`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do.
+`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from
+`python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the
+table has per-layer times; `-` where the table can say nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class ProfileCommand:
     """A training run directory: profile its model and the named subnets of its subnets files."""
     json: bool = False
     """Print a JSON list of {subnet, macs, params} on stdout and nothing else."""
+    latency: str | None = None
+    """A latency table (`python -m dslim.latency`): add each subnet's latency (JSON: `latency_ms`, per batch size,
+    and `latency_estimated`)."""
 
 
 def profile_subnets(net: Supernet, subnets: dict[str, Subnet], input_size: int) -> list[dict]:
@@ -45,12 +50,19 @@ def profile_subnets(net: Supernet, subnets: dict[str, Subnet], input_size: int) 
     return rows
 
 
-def profile(config: Config, subnets: Sequence[str] = ()) -> list[dict]:
-    """Rows of `profile_subnets` for a recipe's model (default: every named subnet)."""
-    net = from_config(config.model)
-    names = list(subnets) or list(net.named_subnets())
-    resolved = {name: net.resolve(name) for name in names}  # all errors before any work
-    return profile_subnets(net, resolved, config.model.input_size)
+def add_latency(rows: list[dict], net: Supernet, subnets: dict[str, Subnet], path: str, input_size: int) -> list[int]:
+    """Each row's `latency_ms` (`{batch: ms}`, or None) and `latency_estimated` from the table at `path`; returns
+    the table's batch sizes."""
+    from dslim.timing import LatencyTable
+
+    table = LatencyTable.read(path)
+    table.check(net, input_size)
+    for row in rows:
+        subnet = subnets[row["subnet"]]
+        found = {b: table.latency(subnet, b, net) for b in table.batches} if table.answers(subnet) else {}
+        row["latency_ms"] = {str(b): round(ms, 4) for b, (ms, _) in found.items()} or None
+        row["latency_estimated"] = any(estimated for _, estimated in found.values())
+    return table.batches
 
 
 @exits_cleanly
@@ -65,21 +77,30 @@ def main(argv: Sequence[str] | None = None) -> None:
             *net.named_subnets(),
             *(n for n in run.subnet_files if n not in net.named_subnets()),
         ]
-        rows = profile_subnets(net, {n: run.resolve(n) for n in names}, config.model.input_size)
+        subnets = {n: run.resolve(n) for n in names}
         title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
     else:
         if not cmd.recipe:
             raise UserError("give --recipe R or --run D")
         config = cmd.config
-        rows = profile(config, cmd.widths)
+        net = from_config(config.model)
+        subnets = {name: net.resolve(name) for name in (list(cmd.widths) or list(net.named_subnets()))}
         title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
+    rows = profile_subnets(net, subnets, config.model.input_size)
+    batches = add_latency(rows, net, subnets, cmd.latency, config.model.input_size) if cmd.latency else []
     if cmd.json:
         print(json.dumps(rows))
         return
     from dslim.ui import print_table
 
-    print_table(title, ("subnet", "MACs (M)", "params (M)"),
-                [(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}") for r in rows])  # fmt: skip
+    def latency(row: dict, b: int) -> str:
+        if row["latency_ms"] is None:
+            return "-"
+        return ("~" if row["latency_estimated"] else "") + f"{row['latency_ms'][str(b)]:.2f}"
+
+    columns = ("subnet", "MACs (M)", "params (M)", *(f"ms @{b}" for b in batches))
+    print_table(title, columns, [(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}",
+                                  *(latency(r, b) for b in batches)) for r in rows])  # fmt: skip
 
 
 def _has_run(argv: Sequence[str] | None) -> bool:

@@ -8,14 +8,26 @@ import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import tyro
 
 from dslim.errors import UserError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What every importer reads; each kind's `Options` adds its own fields (they become its command-line flags)."""
+
+    path: tyro.conf.Positional[str]
+    """The original's checkpoint file."""
+    out: str
+    """Where to write the dslim supernet artifact (`.safetensors`)."""
 
 
 def load_checkpoint(path: str | os.PathLike, allowed: Iterable[object] = ()) -> dict:

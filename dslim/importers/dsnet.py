@@ -10,13 +10,32 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from dataclasses import dataclass
 
 from dslim.errors import UserError
-from dslim.importers.common import load_checkpoint, no_leftovers, strip_prefix, take
+from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
 from dslim.models.ds_mobilenet_v1 import CHOICES, DEPTHS, DSMobileNetV1
 from dslim.nn import SlimBatchNorm2d
 
 ARCH = "slimmable_mbnet_v1_bn_uniform"
+SUMMARY = "changlin31/DS-Net's released supernet, mobilenetv1_bn_uniform `.pth.tar`"
+ALLOWED = (argparse.Namespace,)  # the training args it pickles: a plain record of values
+STEM = "conv_stem.weight"
+
+
+@dataclass(frozen=True)
+class Options(ImportOptions):
+    """changlin31/DS-Net: the mobilenetv1_bn_uniform supernet (`.pth.tar`)."""
+
+    ema: bool = False
+    """Import `state_dict_ema` (the EMA weights) instead of `state_dict`."""
+
+
+def looks_like(ckpt: dict) -> bool:
+    """A DS-Net training checkpoint: a `state_dict` (or its EMA) holding DS-Net's stem and blocks."""
+    return any(
+        isinstance(ckpt.get(key), dict) and STEM in strip_prefix(ckpt[key]) for key in ("state_dict", "state_dict_ema")
+    )
 
 
 def _official_prefix(stage: int, block: int) -> str:
@@ -52,7 +71,7 @@ def _official_bn(name: str) -> str:
     return _official_prefix(int(m[1]), int(m[2])) + m[3]
 
 
-def convert(state: dict, path: str | os.PathLike) -> DSMobileNetV1:
+def _convert_state(state: dict, path: str | os.PathLike) -> DSMobileNetV1:
     """A `ds_mobilenet_v1` holding the official weights and, per named subnet, the matching BN statistics."""
     if state.get("classifier.weight") is None or state["classifier.weight"].dim() != 2:
         raise UserError(f"{path} has no 2-D classifier.weight: not a DS-Net supernet checkpoint")
@@ -85,14 +104,15 @@ def convert(state: dict, path: str | os.PathLike) -> DSMobileNetV1:
     return net
 
 
-def load(path: str | os.PathLike, ema: bool = False) -> tuple[DSMobileNetV1, dict]:
+def convert(ckpt: dict, opts: Options) -> tuple[DSMobileNetV1, dict]:
     """The supernet of a released DS-Net file, and metadata for its artifact."""
-    ckpt = load_checkpoint(path, allowed=[argparse.Namespace])
+    path = opts.path
     arch = ckpt.get("arch")
     if arch is not None and arch != ARCH:
         raise UserError(f"{path} holds a {arch!r} model; the dsnet importer reads {ARCH!r} (ds_mobilenet_v1)")
-    key = "state_dict_ema" if ema else "state_dict"
+    key = "state_dict_ema" if opts.ema else "state_dict"
     if not isinstance(ckpt.get(key), dict):
-        hint = "without" if ema else "with"
+        hint = "without" if opts.ema else "with"
         raise UserError(f"{path} has no {key!r} (keys: {sorted(map(str, ckpt))}); try {hint} --ema")
-    return convert(strip_prefix(ckpt[key]), path), {"source": str(path), "weights": key}
+    net = _convert_state(strip_prefix(ckpt[key]), path)
+    return net, {"source": str(path), "weights": key}

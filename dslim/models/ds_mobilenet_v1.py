@@ -21,7 +21,7 @@ from dslim import complexity
 from dslim.config import ModelConfig
 from dslim.models.base import Supernet, resolve_channels
 from dslim.models.registry import register
-from dslim.models.routing import dispatch
+from dslim.models.routing import ExportPlan, GraphSpec, dispatch
 from dslim.nn import GlobalAvgPool, SlimConv2d, SlimLinear, SqueezeExcite
 from dslim.subnet import ChannelGroup, Subnet
 
@@ -196,6 +196,11 @@ class DSMobileNetV1(Supernet):
     def gate_logits(self, squeezed: torch.Tensor) -> torch.Tensor:
         return self.gate_block.gate(squeezed).flatten(1)
 
+    def prefix_and_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shared prefix and the gate's logits: the first graph of an exported dynamic model."""
+        features, squeezed = self.prefix(x)
+        return features, squeezed, self.gate_logits(squeezed)
+
     # -- the routing protocol (dslim.models.routing.Dynamic) --------------------------------------------------
     @property
     def is_dynamic(self) -> bool:
@@ -230,6 +235,28 @@ class DSMobileNetV1(Supernet):
 
     def routed_macs(self, decisions: torch.Tensor, input_size: int) -> torch.Tensor:
         return self.route_macs(input_size).to(decisions.device)[decisions]
+
+    def export_plan(self) -> ExportPlan:
+        """The prefix with the gate as one graph (built at the slimmest route: every route shares its widths), each
+        route's tail as another; the gate's argmax dispatches each image to its route's tail."""
+        routes = self.routes()
+        tails = [f"route-{r}" for r in range(len(routes))]
+        graphs = {"prefix": GraphSpec(routes[0], "prefix_and_gate", ("image",), ("features", "squeezed", "gate"))}
+        graphs.update({t: GraphSpec(r, "tail", ("features", "squeezed"), ("logits",)) for t, r in zip(tails, routes)})
+        program = {
+            "input": "image",
+            "steps": [
+                {"run": "prefix", "inputs": ["image"], "outputs": ["features", "squeezed", "gate"]},
+                {"decide": "route", "from": "gate", "rule": "argmax"},
+                {"dispatch": "route", "graphs": tails, "inputs": ["features", "squeezed"], "outputs": ["logits"]},
+            ],
+            "outputs": {"logits": "logits", "decisions": "route"},
+            "routes": {
+                self.name_of(r, t): {"decisions": {"route": i}, "subnet": r.to_json()}
+                for i, (t, r) in enumerate(zip(tails, routes))
+            },  # fmt: skip
+        }
+        return ExportPlan(graphs, program)
 
     def route_report(self, decisions: torch.Tensor, input_size: int) -> dict:
         routes, macs = self.routes(), self.route_macs(input_size)

@@ -6,12 +6,33 @@ alone saves compute but loses batching. `dispatch` does neither: the images that
 together, physically at that decision's size, and their outputs return to their places in the batch.
 
 A supernet that routes implements `Dynamic`; evaluation (the `dynamic` row of eval.json), dynamic export
-(`RoutedNet`, rebuilt by `load_subnet`) and `scripts/bench_dynamic.py` rely on this protocol only.
+(`RoutedNet`, rebuilt by `load_subnet`; ONNX graphs and their routing program), latency tables and
+`scripts/bench_dynamic.py` rely on this protocol only.
+
+Runtimes such as ONNX cannot branch on the input, so a dynamic model is also described as static graphs plus a
+routing program (`ExportPlan`): each graph is one method of the network built at one subnet's widths, with only
+those weights; the program says which graph runs on which images. Its JSON form (`routing.json`):
+
+    {"input": "image",
+     "steps": [{"run": "prefix", "inputs": ["image"], "outputs": ["features", "squeezed", "gate"]},
+               {"decide": "route", "from": "gate", "rule": "argmax"},
+               {"dispatch": "route", "graphs": ["route-0", "route-1"], "inputs": [...], "outputs": ["logits"]}],
+     "outputs": {"logits": "logits", "decisions": "route"},
+     "routes": {"uniform-0": {"decisions": {"route": 0}, "subnet": {...}}, "uniform-1": ...}}
+
+`run` runs a graph on the whole batch; `decide` turns a tensor into one integer decision per image (`argmax` over
+its second axis) or per image and column (`threshold`: 1 where the value exceeds `value`, e.g. BlockDrop's keep
+probabilities); `dispatch` groups the images by a decision (`column` picks one column of a per-column decision)
+and runs `graphs[k]` on the images that decided `k` (`null`: the inputs pass through unchanged, a skipped block
+without a shortcut), scattering the outputs back, as `dispatch` does in PyTorch. `routes` names each route with the
+decisions that make it (one for every `decide` step) and its subnet: what a latency table measures.
+`dslim.onnx_runtime` runs this program on onnxruntime.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -48,6 +69,26 @@ def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, keep: torch.Tensor)
     return x
 
 
+@dataclass(frozen=True)
+class GraphSpec:
+    """One static graph of a dynamic model: `method` (with constant `args` first) of the network built at `subnet`'s
+    widths, router included, taking the program's tensors `inputs` and returning (a tuple of) `outputs`."""
+
+    subnet: Subnet
+    method: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    args: tuple = field(default=())
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """A dynamic model as static graphs and the JSON routing program that runs them (see the module docstring)."""
+
+    graphs: dict[str, GraphSpec]
+    program: dict
+
+
 class Dynamic(Protocol):
     """What a per-input routing supernet provides (DS-Net's gate, BlockDrop's policy)."""
 
@@ -66,6 +107,11 @@ class Dynamic(Protocol):
     def route_report(self, decisions: torch.Tensor, input_size: int) -> dict:
         """The `dynamic` row of eval.json (besides top-1/top-5) for the decisions of all evaluation images:
         at least `macs_mean` and a histogram of the decisions."""
+        ...
+
+    def export_plan(self) -> ExportPlan:
+        """Static graphs and the routing program that, run on them, computes `forward_routed` (ONNX export, latency
+        of each route)."""
         ...
 
 

@@ -1,0 +1,159 @@
+"""Artifact cards: a plain-JSON description next to every exported model, as Hugging Face's `config.json`, so other
+tools can read what a file is without dslim.
+
+`F.safetensors` and `F.onnx` get `F.config.json` (one card per model: exporting the same model in both formats lists
+both files); an exported folder (a dynamic model's ONNX graphs) holds `config.json`. A card says what the model is
+(architecture and its arguments, channels, block mask, classes, input size and preprocessing), what it costs (MACs
+and params per image; the latency the run's `latency.json` measured or estimated, with the device) and how good it
+is (top-1/top-5 from the run's `eval.json`, when that subnet or the dynamic model was evaluated). Unknown values are
+null. Cards are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dslim
+from dslim.complexity import measure
+from dslim.config import Config
+from dslim.deploy import widest
+from dslim.io import write_json
+from dslim.models.base import Supernet
+from dslim.subnet import Subnet
+
+FORMAT = "dslim.card/1"
+
+
+def card_path(model_path: str | os.PathLike) -> Path:
+    """`F.config.json` for a file `F.<suffix>`; `F/config.json` for an exported folder."""
+    p = Path(model_path)
+    if p.is_dir():
+        return p / "config.json"
+    return p.with_name(p.name.rsplit(".", 1)[0] + ".config.json")
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _accuracy(run_dir: Path | None, name: str | None) -> dict | None:
+    """The evaluation of `name` (None: the dynamic model) in the run's eval.json, if it has one."""
+    report = _read(run_dir / "eval.json") if run_dir is not None else None
+    if report is None:
+        return None
+    row = (
+        report.get("dynamic")
+        if name is None
+        else next((r for r in report.get("subnets", []) if isinstance(r, dict) and r.get("subnet") == name), None)
+    )
+    if not isinstance(row, dict) or "top1" not in row:
+        return None
+    return {"top1": row["top1"], "top5": row.get("top5"), "source": "eval.json"}
+
+
+def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, Subnet]) -> dict | None:
+    """`{name: {batch: ms}}` of `subnets` from the run's latency.json (measured, or estimated from its layers)."""
+    from dslim.errors import UserError
+    from dslim.timing import LatencyTable
+
+    path = run_dir / "latency.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        table = LatencyTable.read(path)
+        table.check(net, size)
+    except UserError:
+        return None  # a table of another model, or damaged: the card says nothing rather than something wrong
+    found, estimated = {}, False
+    for name, subnet in subnets.items():
+        try:
+            values = {b: table.latency(subnet, b, net) for b in table.batches}
+        except UserError:
+            continue  # neither measured nor estimable: no latency for this one
+        found[name] = {str(b): round(ms, 4) for b, (ms, _) in values.items()}
+        estimated |= any(e for _, e in values.values())
+    if not found:
+        return None
+    device = table.device
+    return {"ms": found, "estimated": estimated, "device": device.get("name"), "device_type": device.get("type"),
+            "threads": device.get("threads"), "source": "latency.json"}  # fmt: skip
+
+
+def _common(net: Supernet, config: Config) -> dict:
+    data, size = config.data, config.model.input_size
+    return {
+        "format": FORMAT,
+        "model_type": "dslim",
+        "architecture": net.arch,
+        "num_classes": config.model.num_classes,
+        "input_size": size,
+        "preprocessing": {"mean": list(data.mean), "std": list(data.std), "crop_fraction": data.crop_fraction,
+                          "resize_shorter_side": round(size / data.crop_fraction), "layout": "NCHW, RGB in [0, 1]"},
+        "dslim_version": dslim.__version__,
+    }  # fmt: skip
+
+
+def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_dir: Path | None) -> dict:
+    """The card of one static subnet of `net` (a run's supernet; `run_dir` for its eval.json and latency.json)."""
+    size = config.model.input_size
+    cost = measure(net, size, subnet)
+    latency = _latency(run_dir, net, size, {name: subnet})
+    return {
+        **_common(net, config),
+        "dynamic": False,
+        "subnet": name,
+        "arch_kwargs": net.static_kwargs(),
+        "channels": dict(subnet.items()),
+        "blocks": None if subnet.blocks is None else list(subnet.blocks),
+        "macs": cost.macs,
+        "params": cost.params,
+        "accuracy": _accuracy(run_dir, name),
+        "latency_ms": None if latency is None else {**latency, "ms": latency["ms"][name]},
+    }
+
+
+def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
+    """The card of `net`'s dynamic model (routing each input): its routes, their cost, its evaluation."""
+    size = config.model.input_size
+    routes = net.route_subnets()  # type: ignore[attr-defined]
+    names = [net.name_of(r, f"route-{i}") for i, r in enumerate(routes)]
+    accuracy = _accuracy(run_dir, None)
+    report = _read(run_dir / "eval.json") if run_dir is not None else None
+    return {
+        **_common(net, config),
+        "dynamic": True,
+        "arch_kwargs": net.arch_kwargs,
+        "routes": {
+            n: {
+                "channels": dict(r.items()),
+                "blocks": None if r.blocks is None else list(r.blocks),
+                "macs": measure(net, size, r).macs,
+            }
+            for n, r in zip(names, routes)
+        },  # fmt: skip
+        "macs_mean": (report or {}).get("dynamic", {}).get("macs_mean") if accuracy else None,
+        "params": measure(net, size, widest(routes)).params,  # what the exported model holds, router aside
+        "accuracy": accuracy,
+        "latency_ms": _latency(run_dir, net, size, dict(zip(names, routes))),
+    }
+
+
+def write_card(model_path: str | os.PathLike, card: dict, kind: str) -> Path:
+    """Write `card` for the model at `model_path` (its file `kind`: safetensors, onnx); a card already there for
+    the same model keeps the files it listed."""
+    path = card_path(model_path)
+    old = _read(path)
+    files = {}
+    same = ("architecture", "channels", "routes", "dynamic")
+    if old is not None and all(old.get(k) == card.get(k) for k in same) and isinstance(old.get("files"), dict):
+        files = old["files"]
+    target = Path(model_path)
+    files[kind] = "." if path.parent == target else target.name
+    write_json(path, {**card, "files": files})
+    return path

@@ -1,0 +1,369 @@
+"""Latency measured on this device, and the table that searches and cards read (`latency.json`).
+
+What is timed is what deployment runs: each subnet as the standalone module `dslim.extract` makes (physically
+sliced, standard layers), each route of a dynamic model as its exported graphs run in sequence (the shared prefix
+with the router, then that route's graphs: `execute` with the route's decisions forced). Weights are fresh (values
+do not change the time of dense layers), so no BatchNorm statistics or data are needed. Each entry is the median of
+`repeats` timed runs after `warmup` untimed ones, per batch size, with the device, its thread count and the
+machine's load recorded alongside.
+
+A searched subnet is in no table, so a table may also hold per-layer times (`layers`): every leaf layer of the
+exported module timed in place at the channel counts of a few probe subnets (the named ones and random ones), a
+non-negative least-squares fit per layer of its time against its channels, and a per-batch calibration of the
+summed layer times against the probes' measured totals (the sum misses what runs between layers). Any subnet's
+latency is then estimated from its layers' channel counts, the way Once-for-All's latency look-up tables let users
+predict latency on their own device; `LatencyTable.latency` answers a measured subnet exactly and estimates the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dslim.complexity import measure
+from dslim.deploy import extract, extract_graph
+from dslim.errors import UserError
+from dslim.models.base import Supernet
+from dslim.onnx_runtime import execute
+from dslim.subnet import Subnet
+from dslim.ui import progress
+
+FORMAT = "dslim.latency/1"
+
+
+# -- timing ---------------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, budget: float = 1.0) -> float:
+    """Median milliseconds of `fn()` over `repeats` runs (fewer, but at least 3, once `budget` seconds are spent)."""
+    sync = _sync(device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times: list[float] = []
+        spent = time.perf_counter()
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - spent < budget):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def device_info(device: torch.device) -> dict:
+    """What the numbers were measured on: device, threads, processor, versions and the load at the time."""
+    name = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif Path("/proc/cpuinfo").is_file():
+        model = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        name = model[0] if model else name
+    return {"type": device.type, "name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
+            "load": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+
+
+def _images(batch: int, size: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def time_module(model: nn.Module, size: int, batches: Sequence[int], device: torch.device, warmup: int,
+                repeats: int) -> dict[str, float]:  # fmt: skip
+    """Median ms of `model(images)` per batch size."""
+    model = model.to(device).eval()
+    out = {}
+    for b in batches:
+        x = _images(b, size, device)
+        out[str(b)] = round(time_call(functools.partial(model, x), device, warmup, repeats), 4)
+    return out
+
+
+def route_timings(supernet: Supernet, size: int, batches: Sequence[int], device: torch.device, warmup: int,
+                  repeats: int) -> tuple[dict, dict]:  # fmt: skip
+    """Median ms of each route (its decisions forced for the whole batch: `program["routes"]`) and of each graph
+    alone, per batch size, over the graphs of the model's export plan as standalone modules."""
+    plan = supernet.export_plan()  # type: ignore[attr-defined]
+    graphs = {name: extract_graph(supernet, spec, weights=False).to(device) for name, spec in plan.graphs.items()}
+    examples: dict[str, list] = {}
+
+    def run(name: str, inputs: Sequence[torch.Tensor]) -> tuple:
+        examples.setdefault(name, list(inputs))
+        out = graphs[name](*inputs)
+        return out if isinstance(out, tuple) else (out,)
+
+    routes: dict = {name: {**route, "ms": {}} for name, route in plan.program["routes"].items()}
+    per_graph: dict = {name: {"ms": {}} for name in graphs}
+    first = next(iter(routes.values()), {"decisions": {}})["decisions"]
+    for b in batches:
+        x = _images(b, size, device)
+        examples.clear()
+        with torch.inference_mode():  # one pass through every graph: an input for each
+            execute(plan.program, run, x, first, every_graph=True)
+        for entry in routes.values():
+            # every decision is forced, so `execute` never looks into the tensors: it runs on torch tensors as they are
+            call = functools.partial(execute, plan.program, run, x, entry["decisions"])
+            entry["ms"][str(b)] = round(time_call(call, device, warmup, repeats), 4)
+        for name, g in graphs.items():
+            call = functools.partial(g, *examples[name])
+            per_graph[name]["ms"][str(b)] = round(time_call(call, device, warmup, repeats), 4)
+    return routes, per_graph
+
+
+# -- per-layer table ------------------------------------------------------------------------------------------------
+class _Leaves:
+    """Hooks on every leaf layer of a module recording, per call, its channels in and out and (if `timed`) its
+    time. A layer called twice in one forward (a shared activation) gives two entries, `name#0` and `name#1`."""
+
+    def __init__(self, model: nn.Module, device: torch.device, timed: bool) -> None:
+        self.sync, self.timed = _sync(device), timed
+        self.calls: dict[str, int] = defaultdict(int)
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.times: dict[str, float] = defaultdict(float)
+        self.start = 0.0
+        self.handles = []
+        for name, m in model.named_modules():
+            if name and next(m.children(), None) is None:
+                self.handles.append(m.register_forward_pre_hook(self._pre))
+                self.handles.append(m.register_forward_hook(lambda m, a, y, name=name: self._post(name, a, y)))
+
+    def _pre(self, m: nn.Module, args: tuple) -> None:
+        if self.timed:
+            self.sync()
+            self.start = time.perf_counter()
+
+    def _post(self, name: str, args: tuple, y: torch.Tensor) -> None:
+        if self.timed:
+            self.sync()
+            elapsed = time.perf_counter() - self.start
+        key = f"{name}#{self.calls[name]}"
+        self.calls[name] += 1
+        x = args[0]
+        self.shapes[key] = (int(x.shape[1]) if x.dim() > 1 else 1, int(y.shape[1]) if y.dim() > 1 else 1)
+        if self.timed:
+            self.times[key] += elapsed
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+        """One forward; the time of each entry in it (ms)."""
+        self.calls.clear()
+        self.times.clear()
+        model(x)
+        return {k: v * 1e3 for k, v in self.times.items()}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def layer_times(model: nn.Module, size: int, batch: int, device: torch.device, warmup: int,
+                repeats: int) -> dict[str, tuple[int, int, float]]:  # fmt: skip
+    """`{entry: (c_in, c_out, median ms)}` for every leaf layer of `model`, timed in place."""
+    leaves = _Leaves(model, device, timed=True)
+    x = _images(batch, size, device)
+    runs: dict[str, list[float]] = defaultdict(list)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                times = leaves.forward(model, x)
+                if i >= warmup:
+                    for k, v in times.items():
+                        runs[k].append(v)
+    finally:
+        leaves.remove()
+    return {k: (*leaves.shapes[k], statistics.median(v)) for k, v in runs.items()}
+
+
+def layer_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int]]:
+    """`{entry: (c_in, c_out)}` of every leaf layer of `model` (one untimed forward of one image)."""
+    device = next(model.parameters()).device
+    leaves = _Leaves(model, device, timed=False)
+    try:
+        with torch.inference_mode():
+            leaves.forward(model, _images(1, size, device))
+    finally:
+        leaves.remove()
+    return dict(leaves.shapes)
+
+
+def _features(c_in: float, c_out: float) -> list[float]:
+    # a layer's time: a fixed overhead, its arithmetic (a product of channels for convs and linears) and its memory
+    # traffic (the tensors it reads and writes: linear in channels, all norms, activations and depthwise convs have)
+    return [1.0, c_in * c_out, c_in + c_out]
+
+
+def _predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
+    return max(0.0, float(np.dot(coef, _features(c_in, c_out))))
+
+
+def random_subnet(supernet: Supernet, rng: random.Random, bins: int, min_bin: int) -> Subnet:
+    """A subnet with each group at a random allowed count (its choices, or `bins` bins of its widest width)."""
+    choices = supernet.group_choices(bins, min_bin)
+    return Subnet.of({g: rng.choice(c) for g, c in choices.items()})
+
+
+def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mapping[str, Mapping[str, float]],
+                size: int, batches: Sequence[int], device: torch.device, warmup: int,
+                repeats: int) -> dict:  # fmt: skip
+    """Per-layer times of the `probes` subnets, a fit per layer and batch, and the calibration of their sum against
+    the probes' measured `totals` (`{probe: {batch: ms}}`)."""
+    points: dict[str, list] = defaultdict(list)
+    for name, subnet in progress(probes.items(), f"per-layer times ({len(probes)} subnets)", len(probes)):
+        model = extract(supernet, subnet, weights=False).to(device)
+        per_batch = {str(b): layer_times(model, size, b, device, warmup, repeats) for b in batches}
+        for key, (c_in, c_out, _) in per_batch[str(batches[0])].items():
+            points[key].append([c_in, c_out, {b: round(t[key][2], 5) for b, t in per_batch.items()}, name])
+    from scipy.optimize import nnls
+
+    fits = {}
+    for key, pts in points.items():
+        X = np.array([_features(p[0], p[1]) for p in pts])
+        # non-negative coefficients: more channels never make a layer faster, and noise cannot say otherwise
+        fits[key] = {str(b): nnls(X, np.array([p[2][str(b)] for p in pts]))[0].tolist() for b in batches}
+    sums: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, pts in points.items():
+        for p in pts:
+            for b in p[2]:
+                sums[p[3]][b] = sums[p[3]].get(b, 0.0) + _predict(fits[key][b], p[0], p[1])
+    calibration = {}
+    for b in map(str, batches):
+        X = np.array([[sums[n][b], 1.0] for n in probes])
+        y = np.array([totals[n][b] for n in probes])
+        scale, offset = np.linalg.lstsq(X, y, rcond=None)[0] if len(probes) > 1 else (y[0] / X[0, 0], 0.0)
+        calibration[b] = [float(scale), float(offset)]
+    return {"probes": {n: s.to_json() for n, s in probes.items()}, "points": dict(points), "fits": fits,
+            "calibration": calibration}  # fmt: skip
+
+
+# -- the table ------------------------------------------------------------------------------------------------------
+def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, batches: Sequence[int],
+                  device: torch.device, warmup: int = 3, repeats: int = 15, layers: int = 0, bins: int = 12,
+                  min_bin: int = 1, seed: int = 0) -> dict:  # fmt: skip
+    """The content of `latency.json`: every subnet (and route, and graph of a dynamic model) at every batch size;
+    with `layers`, a per-layer table from the subnets and `layers` random subnets."""
+    load_before = device_info(device)["load"]
+    rows: dict[str, dict] = {}
+    done: dict[Subnet, dict] = {}  # two names of one subnet (DS-Net's `smallest` is `uniform-0`) are timed once
+    for name, subnet in progress(subnets.items(), f"latency ({len(subnets)} subnets)", len(subnets)):
+        if subnet not in done:
+            model = extract(supernet, subnet, weights=False)
+            done[subnet] = {"subnet": subnet.to_json(), "macs": measure(supernet, size, subnet).macs,
+                            "ms": time_module(model, size, batches, device, warmup, repeats)}  # fmt: skip
+        rows[name] = done[subnet]
+    table = {"format": FORMAT, "arch": supernet.arch, "input_size": size, "batches": list(batches),
+             "warmup": warmup, "repeats": repeats, "subnets": rows}  # fmt: skip
+    if supernet.is_dynamic:
+        table["routes"], table["graphs"] = route_timings(supernet, size, batches, device, warmup, repeats)
+    if layers:
+        rng = random.Random(seed)
+        probes = dict(subnets)
+        totals = {n: r["ms"] for n, r in rows.items()}
+        for i in range(layers):
+            probe = random_subnet(supernet, rng, bins, min_bin)
+            probes[f"probe-{i}"] = probe
+            totals[f"probe-{i}"] = time_module(extract(supernet, probe, weights=False), size, batches, device,
+                                               warmup, repeats)  # fmt: skip
+        table["layers"] = layer_table(supernet, probes, totals, size, batches, device, warmup, repeats)
+    table["device"] = {**device_info(device), "load_before": load_before}
+    return table
+
+
+class LatencyTable:
+    """A `latency.json`, read and checked: what a search, a card or `profile` asks latency of."""
+
+    def __init__(self, data: dict, where: str = "latency table") -> None:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("subnets"), dict):
+            raise UserError(f"{where} is not a dslim latency table (format {FORMAT!r}; written by dslim.latency)")
+        self.data, self.where = data, where
+        self._shapes: dict[Subnet, dict] = {}
+        batches = data.get("batches")
+        if not isinstance(batches, list) or not batches:
+            raise UserError(f"{where}: `batches` must list the batch sizes measured")
+        self._measured: dict[Subnet, tuple[str, dict]] = {}
+        for part in ("routes", "subnets"):
+            rows = data.get(part, {})
+            if not isinstance(rows, dict):
+                raise UserError(f"{where}: {part!r} must map names to entries")
+            for name, row in rows.items():
+                ok = isinstance(row, dict) and isinstance(row.get("ms"), dict) and "subnet" in row
+                if not ok or not {str(b) for b in batches} <= set(row["ms"]):
+                    raise UserError(f"{where}: entry {name!r} of {part!r} lacks its subnet or a batch's time")
+                self._measured[Subnet.from_json(row["subnet"], f"{where}: {name!r}")] = (name, row["ms"])
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> LatencyTable:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read latency table {path} ({e})") from None
+        return cls(data, str(path))
+
+    @property
+    def batches(self) -> list[int]:
+        return [int(b) for b in self.data["batches"]]
+
+    @property
+    def device(self) -> dict:
+        return self.data.get("device", {})
+
+    def check(self, supernet: Supernet, input_size: int) -> None:
+        """The table must describe this architecture at this input size."""
+        if self.data.get("arch") != supernet.arch or self.data.get("input_size") != input_size:
+            raise UserError(
+                f"{self.where} was measured for {self.data.get('arch')} at {self.data.get('input_size')}px, not "
+                f"{supernet.arch} at {input_size}px: measure this model with python -m dslim.latency"
+            )
+
+    def measured(self, subnet: Subnet) -> dict[str, float] | None:
+        """`{batch: ms}` if `subnet` (its channels and block mask) was measured."""
+        found = self._measured.get(subnet)
+        return None if found is None else found[1]
+
+    def answers(self, subnet: Subnet) -> bool:
+        """Whether `latency` can say something about `subnet` (measured, or a per-layer table to estimate it)."""
+        return self.measured(subnet) is not None or "layers" in self.data
+
+    def latency(self, subnet: Subnet, batch: int, supernet: Supernet | None = None) -> tuple[float, bool]:
+        """`(ms, estimated)`: the measured latency of `subnet` at `batch`, else its estimate from the per-layer
+        table (which needs the `supernet`), else a `UserError` saying how to get one."""
+        if str(batch) not in map(str, self.data["batches"]):
+            raise UserError(f"{self.where} has no measurements at batch {batch} (it has {self.data['batches']})")
+        measured = self.measured(subnet)
+        if measured is not None:
+            return measured[str(batch)], False
+        if "layers" not in self.data or supernet is None:
+            names = ", ".join(name for name, _ in self._measured.values())
+            raise UserError(
+                f"{self.where} did not measure subnet {dict(subnet.items())} (it measured {names}); measure it "
+                "(python -m dslim.latency --subnets NAME) or build a per-layer table (--layers N) to estimate any"
+            )
+        return self.estimate(supernet, subnet, batch), True
+
+    def estimate(self, supernet: Supernet, subnet: Subnet, batch: int) -> float:
+        """The per-layer table's prediction of `subnet`'s latency at `batch` (ms)."""
+        if subnet not in self._shapes:
+            self._shapes[subnet] = layer_shapes(extract(supernet, subnet, weights=False), self.data["input_size"])
+        try:
+            fits, (scale, offset) = self.data["layers"]["fits"], self.data["layers"]["calibration"][str(batch)]
+            total = 0.0
+            for key, (c_in, c_out) in self._shapes[subnet].items():
+                if key not in fits:
+                    raise UserError(f"{self.where}: layer {key} was never measured; rebuild the table with --layers")
+                total += _predict(fits[key][str(batch)], c_in, c_out)
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.where}: its per-layer table is malformed; measure it again") from None
+        return max(0.0, scale * total + offset)

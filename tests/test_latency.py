@@ -1,0 +1,123 @@
+"""Latency tables: measured subnets and routes, answered exactly; per-layer estimates that track measured latency;
+`dslim.latency`, `profile --latency` and export cards reading the table; bad inputs refused in one line.
+
+Timings come from a busy 2-core machine, so the tests assert structure, exact lookups and loose agreement, never
+a number of milliseconds.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export_cli import make_run  # noqa: E402
+
+from dslim import export, latency, profile  # noqa: E402
+from dslim.deploy import extract  # noqa: E402
+from dslim.errors import UserError  # noqa: E402
+from dslim.models import create_supernet  # noqa: E402
+from dslim.timing import LatencyTable, measure_table, time_module  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def test_measured_subnets_are_answered_exactly_and_others_refused():
+    net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5, 1.0), width_range=(0.25, 1.0),
+                          bn="calibrated")  # fmt: skip
+    named = net.named_subnets()
+    data = measure_table(net, named, 32, (1, 4), CPU, warmup=1, repeats=3)
+    assert set(data["subnets"]) == {"0.25", "0.5", "1.0"} and data["batches"] == [1, 4]
+    assert data["device"]["threads"] == torch.get_num_threads() and len(data["device"]["load"]) == 3
+    table = LatencyTable(json.loads(json.dumps(data)))  # as read back from latency.json
+    for name, subnet in named.items():
+        assert table.latency(subnet, 4) == (data["subnets"][name]["ms"]["4"], False)
+        assert data["subnets"][name]["macs"] > 0
+    with pytest.raises(UserError, match="--layers N"):
+        table.latency(net.resolve("0.75"), 1, net)  # not measured, no per-layer table
+    with pytest.raises(UserError, match="batch 64"):
+        table.latency(named["0.5"], 64)
+    with pytest.raises(UserError, match="measured for mobilenet_v1 at 32px"):
+        table.check(net, 64)
+
+
+def test_per_layer_table_tracks_measured_latency():
+    """Estimates of widths the table never measured follow their measured latency (ordered, within 50%: the
+    machine running the tests is busy, and a broken estimator is off by far more or out of order)."""
+    torch.manual_seed(0)
+    net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5, 0.75, 1.0), width_range=(0.25, 1.0),
+                          bn="calibrated")  # fmt: skip
+    size, batch = 64, 4
+    data = measure_table(net, net.named_subnets(), size, (batch,), CPU, warmup=2, repeats=9, layers=4)
+    table = LatencyTable(data)
+    assert len(data["layers"]["probes"]) == 8 and data["layers"]["fits"]
+    estimates, measured = [], []
+    for width in (0.35, 0.6, 0.9):
+        subnet = net.resolve(str(width))
+        ms, estimated = table.latency(subnet, batch, net)
+        assert estimated
+        estimates.append(ms)
+        measured.append(time_module(extract(net, subnet, weights=False), size, (batch,), CPU, 2, 9)[str(batch)])
+    assert estimates == sorted(estimates), (estimates, measured)
+    for e, m in zip(estimates, measured):
+        assert abs(e - m) / m < 0.5, (estimates, measured)
+
+
+def test_routes_of_a_dynamic_model():
+    net = create_supernet("ds_mobilenet_v1", num_classes=10)
+    routes = {f"uniform-{r}": net.resolve(f"uniform-{r}") for r in range(4)}
+    data = measure_table(net, {"largest": net.largest()}, 32, (1, 2), CPU, warmup=0, repeats=2)
+    assert list(data["routes"]) == list(routes) and set(data["graphs"]) == {"prefix", *(f"route-{r}" for r in range(4))}
+    table = LatencyTable(data)
+    for name, subnet in routes.items():
+        assert table.latency(subnet, 2) == (data["routes"][name]["ms"]["2"], False)
+
+
+def test_commands_on_the_digits_recipes(tmp_path, capsys):
+    us, ds = tmp_path / "us.json", tmp_path / "ds.json"
+    latency.main(["--recipe", "usnet_digits", "--batch", "1", "2", "--warmup", "0", "--repeats", "2", "--out", str(us)])
+    latency.main(["--recipe", "dsnet_digits", "--batch", "1", "--warmup", "0", "--repeats", "2", "--out", str(ds)])
+    out = capsys.readouterr().out
+    assert "route uniform-3" in out and "threads" in out
+    assert set(json.loads(ds.read_text())["routes"]) == {f"uniform-{r}" for r in range(4)}
+    profile.main(["--recipe", "usnet_digits", "--widths", "0.5", "0.3", "--latency", str(us), "--json"])
+    rows = {r["subnet"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["0.5"]["latency_ms"] == json.loads(us.read_text())["subnets"]["0.5"]["ms"]
+    assert rows["0.3"]["latency_ms"] is None  # not measured, no per-layer table
+
+
+def test_export_card_carries_the_runs_latency(tmp_path, capsys):
+    run, net = make_run(tmp_path / "run")
+    latency.main(["--run", str(run), "--batch", "1", "--warmup", "0", "--repeats", "2", "--subnets", "0.5"])
+    table = json.loads((run / "latency.json").read_text())
+    export.main(["--run", str(run), "--subnet", "0.5", "--out", str(tmp_path / "half.safetensors")])
+    card = json.loads((tmp_path / "half.config.json").read_text())
+    assert card["latency_ms"]["ms"] == table["subnets"]["0.5"]["ms"] and not card["latency_ms"]["estimated"]
+    assert card["latency_ms"]["threads"] == table["device"]["threads"] and card["accuracy"] is None
+    assert card["files"] == {"safetensors": "half.safetensors"} and card["channels"]["stem"] == 16
+
+
+def _refused(capsys, command, argv, message):
+    with pytest.raises(SystemExit) as e:
+        command.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_bad_inputs(tmp_path, capsys):
+    base = ["--recipe", "usnet_digits", "--warmup", "0", "--repeats", "1"]
+    _refused(capsys, latency, [*base, "--batch", "0"], "--batch 0: must be at least 1")
+    _refused(capsys, latency, [*base, "--threads", "0"], "--threads 0")
+    _refused(capsys, latency, [*base, "--device", "cuda"], "no GPU")
+    _refused(capsys, latency, [*base, "--out", str(tmp_path)], "is a folder")
+    _refused(capsys, latency, [*base, "--subnets", "0.1"], "0.1")
+    ds = tmp_path / "ds.json"
+    latency.main(["--recipe", "dsnet_digits", "--subnets", "smallest", "--warmup", "0", "--repeats", "1", "--out",
+                  str(ds)])  # fmt: skip
+    capsys.readouterr()
+    _refused(capsys, profile, ["--recipe", "usnet_digits", "--latency", str(ds)], "measured for ds_mobilenet_v1")
+    _refused(capsys, profile, ["--recipe", "usnet_digits", "--latency", str(tmp_path / "no.json")], "cannot read")
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    _refused(capsys, profile, ["--recipe", "usnet_digits", "--latency", str(tmp_path / "bad.json")], "not a dslim")
