@@ -63,6 +63,11 @@ class Supernet(nn.Module):
         """Whether this network routes each input (implements `dslim.models.routing.Dynamic`)."""
         return False
 
+    def route_summary(self, row: dict) -> list[str]:
+        """Lines a dynamic model prints about its evaluation (`row`: its `route_report` with top-1/top-5); none by
+        default."""
+        return []
+
     # -- names ------------------------------------------------------------------------------------------------
     def named_subnets(self) -> dict[str, Subnet]:
         return {**self.builtin_subnets(), **self.extra_names}

@@ -65,7 +65,13 @@ class Dynamic(Protocol):
 
     def route_report(self, decisions: torch.Tensor, input_size: int) -> dict:
         """The `dynamic` row of eval.json (besides top-1/top-5) for the decisions of all evaluation images:
-        at least `macs_mean` and a histogram of the decisions."""
+        at least `macs_mean` and a histogram of the decisions. Histograms under `histograms`
+        (`{name: {"label", "counts": {bin: count}}}`) are also drawn, each into `<name>.png` beside eval.json."""
+        ...
+
+    def route_summary(self, row: dict) -> list[str]:
+        """Lines to print about the whole row (top-1 included), stored in it as `summary` (`Supernet` gives
+        none by default)."""
         ...
 
 
