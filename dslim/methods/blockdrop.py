@@ -1,7 +1,9 @@
 """BlockDrop (Wu, Nagarajan et al., CVPR 2018): a policy network decides per image which residual blocks of a
 pretrained ResNet run (the network: `dslim.models.policy`). What its training stages compute:
 
-Pretraining (stage `pretrain`): the base ResNet trained normally (cross-entropy, the largest subnet; `Sandwich`).
+Pretraining (`Pretrain`, stage `pretrain`): the base ResNet trained on the labels, normally (the original started
+from pretrained ResNets) or with stochastic depth (Huang et al. 2016: each image skips block l of K with probability
+`drop_rate (l + 1) / K`), which leaves a base whose blocks can be dropped at less cost.
 
 Policy learning (`PolicyLearning`, stage `policy`): the ResNet is frozen in eval mode and only the policy learns,
 by REINFORCE with a self-critical baseline:
@@ -16,19 +18,24 @@ in both masks and left out of the loss, so learning starts with the last block a
 
 Joint fine-tuning (`JointFinetune`, stage `finetune`): the ResNet (train mode) and the policy learn together, each
 with its own optimizer: the policy by the same policy gradient (no curriculum, no entropy term), the ResNet by the
-cross-entropy of its run with the sampled mask.
+cross-entropy of its run with the sampled mask. BatchNorm's running statistics follow the greedy runs only (what
+inference runs); the sampled run normalizes by its batch's statistics without recording them.
 
 Where dslim departs from the original:
 - A masked-out block runs on no image of the batch (the original computed every block for every image and blended
   the outputs), so a block's BatchNorm statistics in training come from the images that run it, as at inference.
 - The entropy bonus is the Bernoulli entropy of each learnable block, `-(p' log p' + (1 - p') log(1 - p'))`; the
   original's `-p' log p'` omitted the second term and also counted the blocks the curriculum holds on.
+- In fine-tuning the original recorded BatchNorm statistics from both runs, so its statistics mixed in the sampled
+  masks' exploration (a block dropped with probability at least 1 - alpha), which inference never runs.
 - Fine-tuning averages the policy gradient over the batch (the original summed it): with Adam, whose steps do not
   depend on the gradient's scale, and the policy on an optimizer of its own, the updates are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -47,6 +54,7 @@ from dslim.config import (
     in_range,
 )
 from dslim.models.base import Supernet
+from dslim.nn import SlimBatchNorm2d
 from dslim.training import Batch, Method, ParamSet, StepContext
 
 Penalty = Annotated[float, in_range(-1e6, 0.0), FINITE]
@@ -54,10 +62,13 @@ Penalty = Annotated[float, in_range(-1e6, 0.0), FINITE]
 
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
-    """The base ResNet trained normally on the labels (BlockDrop starts from a pretrained ResNet)."""
+    """The base ResNet trained on the labels (BlockDrop starts from a pretrained ResNet)."""
 
     label_smoothing: Fraction = 0.0
     """Label smoothing of the cross-entropy."""
+    drop_rate: Fraction = 0.0
+    """Stochastic depth: each image skips block l of K with probability `drop_rate * (l + 1) / K` (0: normal
+    training)."""
 
 
 @dataclass(frozen=True)
@@ -133,12 +144,51 @@ def reinforce_loss(
     return (-advantage * log_prob - entropy_weight * entropy).mean()
 
 
+@contextlib.contextmanager
+def batch_statistics_only(net: nn.Module) -> Iterator[None]:
+    """Training-mode BatchNorm normalizes by the batch's statistics and records none of them inside the block."""
+    bns = [m for m in net.modules() if isinstance(m, SlimBatchNorm2d)]
+    tracked = [bn.track for bn in bns]
+    for bn in bns:
+        bn.track = False
+    try:
+        yield
+    finally:
+        for bn, track in zip(bns, tracked):
+            bn.track = track
+
+
 def _stats(loss: torch.Tensor, r: torch.Tensor, sampled: torch.Tensor, correct: torch.Tensor) -> dict:
     return {"loss": loss.detach(), "reward": r.mean(), "blocks": sampled.float().sum(1).mean(),
             "accuracy": correct.float().mean()}  # fmt: skip
 
 
 # -- the methods --------------------------------------------------------------------------------------------------
+class Pretrain(Method):
+    """Every parameter of the ResNet (its policy gets no gradient), one optimizer, cross-entropy."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+
+    def param_sets(self, net: Supernet) -> dict[str, ParamSet]:
+        weights = [p for name, p in net.named_parameters() if not name.startswith("policy.")]
+        return {"weights": ParamSet(weights, self.cfg.optim, self.cfg.schedule)}
+
+    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        net, cfg = ctx.supernet, self.cfg
+        net.train()
+        keep = None
+        if cfg.drop_rate > 0:
+            k = len(net.blocks)
+            survive = 1 - cfg.drop_rate * torch.arange(1, k + 1, device=images.device) / k
+            keep = torch.rand(len(images), k, device=images.device) < survive
+        with ctx.backward_pass(last=True):
+            loss = F.cross_entropy(model(images, keep=keep).float(), labels, label_smoothing=cfg.label_smoothing)
+            ctx.backward(loss)
+        return {"loss": loss.detach()}
+
+
 class PolicyLearning(Method):
     """The policy alone, one optimizer; the ResNet frozen in eval mode (its parameters must not require grad)."""
 
@@ -188,7 +238,7 @@ class JointFinetune(Method):
         sampled, greedy = masks(probs, cfg.alpha, 0)
         with torch.no_grad(), ctx.accelerator.autocast():
             baseline, _ = reward(net(images, keep=greedy), labels, greedy, cfg.penalty)
-        with ctx.backward_pass(last=True):
+        with ctx.backward_pass(last=True), batch_statistics_only(net):
             logits = model(images, keep=sampled).float()
             ce = F.cross_entropy(logits, labels)
             r, correct = reward(logits.detach(), labels, sampled, cfg.penalty)

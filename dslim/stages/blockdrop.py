@@ -8,7 +8,6 @@ base.safetensors`); if it was built without a policy, the run's model (`--model.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -21,10 +20,10 @@ from dslim.methods.blockdrop import (
     JointFinetune,
     PolicyConfig,
     PolicyLearning,
+    Pretrain,
     PretrainConfig,
     held_on,
 )
-from dslim.methods.sandwich import Sandwich, SandwichConfig
 from dslim.models import from_config
 from dslim.models.base import Supernet
 from dslim.models.policy import PolicyRouting
@@ -64,16 +63,20 @@ def with_policy(net: Supernet, config: Config) -> Supernet:
     return full
 
 
-@register_stage("pretrain", PretrainConfig, from_scratch=True)
+def check_blocks(config: Config, net: Supernet, cfg: PretrainConfig) -> None:
+    if not isinstance(net, PolicyRouting):
+        raise UserError(f"the pretrain stage trains a ResNet (cifar_resnet32, cifar_resnet110, resnet101, ...), "
+                        f"not {net.arch}")  # fmt: skip
+
+
+@register_stage("pretrain", PretrainConfig, from_scratch=True, check=check_blocks)
 def pretrain(ctx: StageContext) -> None:
-    """BlockDrop's base: the ResNet trained normally (cross-entropy, all blocks)."""
+    """BlockDrop's base: the ResNet trained on the labels (normally, or with stochastic depth)."""
     cfg: PretrainConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(PretrainConfig)}
-    method = Sandwich(SandwichConfig(**common, rule="single", distill="none"))
-    trainer = ctx.trainer(net, method, cfg)
+    trainer = ctx.trainer(net, Pretrain(cfg), cfg)
     ctx.accelerator.print(f"pretrain: {cfg.epochs} epochs, global batch {trainer.global_batch}, "
-                          f"peak lr {trainer.peaks['weights']:.4g}")  # fmt: skip
+                          f"peak lr {trainer.peaks['weights']:.4g}, stochastic depth {cfg.drop_rate}")  # fmt: skip
     full = {net.name_of(net.largest(), "largest"): net.largest()}
     trainer.fit(lambda epoch: ctx.loader("train", epoch), ctx.epoch_evaluator(trainer, full))
     ctx.save_supernet(trainer.supernet)
