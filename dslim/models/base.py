@@ -102,7 +102,10 @@ class Supernet(nn.Module):
 
     # -- channels ---------------------------------------------------------------------------------------------
     def largest(self) -> Subnet:
-        return Subnet.of({name: g.max for name, g in self.groups.items()})
+        """Every group at its widest; the same object each time, so setting it again is `set_subnet`'s fast path."""
+        if "_largest" not in self.__dict__:
+            self.__dict__["_largest"] = Subnet.of({name: g.max for name, g in self.groups.items()})
+        return self.__dict__["_largest"]
 
     def group_choices(self, bins: int = 0, min_bin: int = 1) -> dict[str, tuple[int, ...]]:
         """The channel counts each group may take: its own choices, or `min_bin/bins .. bins/bins` of its widest

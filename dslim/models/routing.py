@@ -42,9 +42,14 @@ def dispatch(
 
 def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Residual blocks with a keep bit per image per block (`keep`: `[N, blocks]`): each block's body runs only on
-    the images that keep it, the others take its shortcut alone (`block.run(x, keep)`)."""
+    the images that keep it, the others take its shortcut alone (`block.run(x, keep)`). A block every image keeps
+    or every image skips (always so at batch 1) runs the batch as it is."""
+    n, kept = keep.shape[0], keep.sum(0).tolist()  # one synchronization for all blocks
     for b, block in enumerate(blocks):
-        x = dispatch(keep[:, b].long(), (x,), lambda k, xs, block=block: block.run(xs[0], bool(k)))
+        if kept[b] in (0, n):
+            x = block.run(x, kept[b] > 0)
+        else:
+            x = dispatch(keep[:, b].long(), (x,), lambda k, xs, block=block: block.run(xs[0], bool(k)))
     return x
 
 
