@@ -25,7 +25,7 @@ from dslim.methods.blockdrop import PolicyConfig, PolicyLearning, held_on, reinf
 from dslim.models import create_supernet
 from dslim.recipes import load
 from dslim.report import write_report
-from dslim.stages.blockdrop import check_policy
+from dslim.stages.blockdrop import check_policy, with_policy
 from dslim.subnet import Subnet
 from dslim.training.method import StepContext, Where
 
@@ -197,6 +197,20 @@ def test_a_curriculum_too_short_to_free_every_block_is_refused():
     check_policy(config, net, PolicyConfig(epochs=5, curriculum_blocks=3))
     with pytest.raises(UserError, match="block-policy"):
         check_policy(replace(config, **{"model.block_policy": False}), net, PolicyConfig(epochs=15))
+
+
+def test_a_base_without_policy_gets_a_fresh_one_and_keeps_its_weights():
+    config = load(str(ROOT / "recipes" / "blockdrop_digits.py"))
+    base = _trained_looking(create_supernet("cifar_resnet32", block_policy=True))
+    plain = create_supernet("cifar_resnet32")  # e.g. `--from` a base trained elsewhere
+    plain.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("policy.")})
+    net = with_policy(plain, config)
+    assert net.is_dynamic and not plain.is_dynamic
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), base(x))
+    with pytest.raises(UserError, match="does not fit --model"):
+        with_policy(create_supernet("cifar_resnet110"), config)
 
 
 # -- real skipping -------------------------------------------------------------------------------------------------
