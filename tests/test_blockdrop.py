@@ -195,6 +195,7 @@ def test_a_curriculum_too_short_to_free_every_block_is_refused():
     with pytest.raises(UserError, match="--stages.policy.epochs"):
         check_policy(config, net, PolicyConfig(epochs=4, curriculum_blocks=3))
     check_policy(config, net, PolicyConfig(epochs=5, curriculum_blocks=3))
+    check_policy(config, net, PolicyConfig(epochs=1, curriculum_blocks=0))  # no curriculum
     with pytest.raises(UserError, match="block-policy"):
         check_policy(replace(config, **{"model.block_policy": False}), net, PolicyConfig(epochs=15))
 

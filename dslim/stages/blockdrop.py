@@ -38,7 +38,7 @@ def check_policy(config: Config, net: Supernet, cfg: PolicyConfig | FinetuneConf
                         f"not {net.arch}")  # fmt: skip
     if not config.model.block_policy:
         raise UserError("BlockDrop's stages train a policy network: set --model.block-policy True")
-    if isinstance(cfg, PolicyConfig) and cfg.curriculum_blocks * cfg.epochs < len(net.blocks):
+    if isinstance(cfg, PolicyConfig) and 0 < cfg.curriculum_blocks * cfg.epochs < len(net.blocks):
         raise UserError(
             f"the curriculum makes {cfg.curriculum_blocks} of {len(net.blocks)} blocks learnable per epoch, so "
             f"{cfg.epochs} epochs leave blocks never learnt: raise --stages.policy.epochs or "
