@@ -98,6 +98,8 @@ class ModelConfig:
     """Dropout before the classifier."""
     gate_routes: Annotated[int, in_range(0, 14)] = 4
     """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
+    block_policy: bool = False
+    """BlockDrop: attach a policy network choosing, per image, which residual blocks run (ResNets)."""
     channel_bins: Annotated[int, in_range(0, 64)] = 0
     """Channel bins per group (AutoSlim: 12): random subnets and the search move each group in steps of 1/N of
     its widest width, rounded by the architecture's rule; 0: no bins."""

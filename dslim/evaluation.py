@@ -85,7 +85,8 @@ def evaluate_dynamic(
     max_batches: int | None = None,
 ) -> dict:
     """Per-input routing as deployed (`forward_routed`): top-1/top-5 plus the model's own `route_report` over the
-    decisions of every evaluation image (mean routed MACs, a histogram of the decisions, ...)."""
+    decisions of every evaluation image (mean routed MACs, a histogram of the decisions, ...) and, if the model
+    has any, the lines of its `route_summary` under `summary`."""
     device = supernet.device
     counts = torch.zeros(3, dtype=torch.long, device=device)
     decisions = []
@@ -103,4 +104,6 @@ def evaluate_dynamic(
 
         counts = accelerator.reduce(counts, reduction="sum")
         every = torch.cat(gather_object([every]))
-    return {**_percent(counts.cpu()), **supernet.route_report(every, input_size)}  # type: ignore[attr-defined]
+    row = {**_percent(counts.cpu()), **supernet.route_report(every, input_size)}  # type: ignore[attr-defined]
+    summary = supernet.route_summary(row)
+    return {**row, "summary": summary} if summary else row

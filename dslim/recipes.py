@@ -15,12 +15,16 @@ from dslim.errors import UserError
 
 
 def recipe_dir() -> Path:
-    try:
-        import dslim._recipes as shipped  # installed copy
+    """The recipes shipped with the `dslim` package in use: the installed copy beside it, else (a source checkout,
+    an editable install) the checkout's `recipes/`. Looked up by path, not by importing `dslim._recipes`: an
+    editable install maps that name to its own checkout, whichever checkout the running code comes from."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_recipes", here.parent / "recipes"):
+        if (candidate / "__init__.py").is_file():
+            return candidate
+    import dslim._recipes as shipped
 
-        return Path(shipped.__file__).parent
-    except ImportError:  # running from a source checkout
-        return Path(__file__).resolve().parent.parent / "recipes"
+    return Path(shipped.__file__).parent
 
 
 def names() -> list[str]:

@@ -28,7 +28,8 @@ def merge(old: dict | None, rows: list[dict], dynamic: dict | None) -> dict:
 
 
 def write_report(out_dir: str | os.PathLike, rows: list[dict], dynamic: dict | None = None) -> dict:
-    """Add `rows` (and the `dynamic` row) to `out_dir/eval.json` (atomically) and redraw `out_dir/pareto.png`."""
+    """Add `rows` (and the `dynamic` row) to `out_dir/eval.json` (atomically), redraw `out_dir/pareto.png` and each
+    histogram of the dynamic row (`<name>.png`)."""
     out_dir = Path(out_dir)
     path = out_dir / "eval.json"
     old = None
@@ -40,7 +41,25 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict], dynamic: dict | N
     report = merge(old if isinstance(old, dict) else None, rows, dynamic)
     write_json(path, report)
     plot_pareto({out_dir.resolve().name: report}, out_dir / "pareto.png")
+    for name, histogram in report.get("dynamic", {}).get("histograms", {}).items():
+        plot_histogram(histogram, out_dir / f"{name}.png")
     return report
+
+
+def plot_histogram(histogram: dict, path: str | os.PathLike) -> None:
+    """Bars of a dynamic row's histogram: `{"label": x-axis label, "counts": {bin: count}}`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=120)
+    ax = fig.add_subplot()
+    bins = list(histogram["counts"])
+    ax.bar(range(len(bins)), list(histogram["counts"].values()), color="C0")
+    ax.set_xticks(range(len(bins)), bins, rotation=90 if len(bins) > 20 else 0, fontsize=8 if len(bins) > 20 else 10)
+    ax.set_xlabel(histogram["label"])
+    ax.set_ylabel("images")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_pareto(runs: Mapping[str, dict], path: str | os.PathLike) -> None:
@@ -67,7 +86,8 @@ def plot_pareto(runs: Mapping[str, dict], path: str | os.PathLike) -> None:
 
 
 def print_results(rows: list[dict], dynamic: dict | None, title: str) -> None:
-    """The report as a table: one line per subnet, one for the dynamic model, then its decision histogram."""
+    """The report as a table: one line per subnet, one for the dynamic model, then the dynamic model's summary
+    lines and its decision histograms."""
     shown = rows + ([{**dynamic, "subnet": "dynamic", "macs": dynamic["macs_mean"]}] if dynamic else [])
     print_table(
         title,
@@ -76,6 +96,11 @@ def print_results(rows: list[dict], dynamic: dict | None, title: str) -> None:
          for r in shown],
     )  # fmt: skip
     if dynamic:
+        for line in dynamic.get("summary", []):
+            print(line)
+        for histogram in dynamic.get("histograms", {}).values():
+            counts = histogram["counts"].items()
+            print(f"{histogram['label']}: " + ", ".join(f"{k}: {v}" for k, v in counts if v))
         for key, value in dynamic.items():
-            if isinstance(value, dict) and key not in ("route_macs",):
+            if isinstance(value, dict) and key not in ("route_macs", "histograms"):
                 print(f"{key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))

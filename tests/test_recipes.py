@@ -9,7 +9,19 @@ from dslim.config import Config, replace
 from dslim.errors import UserError
 from dslim.models import from_config
 
-SHIPPED = ["dsnet_mbv1", "dsnet_digits", "snet_mbv1", "snet_mbv2", "snet_resnet50", "usnet_mbv1", "usnet_mbv2"]
+SHIPPED = [
+    "dsnet_mbv1",
+    "dsnet_digits",
+    "snet_mbv1",
+    "snet_mbv2",
+    "snet_resnet50",
+    "usnet_mbv1",
+    "usnet_mbv2",
+    "blockdrop_r110_c10",
+    "blockdrop_r32_c10",
+    "blockdrop_r101_imagenet",
+    "blockdrop_digits",
+]
 
 
 def test_the_issue_recipes_are_shipped():

@@ -63,6 +63,11 @@ class Supernet(nn.Module):
         """Whether this network routes each input (implements `dslim.models.routing.Dynamic`)."""
         return False
 
+    def route_summary(self, row: dict) -> list[str]:
+        """Lines a dynamic model prints about its evaluation (`row`: its `route_report` with top-1/top-5); none by
+        default."""
+        return []
+
     # -- names ------------------------------------------------------------------------------------------------
     def named_subnets(self) -> dict[str, Subnet]:
         return {**self.builtin_subnets(), **self.extra_names}
@@ -97,7 +102,10 @@ class Supernet(nn.Module):
 
     # -- channels ---------------------------------------------------------------------------------------------
     def largest(self) -> Subnet:
-        return Subnet.of({name: g.max for name, g in self.groups.items()})
+        """Every group at its widest; the same object each time, so setting it again is `set_subnet`'s fast path."""
+        if "_largest" not in self.__dict__:
+            self.__dict__["_largest"] = Subnet.of({name: g.max for name, g in self.groups.items()})
+        return self.__dict__["_largest"]
 
     def group_choices(self, bins: int = 0, min_bin: int = 1) -> dict[str, tuple[int, ...]]:
         """The channel counts each group may take: its own choices, or `min_bin/bins .. bins/bins` of its widest

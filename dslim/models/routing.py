@@ -63,9 +63,14 @@ def dispatch(
 
 def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Residual blocks with a keep bit per image per block (`keep`: `[N, blocks]`): each block's body runs only on
-    the images that keep it, the others take its shortcut alone (`block.run(x, keep)`)."""
+    the images that keep it, the others take its shortcut alone (`block.run(x, keep)`). A block every image keeps
+    or every image skips (always so at batch 1) runs the batch as it is."""
+    n, kept = keep.shape[0], keep.sum(0).tolist()  # one synchronization for all blocks
     for b, block in enumerate(blocks):
-        x = dispatch(keep[:, b].long(), (x,), lambda k, xs, block=block: block.run(xs[0], bool(k)))
+        if kept[b] in (0, n):
+            x = block.run(x, kept[b] > 0)
+        else:
+            x = dispatch(keep[:, b].long(), (x,), lambda k, xs, block=block: block.run(xs[0], bool(k)))
     return x
 
 
@@ -106,7 +111,13 @@ class Dynamic(Protocol):
 
     def route_report(self, decisions: torch.Tensor, input_size: int) -> dict:
         """The `dynamic` row of eval.json (besides top-1/top-5) for the decisions of all evaluation images:
-        at least `macs_mean` and a histogram of the decisions."""
+        at least `macs_mean` and a histogram of the decisions. Histograms under `histograms`
+        (`{name: {"label", "counts": {bin: count}}}`) are also drawn, each into `<name>.png` beside eval.json."""
+        ...
+
+    def route_summary(self, row: dict) -> list[str]:
+        """Lines to print about the whole row (top-1 included), stored in it as `summary` (`Supernet` gives
+        none by default)."""
         ...
 
     def export_plan(self) -> ExportPlan:

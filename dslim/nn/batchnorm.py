@@ -84,6 +84,8 @@ class SlimBatchNorm2d(SlimModule):
                 )
             a = self.affine[key]
             return a.weight, a.bias
+        if channels == self.num_features:
+            return self.weight, self.bias
         return self.weight[:channels], self.bias[:channels]
 
     def stats_for(self, key: str | None) -> _Stats | None:

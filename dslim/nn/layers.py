@@ -63,6 +63,8 @@ class SlimConv2d(nn.Conv2d, SlimModule):
 
     def sliced(self, in_channels: int, out_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias of the `in_channels -> out_channels` sub-layer."""
+        if out_channels == self.out_channels and (in_channels == self.in_channels or self.depthwise):
+            return self.weight, self.bias  # the whole layer: no slicing views to make at every call
         weight = self.weight[:out_channels] if self.depthwise else self.weight[:out_channels, :in_channels]
         return weight, None if self.bias is None else self.bias[:out_channels]
 
@@ -103,6 +105,8 @@ class SlimLinear(nn.Linear, SlimModule):
         object.__setattr__(self, "active_out", None if self.out_group is None else subnet[self.out_group])
 
     def sliced(self, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if (in_features, out_features) == (self.in_features, self.out_features):
+            return self.weight, self.bias
         return self.weight[:out_features, :in_features], self.bias[:out_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
