@@ -98,11 +98,13 @@ class ModelConfig:
     """Dropout before the classifier."""
     gate_routes: Annotated[int, in_range(0, 14)] = 4
     """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
-    channel_bins: Annotated[int, in_range(0, 64)] = 0
-    """Channel bins per group (AutoSlim: 12): random subnets and the search move each group in steps of 1/N of
-    its widest width, rounded by the architecture's rule; 0: no bins."""
+    channel_bins: Annotated[int, in_range(0, 64)] = 12
+    """Channel bins per group (AutoSlim: 12): per-group random subnets (`--stages.supernet.sampler groups`) and the
+    greedy search move each group in steps of 1/N of its widest width, rounded by the architecture's rule
+    (MobileNets: multiples of 8; ResNets: int); 0: one channel per step. Groups with their own choices (DS-Net)
+    ignore it."""
     min_bin: Positive = 1
-    """Smallest bin a group may shrink to (mmrazor's AutoSlim: 2 of 12)."""
+    """Smallest bin a group may shrink to, at most `channel_bins` (mmrazor's AutoSlim: 2 of 12)."""
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for option, value in (("--batches", cmd.batches), ("--calibrate-batches", cmd.calibrate_batches)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1, not {value}")
-    from dslim.stages.layout import open_run
+    from dslim.stages.layout import default_names, open_run
 
     run = open_run(cmd.run)
     net, config = run.supernet, run.config
     names = list(cmd.widths) or list(config.stages.evaluate.subnets)  # type: ignore[attr-defined]
-    names = names or [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
+    names = names or default_names(net, run.subnet_files)
     subnets = {name: run.resolve(name) for name in names}  # every bad name before any work
     from accelerate import Accelerator
 

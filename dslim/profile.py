@@ -1,8 +1,10 @@
-"""`python -m dslim.profile --recipe R [--widths W ...] [--json]`: exact MACs and params of each subnet.
+"""`python -m dslim.profile --recipe R [--widths W ...] [--channels FILE ...] [--json]`: exact MACs and params.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
 `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
-`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do.
+`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--channels` profiles channel
+configurations from files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its
+stem; a file that does not fit the model is refused, naming its first offending entry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated
 
 import tyro
 
+from dslim.channels import read_named
 from dslim.cli import parse
 from dslim.complexity import measure
 from dslim.config import Config
@@ -30,6 +33,9 @@ class ProfileCommand:
     config: Annotated[Config, tyro.conf.arg(name="")]
     widths: tuple[str, ...] = ()
     """Subnets to profile, by width (any width in a universally slimmable range) or name; default: all named."""
+    channels: tuple[str, ...] = ()
+    """Channel-configuration files to profile (dslim subnet `.json`, mmrazor channel-config `.yaml`), each a row
+    named by its file stem."""
     run: str | None = None
     """A training run directory: profile its model and the named subnets of its subnets files."""
     json: bool = False
@@ -45,12 +51,15 @@ def profile_subnets(net: Supernet, subnets: dict[str, Subnet], input_size: int) 
     return rows
 
 
-def profile(config: Config, subnets: Sequence[str] = ()) -> list[dict]:
-    """Rows of `profile_subnets` for a recipe's model (default: every named subnet)."""
+def profile(config: Config, subnets: Sequence[str] = (), channels: Sequence[str] = ()) -> list[dict]:
+    """Rows of `profile_subnets` for a recipe's model: the named `subnets`, then one per channel file, named by its
+    stem (default: every named subnet)."""
     net = from_config(config.model)
-    names = list(subnets) or list(net.named_subnets())
+    names = list(subnets) or ([] if channels else list(net.named_subnets()))
     resolved = {name: net.resolve(name) for name in names}  # all errors before any work
-    return profile_subnets(net, resolved, config.model.input_size)
+    files = read_named(channels, net)
+    size = config.model.input_size
+    return profile_subnets(net, resolved, size) + profile_subnets(net, files, size)
 
 
 @exits_cleanly
@@ -61,17 +70,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         run = open_run(cmd.run)
         config, net = run.config, run.supernet
-        names = list(cmd.widths) or [
-            *net.named_subnets(),
-            *(n for n in run.subnet_files if n not in net.named_subnets()),
-        ]
-        rows = profile_subnets(net, {n: run.resolve(n) for n in names}, config.model.input_size)
+        every = [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
+        names = list(cmd.widths) or ([] if cmd.channels else every)
+        resolved, files = {n: run.resolve(n) for n in names}, read_named(cmd.channels, net)
+        rows = profile_subnets(net, resolved, config.model.input_size) + profile_subnets(
+            net, files, config.model.input_size
+        )
         title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
     else:
         if not cmd.recipe:
             raise UserError("give --recipe R or --run D")
         config = cmd.config
-        rows = profile(config, cmd.widths)
+        rows = profile(config, cmd.widths, cmd.channels)
         title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
     if cmd.json:
         print(json.dumps(rows))

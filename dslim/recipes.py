@@ -15,12 +15,15 @@ from dslim.errors import UserError
 
 
 def recipe_dir() -> Path:
-    try:
-        import dslim._recipes as shipped  # installed copy
+    """The recipes of the `dslim` package in use: its source checkout's `recipes/` when it runs from one (an
+    editable install maps `dslim._recipes` to whichever checkout was installed, not necessarily this one), else the
+    installed `dslim._recipes`."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes" / "__init__.py").is_file():
+        return checkout / "recipes"
+    import dslim._recipes as shipped
 
-        return Path(shipped.__file__).parent
-    except ImportError:  # running from a source checkout
-        return Path(__file__).resolve().parent.parent / "recipes"
+    return Path(shipped.__file__).parent
 
 
 def names() -> list[str]:

@@ -14,6 +14,7 @@ from dslim.models.base import Supernet
 from dslim.report import print_results, write_report
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
+from dslim.stages.layout import default_names
 from dslim.stages.registry import register_stage
 from dslim.subnet import Subnet
 
@@ -62,7 +63,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     """Accuracy and cost of the subnets (and the dynamic model): eval.json and pareto.png in the run directory."""
     cfg: EvalConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    names = list(cfg.subnets) or [*net.named_subnets(), *(n for n in ctx.subnet_files if n not in net.named_subnets())]
+    names = list(cfg.subnets) or default_names(net, ctx.subnet_files)
     rows, dynamic = run_evaluation(net, ctx.config, ctx.resolve(net, names), ctx.accelerator)
     ctx.metrics.write({"kind": "eval", "stage": ctx.name, "subnets": rows, "dynamic": dynamic})
     if ctx.accelerator.is_main_process:
