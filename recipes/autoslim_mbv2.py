@@ -25,8 +25,9 @@ def recipe() -> Config:
     optim = OptimConfig(lr=0.5, lr_batch=2048, momentum=0.9, nesterov=True, weight_decay=1e-4, decay_depthwise=False)
     linear = ScheduleConfig(kind="linear", min_lr=0.0)
     return Config(
-        model=ModelConfig(arch="mobilenet_v2", max_width=1.5, widths=WIDTHS, bn="calibrated", channel_bins=12,
-                          min_bin=2),  # fmt: skip
+        model=ModelConfig(
+            arch="mobilenet_v2", max_width=1.5, widths=WIDTHS, bn="calibrated", channel_bins=12, min_bin=2
+        ),  # fmt: skip
         data=DataConfig(root="/data/imagenet", batch_size=256, random_area=(0.25, 1.0), holdout=5000),
         stages=stages_config(
             supernet=SandwichConfig(
