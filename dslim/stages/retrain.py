@@ -57,9 +57,20 @@ def _channel_files(config: Config, cfg: RetrainConfig, net: Supernet) -> dict[st
     return named
 
 
+def fresh(template: Supernet, bn: str) -> Supernet:
+    """A new network of `template`'s architecture without named subnets of its own (its names are to be given)."""
+    net = type(template)(**template.unnamed_kwargs(bn))
+    if net.builtin_subnets():
+        raise UserError(f"{net.arch} names subnets of its own ({', '.join(net.builtin_subnets())}), which an S-Net of "
+                        "found subnets would train too: retrain on a width-multiplier architecture")  # fmt: skip
+    return net
+
+
 def check(config: Config, net: Supernet, cfg: RetrainConfig) -> None:
     check_names(config, net, cfg.subnets, "stages.retrain.subnets")
     _channel_files(config, cfg, net)
+    with torch.device("meta"):
+        fresh(net, cfg.bn)
 
 
 def sandwich_settings(cfg: RetrainConfig) -> SandwichConfig:
@@ -79,7 +90,7 @@ def retrain(ctx: StageContext) -> None:
     if not subnets:
         raise UserError("nothing to retrain: run the search stage first, or give --stages.retrain.subnets NAME ... "
                         "or --stages.retrain.channels FILE ...")  # fmt: skip
-    net = type(template)(**template.unnamed_kwargs(cfg.bn))
+    net = fresh(template, cfg.bn)
     net.name_subnets(subnets)
     net.to(ctx.accelerator.device)
     settings = sandwich_settings(cfg)
