@@ -48,6 +48,14 @@ def test_autoslim_digits_pipeline(tmp_path, digits_cache):
         with torch.no_grad(), retrained.using(subnet, train=False):
             torch.testing.assert_close(split(x), retrained(x), atol=1e-5, rtol=1e-5)
 
+    # the retrained subnets on the images the search scored them on: printed, eval.json (validation) untouched
+    before = (run / "eval.json").read_text()
+    held = subprocess.run([PYTHON, "-m", "dslim.evaluate", "--run", str(run), "--split", "holdout", "--json"],
+                          capture_output=True, text=True, env=subprocess_env())  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    assert [r["subnet"] for r in json.loads(held.stdout)["subnets"]] == list(TARGETS)
+    assert (run / "eval.json").read_text() == before
+
     # a found subnet written as an mmrazor channel config profiles back to the same cost
     cfg = tmp_path / "autoslim-3M.yaml"
     env = subprocess_env()

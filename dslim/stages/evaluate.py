@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from accelerate import Accelerator
 
@@ -40,16 +41,17 @@ def run_evaluation(
     accelerator: Accelerator | None = None,
     max_batches: int | None = None,
     calibrate_batches: int | None = None,
+    split: Literal["val", "holdout"] = "val",
 ) -> tuple[list[dict], dict | None]:
     """What the stage and `dslim.evaluate` compute: the subnets (calibrated first if they must be) and, for a model
-    whose router has been trained, the dynamic model. Returns `(rows, dynamic row or None)`."""
+    whose router has been trained, the dynamic model, on `split`. Returns `(rows, dynamic row or None)`."""
     from dslim.data import build_loader
 
     calibrate_missing(net, config, subnets, accelerator=accelerator, num_batches=calibrate_batches)
     size = config.model.input_size
 
     def val():  # type: ignore[no-untyped-def]
-        return build_loader(config.data, "val", size, seed=config.seed, **shard_of(accelerator))
+        return build_loader(config.data, split, size, seed=config.seed, **shard_of(accelerator))
 
     rows = evaluate(net, subnets, val(), size, accelerator, max_batches)
     dynamic = None
