@@ -74,12 +74,15 @@ def recalibrate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_batches: int,
     accelerator=None,  # type: ignore[no-untyped-def]
+    *,
+    show: bool = True,
 ) -> None:
     """Reset and recompute every `subnets` statistics from the first `num_batches` of `batches` (per process).
 
     `supernet` is the unwrapped model (a DDP wrapper would broadcast rank 0's buffers at each forward). The
     batches are drawn once: each one runs through every subnet in turn, so all subnets see the same images and
     nothing is held in memory. Momentum, tracking, mode, masks and the active subnet are restored afterwards.
+    `show=False` hides the progress bar (a search calibrating thousands of candidates).
     """
     if num_batches < 1:
         raise UserError(f"BN recalibration needs at least one batch, not {num_batches}")
@@ -101,8 +104,10 @@ def recalibrate(
             total = min(num_batches, len(batches)) if hasattr(batches, "__len__") else num_batches
             seen = 0
             with torch.no_grad(), autocast:
-                for images, _ in progress(itertools.islice(batches, num_batches),
-                                          f"BN calibration ({len(subnets)} subnets)", total, accelerator):  # fmt: skip
+                chosen = itertools.islice(batches, num_batches)
+                if show:
+                    chosen = progress(chosen, f"BN calibration ({len(subnets)} subnets)", total, accelerator)
+                for images, _ in chosen:
                     images = images.to(device, non_blocking=True)
                     for subnet in subnets.values():
                         supernet.set_subnet(subnet)
@@ -128,6 +133,27 @@ def scratch_statistics(supernet: Supernet) -> Iterator[None]:
         for bn, keys in kept:
             for key in [k for k in bn.stats.keys() if k not in keys]:
                 del bn.stats[key]
+
+
+@contextlib.contextmanager
+def batch_statistics(supernet: Supernet) -> Iterator[None]:
+    """Inside the block every BatchNorm normalizes by the statistics of the batch it sees and records nothing,
+    whatever the model's mode; the model is put in eval mode (dropout off), restored afterwards. For scoring many
+    subnets on large batches without computing statistics for each (AutoSlim's search)."""
+    bns = batchnorms(supernet)
+    saved = [(bn.training, bn.track) for bn in bns]
+    was_training = supernet.training
+    supernet.eval()
+    try:
+        for bn in bns:
+            bn.train()
+            bn.track = False
+        yield
+    finally:
+        supernet.train(was_training)
+        for bn, (training, track) in zip(bns, saved):
+            bn.train(training)
+            bn.track = track
 
 
 def shard_of(accelerator) -> dict[str, int]:  # type: ignore[no-untyped-def]

@@ -156,6 +156,17 @@ class MacsModel:
             total = total + cost
         return total
 
+    def exact(self, subnet: Subnet) -> int:
+        """MACs of `subnet` as an exact integer, without a forward (a search costs thousands of candidates)."""
+        total = 0
+        for t in self.terms:
+            c = t.cost
+            if subnet.blocks is not None and t.block is not None and not subnet.blocks[t.block]:
+                continue
+            total += c.macs(c.c_in if c.in_group is None else subnet[c.in_group],
+                            c.c_out if c.out_group is None else subnet[c.out_group])  # fmt: skip
+        return int(total)
+
     def expected(self, probs: Mapping[str, torch.Tensor], choices: Mapping[str, tuple[int, ...]]) -> torch.Tensor:
         """MACs at the expected channels `E[c] = sum_k p_k c_k` per group, from choice probabilities."""
         channels = {}

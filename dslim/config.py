@@ -100,11 +100,13 @@ class ModelConfig:
     """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
     block_policy: bool = False
     """BlockDrop: attach a policy network choosing, per image, which residual blocks run (ResNets)."""
-    channel_bins: Annotated[int, in_range(0, 64)] = 0
-    """Channel bins per group (AutoSlim: 12): random subnets and the search move each group in steps of 1/N of
-    its widest width, rounded by the architecture's rule; 0: no bins."""
+    channel_bins: Annotated[int, in_range(0, 64)] = 12
+    """Channel bins per group (AutoSlim: 12): per-group random subnets (`--stages.supernet.sampler groups`) and the
+    greedy search move each group in steps of 1/N of its widest width, rounded by the architecture's rule
+    (MobileNets: multiples of 8; ResNets: int); 0: one channel per step. Groups with their own choices (DS-Net)
+    ignore it."""
     min_bin: Positive = 1
-    """Smallest bin a group may shrink to (mmrazor's AutoSlim: 2 of 12)."""
+    """Smallest bin a group may shrink to, at most `channel_bins` (mmrazor's AutoSlim: 2 of 12)."""
 
 
 @dataclass(frozen=True)

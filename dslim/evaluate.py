@@ -1,4 +1,4 @@
-"""`python -m dslim.evaluate --run D [--widths W ...] [--json] [--batches N]`: accuracy and cost of subnets.
+"""`python -m dslim.evaluate --run D [--widths W ...] [--json] [--batches N] [--split holdout]`: accuracy and cost.
 
 Reads `D/config.json` and the latest finished stage's `model.safetensors`, evaluates the requested subnets (default:
 the config's evaluation subnets, else every named one, those of the run's subnets files included) on the validation
@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import tyro
 
@@ -35,6 +36,9 @@ class EvaluateCommand:
     """Evaluate only the first N validation batches per process: a quick look, printed but not written to D."""
     calibrate_batches: int | None = None
     """Training batches to calibrate a subnet without statistics (default: the run's `stages.evaluate`)."""
+    split: Literal["val", "holdout"] = "val"
+    """Images to evaluate on: the validation split, or the run's held-out training images (`--data.holdout`, what
+    a search scored subnets on); only `val` results are written to D."""
 
 
 @exits_cleanly
@@ -43,12 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for option, value in (("--batches", cmd.batches), ("--calibrate-batches", cmd.calibrate_batches)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1, not {value}")
-    from dslim.stages.layout import open_run
+    from dslim.stages.layout import default_names, open_run
 
     run = open_run(cmd.run)
     net, config = run.supernet, run.config
     names = list(cmd.widths) or list(config.stages.evaluate.subnets)  # type: ignore[attr-defined]
-    names = names or [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
+    names = names or default_names(net, run.subnet_files)
     subnets = {name: run.resolve(name) for name in names}  # every bad name before any work
     from accelerate import Accelerator
 
@@ -57,17 +61,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     accelerator = Accelerator()
     rows, dynamic = run_evaluation(net.to(accelerator.device), config, subnets, accelerator, cmd.batches,
-                                   cmd.calibrate_batches)  # fmt: skip
+                                   cmd.calibrate_batches, cmd.split)  # fmt: skip
     if not accelerator.is_main_process:
         return
     report = merge(None, rows, dynamic)
-    if cmd.batches is None:
+    if cmd.batches is None and cmd.split == "val":
         report = write_report(run.dir, rows, dynamic)
     if cmd.json:
         print(json.dumps(report))
         return
     size = config.model.input_size
-    print_results(rows, dynamic, f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px")
+    where = f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px, {cmd.split} split"
+    print_results(rows, dynamic, where)
 
 
 if __name__ == "__main__":

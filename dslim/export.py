@@ -1,14 +1,17 @@
-"""`python -m dslim.export --run D --subnet NAME --out F [--format onnx]`: one subnet as a standalone model;
-`--dynamic` instead of `--subnet`: the trained dynamic model (DS-Net's gate), routing each input.
+"""`python -m dslim.export --run D (--subnet NAME | --channels FILE | --dynamic) [--out F] [--channels-out C]`.
 
 The subnet of the latest finished stage's supernet is written with physically sliced weights and its own BatchNorm
 statistics: as safetensors (`dslim.load_subnet(F)` rebuilds it with nothing else) or as one ONNX graph with a
-dynamic batch axis. A dynamic model is written as safetensors (`load_subnet` gives a `RoutedNet`) or, for ONNX, as a
-folder: one graph per part (the shared prefix with the gate, one per route) and `routing.json`, which
-`dslim.onnx_runtime` runs. Next to each model, a card (`F.config.json`, or `config.json` in the folder) records
-architecture, channels, classes, input size, MACs, params, and accuracy and latency where the run measured them.
-With calibrated BatchNorm, a width the artifact holds no statistics for is calibrated first from training batches
-(`stages.evaluate.calibrate_batches`).
+dynamic batch axis. The subnet is a name (`--subnet`), or a channel configuration (`--channels`: dslim subnet
+`.json` or mmrazor channel-config `.yaml`). `--dynamic` exports the trained dynamic model instead (DS-Net's gate),
+routing each input: as safetensors (`load_subnet` gives a `RoutedNet`) or, for ONNX, as a folder: one graph per
+part (the shared prefix with the router, one per route) and `routing.json`, which `dslim.onnx_runtime` runs. Next to
+each model, a card (`F.config.json`, or `config.json` in the folder) records architecture, channels, classes, input
+size, MACs, params, and accuracy and latency where the run measured them. With calibrated BatchNorm, a width the
+artifact holds no statistics for is calibrated first from training batches (`stages.evaluate.calibrate_batches`).
+
+`--channels-out` writes the subnet's channel configuration: mmrazor 0.x YAML (mmcls layer names for MobileNetV2 and
+ResNets) for `.yaml`, dslim's subnet JSON for `.json`; it needs no statistics, so it also works without `--out`.
 """
 
 from __future__ import annotations
@@ -28,23 +31,34 @@ from dslim.errors import UserError, exits_cleanly
 class ExportCommand:
     run: str
     """Run directory (the `--out-dir` of `dslim.train`)."""
-    out: str
+    out: str | None = None
     """Output: a `.safetensors` or `.onnx` file; with `--dynamic --format onnx`, a folder."""
     subnet: str | None = None
     """Subnet to export: a name (`uniform-3`, `largest`, a name from the run's subnets files such as
     `autoslim-300M`) or a width (`0.75`, any width of a universally slimmable range)."""
+    channels: str | None = None
+    """Or a channel-configuration file naming the subnet (dslim subnet `.json`, mmrazor channel-config `.yaml`)."""
     dynamic: bool = False
     """Export the trained dynamic model (routing each input) instead of one subnet."""
     format: Literal["safetensors", "onnx"] = "safetensors"
     """File format: safetensors (for `dslim.load_subnet`) or ONNX (for onnxruntime and other runtimes)."""
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """ONNX exporter: `dynamo` (torch.export, PyTorch's default) or `torchscript` (deprecated, much faster)."""
+    channels_out: str | None = None
+    """Also (or only) write the subnet's channel configuration here: mmrazor YAML (`.yaml`) or dslim JSON
+    (`.json`)."""
 
 
 def check(cmd: ExportCommand) -> None:
     """Every problem with the options, before any work."""
-    if (cmd.subnet is None) == (not cmd.dynamic):
-        raise UserError("give either --subnet NAME or --dynamic (the routing model)")
+    if sum((cmd.subnet is not None, cmd.channels is not None, cmd.dynamic)) != 1:
+        raise UserError("give one of --subnet NAME, --channels FILE or --dynamic (the routing model)")
+    if cmd.out is None and cmd.channels_out is None:
+        raise UserError("give --out F (the model) and/or --channels-out F.yaml (its channel configuration)")
+    if cmd.dynamic and cmd.channels_out is not None:
+        raise UserError("--channels-out needs one subnet (--subnet or --channels), not --dynamic")
+    if cmd.out is None:
+        return
     folder = cmd.dynamic and cmd.format == "onnx"
     suffix = {"safetensors": ".safetensors", "onnx": ".onnx"}[cmd.format]
     if folder and Path(cmd.out).suffix in (".onnx", ".safetensors"):
@@ -65,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     check(cmd)
     from dslim.calibration import calibrate_missing
     from dslim.card import dynamic_card, subnet_card, write_card
+    from dslim.channels import read_channels, write_channels
+    from dslim.complexity import measure
     from dslim.deploy import extract, extract_dynamic, save_subnet
     from dslim.onnx_export import export_dynamic, export_static
     from dslim.stages.layout import open_run
@@ -75,18 +91,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not net.is_dynamic:
             raise UserError(f"{net.arch} does not route per input: export one of its subnets with --subnet")
         if not net.router_trained:
-            raise UserError(f"{cmd.run}'s router has not been trained yet: run its gate stage first")
+            raise UserError(f"{cmd.run}'s router has not been trained yet: run its routing stage first")
+        name, subnet = "dynamic", None
+    elif cmd.channels is not None:
+        name, subnet = Path(cmd.channels).stem, read_channels(cmd.channels, net)
+    else:
+        name, subnet = cmd.subnet, run.resolve(cmd.subnet)  # type: ignore[assignment, arg-type]
+    if cmd.channels_out is not None:
+        cost = measure(net, size, subnet)
+        write_channels(cmd.channels_out, net, subnet)
+        print(f"wrote {cmd.channels_out}: channel configuration of {config.model.arch} subnet {name}, "
+              f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
+    if cmd.out is None:
+        return
+    if subnet is None:
         routes = net.route_subnets()  # type: ignore[attr-defined]
         calibrate_missing(net, config, {f"route-{i}": r for i, r in enumerate(routes)})
         card = dynamic_card(net, config, run.dir)
     else:
-        subnet = run.resolve(cmd.subnet)  # type: ignore[arg-type]
-        calibrate_missing(net, config, {cmd.subnet: subnet})  # type: ignore[dict-item]
-        card = subnet_card(net, config, cmd.subnet, subnet, run.dir)  # type: ignore[arg-type]
+        calibrate_missing(net, config, {name: subnet})
+        card = subnet_card(net, config, name, subnet, run.dir)
     try:
-        if cmd.dynamic and cmd.format == "onnx":
+        if subnet is None and cmd.format == "onnx":
             export_dynamic(net, cmd.out, size, cmd.exporter)
-        elif cmd.dynamic:
+        elif subnet is None:
             save_subnet(extract_dynamic(net), None, cmd.out, input_size=size)
         elif cmd.format == "onnx":
             export_static(net, subnet, cmd.out, size, cmd.exporter)
@@ -95,13 +123,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         card_file = write_card(cmd.out, card, cmd.format)
     except OSError as e:
         raise UserError(f"cannot write {cmd.out}: {e.strerror or e}") from None
-    if cmd.dynamic:
+    if subnet is None:
         macs = [r["macs"] / 1e6 for r in card["routes"].values()]
-        what, cost = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
+        what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
     else:
-        what, cost = f"subnet {cmd.subnet}", f"{card['macs'] / 1e6:,.1f}M MACs"
-    print(f"wrote {cmd.out} and {card_file.name}: {config.model.arch} {what} from {run.artifact.parent.name}, {cost}, "
-          f"{card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
+        what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
+    print(f"wrote {cmd.out} and {card_file.name}: {config.model.arch} {what} from {run.artifact.parent.name}, "
+          f"{cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 
 if __name__ == "__main__":

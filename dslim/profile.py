@@ -1,10 +1,12 @@
-"""`python -m dslim.profile --recipe R [--widths W ...] [--json]`: exact MACs and params of each subnet.
+"""`python -m dslim.profile --recipe R [--widths W ...] [--channels FILE ...] [--json]`: exact MACs and params.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
 `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
 `autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from
 `python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the
-table has per-layer times; `-` where the table can say nothing.
+table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from
+files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its stem; a file that does
+not fit the model is refused, naming its first offending entry.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Annotated
 
 import tyro
 
+from dslim.channels import read_named
 from dslim.cli import parse
 from dslim.complexity import measure
 from dslim.config import Config
@@ -32,6 +35,9 @@ class ProfileCommand:
     config: Annotated[Config, tyro.conf.arg(name="")]
     widths: tuple[str, ...] = ()
     """Subnets to profile, by width (any width in a universally slimmable range) or name; default: all named."""
+    channels: tuple[str, ...] = ()
+    """Channel-configuration files to profile (dslim subnet `.json`, mmrazor channel-config `.yaml`), each a row
+    named by its file stem."""
     run: str | None = None
     """A training run directory: profile its model and the named subnets of its subnets files."""
     json: bool = False
@@ -73,10 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         run = open_run(cmd.run)
         config, net = run.config, run.supernet
-        names = list(cmd.widths) or [
-            *net.named_subnets(),
-            *(n for n in run.subnet_files if n not in net.named_subnets()),
-        ]
+        every = [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
+        names = list(cmd.widths) or ([] if cmd.channels else every)
         subnets = {n: run.resolve(n) for n in names}
         title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
     else:
@@ -84,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError("give --recipe R or --run D")
         config = cmd.config
         net = from_config(config.model)
-        subnets = {name: net.resolve(name) for name in (list(cmd.widths) or list(net.named_subnets()))}
+        names = list(cmd.widths) or ([] if cmd.channels else list(net.named_subnets()))
+        subnets = {name: net.resolve(name) for name in names}  # all errors before any work
         title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
+    subnets |= read_named(cmd.channels, net)
     rows = profile_subnets(net, subnets, config.model.input_size)
     batches = add_latency(rows, net, subnets, cmd.latency, config.model.input_size) if cmd.latency else []
     if cmd.json:

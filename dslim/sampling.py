@@ -31,3 +31,8 @@ def per_group(net: Supernet, rng: np.random.Generator, choices: Mapping[str, Seq
 def in_bins(net: Supernet, rng: np.random.Generator, bins: int, min_bin: int = 1) -> Subnet:
     """Every group drawn independently from its channel bins (AutoSlim's random subnets)."""
     return per_group(net, rng, net.group_choices(bins, min_bin))
+
+
+def smallest_of(choices: Mapping[str, Sequence[int]]) -> Subnet:
+    """Every group at its fewest channels: the lower end of a per-group space (the sandwich rule's smallest)."""
+    return Subnet.of({g: min(c) for g, c in choices.items()})

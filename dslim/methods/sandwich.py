@@ -4,14 +4,16 @@ AutoSlim's supernet).
 Subnets of a step (`SandwichConfig.rule`):
 - `sandwich` (US-Net, DS-Net, AutoSlim): the largest, `num_random` random subnets and the smallest. Random subnets
   are drawn by `sampler` (see `dslim.sampling`); the draws depend only on (seed, step), so every process makes the
-  same ones.
-- `all_widths` (S-Net): every named subnet, largest first.
+  same ones. With the `groups` sampler the smallest is every group at its smallest bin.
+- `all_widths` (S-Net): every named subnet (each distinct one once), largest first.
 - `single`: the largest only (training a fixed network).
 
 Targets (`SandwichConfig.distill`): the first subnet learns from the labels (label-smoothed cross-entropy); the
 others
 - `none`: from the labels too;
-- `inplace` (in-place distillation): from the online first subnet's detached softmax;
+- `inplace` (in-place distillation): from the online first subnet's detached softmax, by soft cross-entropy;
+  that is KL(teacher || student) at temperature 1 (mmrazor's AutoSlim) plus the teacher's entropy, a constant,
+  so the gradients are the same;
 - `ieb` (in-place ensemble bootstrapping, DS-Net): from the softmax of the EMA model's largest, run in eval mode;
   with `ensemble_ib` the last (smallest) learns from the mean of the EMA softmaxes of all the other subnets.
 
@@ -85,10 +87,16 @@ def step_subnets(
     """(log name, subnet) of every pass of a step, the teacher (largest) first."""
     if cfg.rule == "single":
         return [("largest", net.largest())]
-    if cfg.rule == "all_widths":
-        return sorted(net.named_subnets().items(), key=lambda item: -sum(item[1].values()))
+    if cfg.rule == "all_widths":  # each distinct subnet once (two names may mean one subnet: a search's targets)
+        distinct: dict[Subnet, str] = {}
+        for name, subnet in net.named_subnets().items():
+            distinct.setdefault(subnet, name)
+        return sorted(((n, s) for s, n in distinct.items()), key=lambda item: -sum(item[1].values()))
     randoms = [("random", random_subnet(net, cfg, rng, bins, min_bin)) for _ in range(cfg.num_random)]
-    return [("largest", net.largest()), *randoms, ("smallest", net.smallest())]
+    # the sandwich's bread bounds the space the random subnets come from: with per-group bins, every group's
+    # smallest bin (a width multiplier's smallest would leave the bins' lower corner untrained)
+    smallest = sampling.smallest_of(net.group_choices(bins, min_bin)) if cfg.sampler == "groups" else net.smallest()
+    return [("largest", net.largest()), *randoms, ("smallest", smallest)]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,12 @@ class Supernet(nn.Module):
         """Constructor arguments of this architecture as a static (exported) network."""
         return self.arch_kwargs
 
+    def unnamed_kwargs(self, bn: str) -> dict:
+        """Constructor arguments of a fresh network of this architecture with BatchNorm `bn` and as few named
+        subnets of its own as it can have: a supernet whose names come from `name_subnets` (retraining searched
+        subnets jointly trains every named subnet)."""
+        return {**self.arch_kwargs, "bn": bn}
+
     def round_channels(self, channels: float) -> int:
         """A fractional channel count rounded as this architecture rounds widths (for channel bins)."""
         return max(1, int(round(channels)))
@@ -115,6 +121,8 @@ class Supernet(nn.Module):
             if g.choices is not None:
                 out[name] = g.choices
             elif bins:
+                if not 1 <= min_bin <= bins:
+                    raise UserError(f"--model.min-bin {min_bin} must be in [1, --model.channel-bins {bins}]")
                 counts = {self.round_channels(g.max * i / bins) for i in range(min_bin, bins + 1)}
                 out[name] = tuple(sorted(c for c in counts if g.min <= c <= g.max))
             else:

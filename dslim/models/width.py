@@ -48,6 +48,8 @@ class WidthSupernet(Supernet):
             elif not self.widths:
                 raise UserError("--model.widths is empty: name at least one width (or set --model.width-range)")
             for w in self.widths:
+                if w > max_width + 1e-9:
+                    raise UserError(f"--model.widths: width {w} is above {self.arch}'s max width {max_width}")
                 try:
                     self.check_width(w)
                 except UserError as e:
@@ -61,9 +63,11 @@ class WidthSupernet(Supernet):
         return make_divisible(channels)
 
     def check_width(self, width: float) -> None:
-        lo, hi = self.width_range or (min(self.widths), max(self.widths))
-        if self.width_range is None and width not in self.widths:
-            raise UserError(f"width {width} is not one of {self.arch}'s widths {list(self.widths)}")
+        if self.width_range is None:
+            if width not in self.widths:
+                raise UserError(f"width {width} is not one of {self.arch}'s widths {list(self.widths)}")
+            return  # named widths were checked against max_width when the network was built
+        lo, hi = self.width_range
         if not lo - 1e-9 <= width <= hi + 1e-9 or width > self.max_width + 1e-9:
             raise UserError(f"width {width} is outside {self.arch}'s range [{lo}, {min(hi, self.max_width)}]")
 
@@ -87,7 +91,12 @@ class WidthSupernet(Supernet):
         return ", ".join(self.named_subnets())
 
     def smallest(self) -> Subnet:
+        if self.width_range is None and not self.widths:  # names given by `name_subnets` only (a retrained S-Net)
+            return min(self.named_subnets().values(), key=lambda s: sum(s.values()), default=self.largest())
         return self.uniform(self.width_range[0] if self.width_range else min(self.widths))
+
+    def unnamed_kwargs(self, bn: str) -> dict:
+        return {**self.arch_kwargs, "bn": bn, "widths": (), "width_range": None}
 
     @classmethod
     def from_config(cls, cfg):  # type: ignore[no-untyped-def]

@@ -4,7 +4,13 @@ Importing this package registers the built-in stages; `run_pipeline` runs a reci
 """
 
 from dslim.config import stages_config
-from dslim.stages import blockdrop, bn_recalibration, evaluate, export, gate, supernet  # noqa: F401  (register them)
+
+# Registering order is the order in which stages outside a recipe's pipeline run when several are selected
+# (`--stages search retrain`), so it is a pipeline's order.
+# isort: off
+from dslim.stages import supernet, blockdrop, bn_recalibration, gate, search, retrain, evaluate, export  # noqa: F401
+
+# isort: on
 from dslim.stages.context import StageContext
 from dslim.stages.pipeline import run_pipeline, select_stages, validate
 from dslim.stages.registry import Stage, register_stage

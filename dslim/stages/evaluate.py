@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from accelerate import Accelerator
 
@@ -14,6 +15,7 @@ from dslim.models.base import Supernet
 from dslim.report import print_results, write_report
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
+from dslim.stages.layout import default_names
 from dslim.stages.registry import register_stage
 from dslim.subnet import Subnet
 
@@ -39,16 +41,17 @@ def run_evaluation(
     accelerator: Accelerator | None = None,
     max_batches: int | None = None,
     calibrate_batches: int | None = None,
+    split: Literal["val", "holdout"] = "val",
 ) -> tuple[list[dict], dict | None]:
     """What the stage and `dslim.evaluate` compute: the subnets (calibrated first if they must be) and, for a model
-    whose router has been trained, the dynamic model. Returns `(rows, dynamic row or None)`."""
+    whose router has been trained, the dynamic model, on `split`. Returns `(rows, dynamic row or None)`."""
     from dslim.data import build_loader
 
     calibrate_missing(net, config, subnets, accelerator=accelerator, num_batches=calibrate_batches)
     size = config.model.input_size
 
     def val():  # type: ignore[no-untyped-def]
-        return build_loader(config.data, "val", size, seed=config.seed, **shard_of(accelerator))
+        return build_loader(config.data, split, size, seed=config.seed, **shard_of(accelerator))
 
     rows = evaluate(net, subnets, val(), size, accelerator, max_batches)
     dynamic = None
@@ -62,7 +65,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     """Accuracy and cost of the subnets (and the dynamic model): eval.json and pareto.png in the run directory."""
     cfg: EvalConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    names = list(cfg.subnets) or [*net.named_subnets(), *(n for n in ctx.subnet_files if n not in net.named_subnets())]
+    names = list(cfg.subnets) or default_names(net, ctx.subnet_files)
     rows, dynamic = run_evaluation(net, ctx.config, ctx.resolve(net, names), ctx.accelerator)
     ctx.metrics.write({"kind": "eval", "stage": ctx.name, "subnets": rows, "dynamic": dynamic})
     if ctx.accelerator.is_main_process:

@@ -16,6 +16,7 @@ from dslim.models.base import Supernet
 from dslim.onnx_export import export_dynamic, export_static, require
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
+from dslim.stages.layout import default_names
 from dslim.stages.registry import register_stage
 
 
@@ -46,7 +47,7 @@ def export_stage(ctx: StageContext) -> None:
     """Subnets as standalone models with physically sliced weights; a trained dynamic model as `dynamic`."""
     cfg: ExportConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    names = list(cfg.subnets) or [*net.named_subnets(), *(n for n in ctx.subnet_files if n not in net.named_subnets())]
+    names = list(cfg.subnets) or default_names(net, ctx.subnet_files)
     subnets = ctx.resolve(net, names)
     calibrate_missing(net, ctx.config, subnets, accelerator=ctx.accelerator)
     size = ctx.config.model.input_size

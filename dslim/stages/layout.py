@@ -203,6 +203,14 @@ def resolve(net: Supernet, files: dict[str, dict], name: str) -> Subnet:
         ) from None
 
 
+def default_names(net: Supernet, files: dict[str, dict]) -> list[str]:
+    """What evaluation and export cover unless told: every named subnet of `net`, then those of the run's
+    named-subnets files it can run (a switchable-BatchNorm network runs only the subnets it was trained with,
+    e.g. a retrained subset of a search's subnets)."""
+    own = net.named_subnets()
+    return [*own, *(n for n in files if n not in own and net.bn_mode != "switchable")]
+
+
 def open_run(run_dir: str | Path) -> Run:
     """Config, supernet (weights and statistics of the latest finished stage) and named subnets of a run."""
     config = load_config(run_dir)

@@ -27,6 +27,8 @@ def check(config: Config, net: Supernet, cfg: SandwichConfig) -> None:
     sampler = cfg.sampler
     if sampler == "named" and not cfg.random_subnets:
         raise UserError("--stages.supernet.sampler named draws from --stages.supernet.random-subnets: list some")
+    if sampler == "groups":
+        net.group_choices(config.model.channel_bins, config.model.min_bin)  # refuses bins it cannot make
     if sampler == "width" and getattr(net, "width_range", None) is None:
         raise UserError("--stages.supernet.sampler width needs a universally slimmable model: set --model.width-range")
     check_names(config, net, cfg.random_subnets, "stages.supernet.random_subnets")
