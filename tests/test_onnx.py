@@ -192,10 +192,10 @@ def test_export_command_refusals(tmp_path, capsys):
     for argv, message in [
         (["--run", str(static), "--subnet", "0.5", "--out", str(tmp_path / "a.safetensors"), "--format", "onnx"],
          "should end in .onnx"),
-        (["--run", str(static), "--out", str(tmp_path / "a.onnx"), "--format", "onnx"], "--subnet NAME or --dynamic"),
-        (["--run", str(static), "--subnet", "0.5", "--dynamic", "--out", str(tmp_path / "d")], "either"),
+        (["--run", str(static), "--out", str(tmp_path / "a.onnx"), "--format", "onnx"], "give one of --subnet"),
+        (["--run", str(static), "--subnet", "0.5", "--dynamic", "--out", str(tmp_path / "d")], "give one of --subnet"),
         (["--run", str(static), "--dynamic", "--out", str(tmp_path / "d"), "--format", "onnx"], "does not route"),
-        (["--run", str(untrained), "--dynamic", "--out", str(tmp_path / "d.safetensors")], "gate stage"),
+        (["--run", str(untrained), "--dynamic", "--out", str(tmp_path / "d.safetensors")], "has not been trained"),
         (["--run", str(static), "--dynamic", "--out", str(tmp_path / "d.onnx"), "--format", "onnx"], "folder"),
         (["--run", str(static), "--dynamic", "--out", str(file), "--format", "onnx"], "is a file"),
     ]:  # fmt: skip

@@ -45,8 +45,6 @@ class WidthSupernet(Supernet):
                     raise UserError(
                         f"--model.width-range {lo} {hi}: must satisfy 0 < min <= max <= --model.max-width {max_width}"
                     )
-            elif not self.widths:
-                raise UserError("--model.widths is empty: name at least one width (or set --model.width-range)")
             for w in self.widths:
                 if w > max_width + 1e-9:
                     raise UserError(f"--model.widths: width {w} is above {self.arch}'s max width {max_width}")
@@ -100,6 +98,7 @@ class WidthSupernet(Supernet):
 
     @classmethod
     def from_config(cls, cfg):  # type: ignore[no-untyped-def]
+        check_named(cfg)
         return cls(
             num_classes=cfg.num_classes,
             max_width=cfg.max_width,
@@ -108,3 +107,9 @@ class WidthSupernet(Supernet):
             bn=cfg.bn,
             dropout=cfg.dropout,
         )
+
+
+def check_named(cfg) -> None:  # type: ignore[no-untyped-def]
+    """A configured width network names at least one width (only a retrained S-Net of given subnets names none)."""
+    if cfg.width_range is None and not cfg.widths:
+        raise UserError("--model.widths is empty: name at least one width (or set --model.width-range)")
