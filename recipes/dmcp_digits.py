@@ -21,7 +21,8 @@ from dslim.stages.retrain import RetrainConfig
 
 
 def recipe() -> Config:
-    weights = OptimConfig(lr=0.05, lr_batch=64, momentum=0.9, nesterov=True, weight_decay=4e-5)
+    weights = OptimConfig(lr=0.02, lr_batch=64, momentum=0.9, nesterov=True, weight_decay=4e-5)
+    retrain = OptimConfig(lr=0.05, lr_batch=64, momentum=0.9, nesterov=True, weight_decay=4e-5)
     schedule = ScheduleConfig(kind="cosine", warmup_epochs=1)
     return Config(
         model=ModelConfig(
@@ -32,10 +33,10 @@ def recipe() -> Config:
             num_classes=10,
             input_size=32,
             channel_bins=10,
-        ),  # fmt: skip
+        ),
         data=DataConfig(
             root="digits", batch_size=64, random_area=(0.5, 1.0), flip=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
-        ),  # fmt: skip
+        ),
         stages=stages_config(
             supernet=SandwichConfig(
                 epochs=4,
@@ -44,7 +45,7 @@ def recipe() -> Config:
                 optim=weights,
                 schedule=schedule,
                 eval_subnets=("0.5", "1.0"),
-            ),  # fmt: skip
+            ),
             dmcp=DmcpConfig(
                 epochs=8,
                 target_macs=3e6,
@@ -59,8 +60,8 @@ def recipe() -> Config:
                 arch_schedule=ScheduleConfig(kind="cosine", min_lr=0.02),
             ),
             retrain=RetrainConfig(
-                epochs=10, subnets=("dmcp-expected",), label_smoothing=0.1, optim=weights, schedule=schedule
-            ),  # fmt: skip
+                epochs=15, subnets=("dmcp-expected",), label_smoothing=0.1, optim=retrain, schedule=schedule
+            ),
             evaluate=EvalConfig(calibrate_batches=10),
         ),
         pipeline=("supernet", "dmcp", "sample", "retrain", "evaluate", "export"),

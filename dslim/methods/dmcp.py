@@ -159,7 +159,7 @@ class MarkovChannels(nn.Module):
 
     def expected_subnet(self) -> Subnet:
         """Expected sampling: `round(E[c])`, i.e. the kept bins rounded to a whole number of bins."""
-        m = {g: float(v.double().sum()) for g, v in self.marginals().items()}
+        m = {g: float(v.detach().double().sum()) for g, v in self.marginals().items()}
         return Subnet.of({c.group: c.channels(min(c.bins, int(math.floor(m[c.group] + 0.5)))) for c in self.chains})
 
     def sample_bins(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
