@@ -45,7 +45,8 @@ def test_marginals_are_the_cumulative_product_of_the_transitions():
     _, chains = build("mobilenet_v2")
     with torch.no_grad():
         chains.alpha.normal_()
-    m, masks, e = chains.marginals(), chains.masks(), chains.expected_channels()
+    with torch.no_grad():
+        m, masks, e = chains.marginals(), chains.masks(), chains.expected_channels()
     for c in chains.chains:
         a = chains.alphas()[c.group]
         torch.testing.assert_close(m[c.group], torch.cumprod(torch.sigmoid(a), 0))

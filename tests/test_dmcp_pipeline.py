@@ -19,7 +19,7 @@ from dslim.subnet import Subnet
 
 RECIPE = str(ROOT / "recipes" / "dmcp_digits.py")
 SMALL = ["--model.max-width", "0.5", "--model.widths", "0.5", "--stages.dmcp.target-macs", "1e6"]
-"""MobileNet v2 0.5x at 32px: 1.75M MACs at its widest, the chains reach down to 0.18M."""
+"""MobileNet v2 0.5x at 32px: 1.97M MACs at its widest, the chains reach down to 0.21M (0.48M expected at start)."""
 
 
 def train(*args: str, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
@@ -79,6 +79,7 @@ def test_dmcp_stage_killed_in_its_second_phase_resumes_to_the_same_weights_and_a
 def test_dmcp_digits_pipeline(tmp_path, digits_cache):
     run = tmp_path / "run"
     done = train("--out-dir", str(run), *SMALL, "--data.cache-dir", str(digits_cache), "--stages.supernet.epochs", "2",
+                 "--stages.supernet.eval-subnets", "0.5",
                  "--stages.dmcp.epochs", "4", "--stages.retrain.epochs", "4", timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
@@ -88,7 +89,7 @@ def test_dmcp_digits_pipeline(tmp_path, digits_cache):
     start = float(macs.macs(MarkovChannels(chains.chains).expected_channels()))  # alphas at 0
     expected = float(macs.macs(chains.expected_channels()))
     assert expected == pytest.approx(meta["dmcp"]["expected_macs"])
-    assert abs(expected - 1e6) < 0.1e6 < abs(start - 1e6)  # pulled from 0.44M to the target
+    assert abs(expected - 1e6) < 0.1e6 < abs(start - 1e6)  # pulled from 0.48M to the target
 
     found = json.loads((run / "sample" / "subnets.json").read_text())
     assert list(found) == ["dmcp-expected", *(f"dmcp-direct-{i}" for i in range(5))]
