@@ -4,7 +4,8 @@ a dslim supernet artifact, from which any stage can start (`python -m dslim.trai
 Kinds (`dslim.importers.KINDS`, one module each): `dsnet` (changlin31/DS-Net's mobilenetv1_bn_uniform supernet,
 `--ema` for its EMA weights) and `slimmable` (JiahuiYu/slimmable_networks' S-MobileNet v1/v2, S-ResNet-50 and
 US-MobileNet v1/v2, with the BatchNorm statistics of every width the file holds; `--widths` names a US-Net file's
-widths when they are not the app's defaults).
+widths when they are not the app's defaults) and `dmcp` (Zx55/dmcp's stage-1 DMCP MobileNet v2 / ResNet-18 / ResNet-50
+checkpoints: weights and the Markov chains' alphas, which `--stages sample --from F` samples from).
 
 Files are read with `torch.load(weights_only=True)`: only tensors, containers, plain values and a minimal allow-list
 of what the originals pickle (DS-Net's `argparse.Namespace` of training args; the slimmable networks' meters, read

@@ -14,10 +14,10 @@ wrong-kind refusals need no change.
 from __future__ import annotations
 
 from dslim.errors import UserError
-from dslim.importers import dsnet, slimmable
+from dslim.importers import dmcp, dsnet, slimmable
 from dslim.importers.common import ImportOptions, load_checkpoint
 
-KINDS = {"dsnet": dsnet, "slimmable": slimmable}
+KINDS = {"dsnet": dsnet, "slimmable": slimmable, "dmcp": dmcp}
 
 
 def read(kind: str, path: str) -> dict:

@@ -164,6 +164,10 @@ def sample(ctx: StageContext) -> None:
                         "dmcp/model.safetensors")  # fmt: skip
     chains = MarkovChannels.from_json(record.get("chains"), net, "the dmcp artifact")
     target = cfg.target_macs or float(record.get("target_macs", 0))
+    if target <= 0:
+        raise UserError(
+            "the dmcp artifact records no target (an imported checkpoint): give --stages.sample.target-macs"
+        )
     size = ctx.config.model.input_size
     check_target(target, net, chains, size, "--stages.sample.target-macs")
     macs = MacsModel(net, size)
