@@ -4,7 +4,8 @@ a dslim supernet artifact, from which any stage can start (`python -m dslim.trai
 Kinds (`dslim.importers.KINDS`, one module each): `dsnet` (changlin31/DS-Net's mobilenetv1_bn_uniform supernet,
 `--ema` for its EMA weights) and `slimmable` (JiahuiYu/slimmable_networks' S-MobileNet v1/v2, S-ResNet-50 and
 US-MobileNet v1/v2, with the BatchNorm statistics of every width the file holds; `--widths` names a US-Net file's
-widths when they are not the app's defaults).
+widths when they are not the app's defaults), `autoslim` (the same project's AutoSlim-MobileNet v1/v2 and
+AutoSlim-ResNet-50, each searched configuration a named subnet, `autoslim-305M` by default, or `--names`).
 
 Files are read with `torch.load(weights_only=True)`: only tensors, containers, plain values and a minimal allow-list
 of what the originals pickle (DS-Net's `argparse.Namespace` of training args; the slimmable networks' meters, read
