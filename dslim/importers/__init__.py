@@ -7,17 +7,17 @@ Each module provides
 - `looks_like(ckpt) -> bool`: whether a checkpoint's keys have this kind's layout;
 - `convert(ckpt, opts) -> (supernet, metadata)`: the dslim supernet and what its artifact records.
 
-A new kind (DMCP, BlockDrop) is one module and one entry here; the command, the safe loading and the
+A new kind (DMCP) is one module and one entry here; the command, the safe loading and the
 wrong-kind refusals need no change.
 """
 
 from __future__ import annotations
 
 from dslim.errors import UserError
-from dslim.importers import autoslim, dsnet, slimmable
+from dslim.importers import autoslim, blockdrop, dsnet, slimmable
 from dslim.importers.common import ImportOptions, load_checkpoint
 
-KINDS = {"dsnet": dsnet, "slimmable": slimmable, "autoslim": autoslim}
+KINDS = {"dsnet": dsnet, "slimmable": slimmable, "autoslim": autoslim, "blockdrop": blockdrop}
 
 
 def read(kind: str, path: str) -> dict:
