@@ -11,8 +11,8 @@ AutoSlim-ResNet-50, each searched configuration a named subnet, `autoslim-305M` 
 
 Files are read with `torch.load(weights_only=True)`: only tensors, containers, plain values and a minimal allow-list
 of what the originals pickle (DS-Net's `argparse.Namespace` of training args; the slimmable networks' meters, read
-as inert placeholders) are unpickled (BlockDrop's legacy `.t7` serialization included), never other objects, so nothing in the file is ever executed. A file of
-another kind is refused with the kind it looks like.
+as inert placeholders) are unpickled, in the zip or the legacy serialization (BlockDrop's `.t7`), never other
+objects, so nothing in the file is ever executed. A file of another kind is refused with the kind it looks like.
 """
 
 from __future__ import annotations
