@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dslim.complexity import measure
-from dslim.deploy import extract, extract_graph
+from dslim.deploy import extract, extract_graphs
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.onnx_runtime import execute
@@ -99,7 +99,7 @@ def route_timings(supernet: Supernet, size: int, batches: Sequence[int], device:
     """Median ms of each route (its decisions forced for the whole batch: `program["routes"]`) and of each graph
     alone, per batch size, over the graphs of the model's export plan as standalone modules."""
     plan = supernet.export_plan()  # type: ignore[attr-defined]
-    graphs = {name: extract_graph(supernet, spec, weights=False).to(device) for name, spec in plan.graphs.items()}
+    graphs = {name: g.to(device) for name, g in extract_graphs(supernet, plan.graphs, weights=False).items()}
     examples: dict[str, list] = {}
 
     def run(name: str, inputs: Sequence[torch.Tensor]) -> tuple:
