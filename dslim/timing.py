@@ -321,12 +321,18 @@ class LatencyTable:
         return self.data.get("device", {})
 
     def check(self, supernet: Supernet, input_size: int) -> None:
-        """The table must describe this architecture at this input size."""
+        """The table must describe this architecture at this input size, each subnet it measured one of `supernet`'s."""
         if self.data.get("arch") != supernet.arch or self.data.get("input_size") != input_size:
             raise UserError(
                 f"{self.where} was measured for {self.data.get('arch')} at {self.data.get('input_size')}px, not "
                 f"{supernet.arch} at {input_size}px: measure this model with python -m dslim.latency"
             )
+        for subnet, (name, _) in self._measured.items():
+            try:
+                supernet.check(subnet)
+            except UserError as e:
+                raise UserError(f"{self.where} was measured for another {supernet.arch} (its {name!r}: {e}); measure "
+                                "this model with python -m dslim.latency") from None  # fmt: skip
 
     def measured(self, subnet: Subnet) -> dict[str, float] | None:
         """`{batch: ms}` if `subnet` (its channels and block mask) was measured."""
