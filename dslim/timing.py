@@ -4,8 +4,9 @@ What is timed is what deployment runs: each subnet as the standalone module `dsl
 sliced, standard layers), each route of a dynamic model as its exported graphs run in sequence (the shared prefix
 with the router, then that route's graphs: `execute` with the route's decisions forced). Weights are fresh (values
 do not change the time of dense layers), so no BatchNorm statistics or data are needed. Each entry is the median of
-`repeats` timed runs after `warmup` untimed ones, per batch size, with the device, its thread count and the
-machine's load recorded alongside.
+its timed runs after warm-up ones, per batch size (`time_call`: as many runs as it takes the times to agree, within
+the `repeats` and time budgets), with the device, its thread count, OpenMP's wait policy and the machine's load
+recorded alongside.
 
 A searched subnet is in no table, so a table may also hold per-layer times (`layers`): every leaf layer of the
 exported module timed in place at the channel counts of a few probe subnets (the named ones and random ones), a
@@ -48,16 +49,34 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
+MIN_RUNS = 5
+"""Timed runs every entry gets, however slow; more while they disagree by over `STABLE` (up to `repeats`)."""
+STABLE = 0.05
+
+
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, budget: float = 1.0) -> float:
-    """Median milliseconds of `fn()` over `repeats` runs (fewer, but at least 3, once `budget` seconds are spent)."""
+    """Median milliseconds of `fn()` over up to `repeats` timed runs after up to `warmup` untimed ones.
+
+    Adaptive: timing stops once the last `MIN_RUNS` runs agree to within `STABLE` of the median (a quiet machine:
+    more runs would not move the median), or once `budget` seconds are spent on the entry after `MIN_RUNS` runs; a
+    noisy machine gets more runs, up to `repeats`. Warm-up stops after `budget / 4` seconds.
+    """
     sync = _sync(device)
     with torch.inference_mode():
-        for _ in range(warmup):
+        began = time.perf_counter()
+        for i in range(warmup):
+            if i and time.perf_counter() - began > budget / 4:
+                break
             fn()
         sync()
         times: list[float] = []
         spent = time.perf_counter()
-        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - spent < budget):
+        while len(times) < repeats:
+            if len(times) >= MIN_RUNS:
+                recent = times[-MIN_RUNS:]
+                stable = max(recent) - min(recent) <= STABLE * statistics.median(times)
+                if stable or time.perf_counter() - spent >= budget:
+                    break
             start = time.perf_counter()
             fn()
             sync()
