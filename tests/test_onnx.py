@@ -290,3 +290,26 @@ def test_blockdrop_folder_routes_like_pytorch(tmp_path, arch, size):
     none, _ = model(x.numpy(), force=program["routes"]["no-blocks"]["decisions"])
     with torch.no_grad(), net.using(net.largest().with_blocks((False,) * len(net.blocks))):
         np.testing.assert_allclose(none, net(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
+    """`dslim.export --dynamic --format onnx` on a BlockDrop run: graphs, routing.json and card; routes like PyTorch."""
+    model = ModelConfig(arch="cifar_resnet32", num_classes=10, input_size=32, bn="private", block_policy=True)
+    run, _ = make_run(tmp_path / "run", stage="finetune", model=model)
+    net, x = _blockdrop("cifar_resnet32", 32)
+    from dslim.checkpoint import save_supernet
+
+    net.router_trained = True
+    save_supernet(net, run / "finetune" / "model.safetensors", stage="finetune")
+    folder = tmp_path / "bd"
+    main(["--run", str(run), "--dynamic", "--out", str(folder), "--format", "onnx", "--exporter", "torchscript"])
+    assert "cifar_resnet32 dynamic model from finetune" in capsys.readouterr().out
+    card = json.loads((folder / "config.json").read_text())
+    assert card["dynamic"] and card["architecture"] == "cifar_resnet32"
+    program = json.loads((folder / "routing.json").read_text())
+    assert [s.get("column") for s in program["steps"] if "dispatch" in s] == list(range(15))
+    logits, decisions = onnx_runtime.load(folder)(x.numpy())
+    with torch.no_grad():
+        expected, keep = net.forward_routed(x)
+    np.testing.assert_array_equal(decisions, keep.long().numpy())
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
