@@ -305,7 +305,15 @@ def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
     main(["--run", str(run), "--dynamic", "--out", str(folder), "--format", "onnx", "--exporter", "torchscript"])
     assert "cifar_resnet32 dynamic model from finetune" in capsys.readouterr().out
     card = json.loads((folder / "config.json").read_text())
-    assert card["dynamic"] and card["architecture"] == "cifar_resnet32"
+    assert (
+        card["dynamic"]
+        and card["architecture"] == "cifar_resnet32"
+        and list(card["routes"]) == ["largest", "no-blocks"]
+    )
+    from dslim.complexity import measure
+
+    shortcuts = net.largest().with_blocks((False,) * 15)
+    assert card["routes"]["no-blocks"]["macs"] == measure(net, 32, shortcuts).macs < card["routes"]["largest"]["macs"]
     program = json.loads((folder / "routing.json").read_text())
     assert [s.get("column") for s in program["steps"] if "dispatch" in s] == list(range(15))
     logits, decisions = onnx_runtime.load(folder)(x.numpy())
