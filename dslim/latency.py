@@ -48,12 +48,11 @@ class LatencyCommand:
     layers: NonNegative = 0
     """Random subnets (drawn with `--seed`) to time layer by layer, besides the named ones: a per-layer table from
     which the latency of any subnet is estimated."""
-    wait_policy: Literal["passive", "active", "environment"] | None = None
-    """How idle OpenMP threads wait for work (`OMP_WAIT_POLICY`, recorded in the table): `passive` (they sleep),
-    `active` (they spin), or as the environment says (unset: OpenMP's default, spinning a while). Default: the
-    environment's `OMP_WAIT_POLICY` if set, else `passive`. Spinning threads compete with any other work on the
-    machine, which made timings on 2 busy cores many times slower and this command over 2 minutes; sleeping ones
-    cost little on a quiet machine."""
+    wait_policy: Literal["passive", "active"] | None = None
+    """How idle OpenMP threads wait for work (`OMP_WAIT_POLICY`, recorded in the table): `passive` (they sleep) or
+    `active` (they spin). Default: the environment's `OMP_WAIT_POLICY`, which dslim sets to passive when it loads
+    unless it is set. Spinning threads compete with any other work on the machine, which made timings on 2 busy
+    cores many times slower and this command over 2 minutes; sleeping ones cost little on a quiet machine."""
 
 
 @exits_cleanly
@@ -106,15 +105,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def use_wait_policy(policy: str | None) -> None:
-    """Run under OpenMP wait policy `policy` (None: the environment's if it sets one, else passive). OpenMP reads
-    `OMP_WAIT_POLICY` once, when PyTorch loads it (before any option is parsed), so the command runs itself again
-    with the variable set when it differs."""
+    """Run under OpenMP wait policy `policy` (None: as the environment says). OpenMP reads `OMP_WAIT_POLICY` once,
+    when PyTorch loads it (before any option is parsed), so the command runs itself again with the variable set
+    when it differs."""
     import os
     import sys
 
-    given = os.environ.get("OMP_WAIT_POLICY")
-    policy = policy or ("environment" if given else "passive")
-    if policy == "environment" or (given or "").upper() == policy.upper():
+    if policy is None or os.environ.get("OMP_WAIT_POLICY", "").upper() == policy.upper():
         return
     os.environ["OMP_WAIT_POLICY"] = policy.upper()
     sys.stdout.flush()
