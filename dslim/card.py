@@ -119,10 +119,12 @@ def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_di
 
 
 def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
-    """The card of `net`'s dynamic model (routing each input): its routes, their cost, its evaluation."""
+    """The card of `net`'s dynamic model (routing each input): the routes of its export plan (DS-Net's route
+    subnets, BlockDrop's every-block and shortcuts-only extremes), their cost, its evaluation."""
     size = config.model.input_size
-    routes = net.route_subnets()  # type: ignore[attr-defined]
-    names = [net.name_of(r, f"route-{i}") for i, r in enumerate(routes)]
+    planned = net.export_plan().program["routes"]  # type: ignore[attr-defined]
+    names = list(planned)
+    routes = [Subnet.from_json(r["subnet"], f"route {n!r}") for n, r in planned.items()]
     accuracy = _accuracy(run_dir, None)
     report = _read(run_dir / "eval.json") if run_dir is not None else None
     return {

@@ -95,7 +95,7 @@ class ModelConfig:
     """BatchNorm: `private` (shared affine, statistics per subnet), `switchable` (affine and statistics per
     subnet), `calibrated` (shared affine, statistics computed after training for any subnet)."""
     dropout: Annotated[float, in_range(0.0, 1.0)] = 0.0
-    """Dropout before the classifier."""
+    """Dropout before the classifier (DS-Net: at its largest subnet only, as the original)."""
     gate_routes: Annotated[int, in_range(0, 14)] = 4
     """DS-Net: routes the gate chooses among (the slimmest `uniform-0` .. `uniform-(R-1)`; official: 4)."""
     block_policy: bool = False

@@ -12,6 +12,7 @@ graph of the model's `export_plan` a module of its own, holding only the weights
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -70,9 +71,20 @@ class GraphModule(nn.Module):
 def extract_graph(supernet: Supernet, spec: GraphSpec, weights: bool = True) -> GraphModule:
     """A graph of `supernet.export_plan()`: physically sliced to `spec.subnet`, router kept, eval mode
     (`weights=False`: fresh weights, as `extract`)."""
-    supernet.check(spec.subnet)
-    net = _build(supernet.arch, supernet.arch_kwargs, spec.subnet, supernet if weights else None)
-    return GraphModule(net, spec).eval()
+    return extract_graphs(supernet, {"graph": spec}, weights)["graph"]
+
+
+def extract_graphs(supernet: Supernet, specs: Mapping[str, GraphSpec], weights: bool = True) -> dict[str, GraphModule]:
+    """Every graph of an export plan (`extract_graph`), the network of each distinct subnet built once and shared
+    by its graphs: a plan of one graph per block (BlockDrop) would otherwise hold one whole network per block."""
+    built: dict[Subnet, nn.Module] = {}
+    out = {}
+    for name, spec in specs.items():
+        if spec.subnet not in built:
+            supernet.check(spec.subnet)
+            built[spec.subnet] = _build(supernet.arch, supernet.arch_kwargs, spec.subnet, supernet if weights else None)
+        out[name] = GraphModule(built[spec.subnet], spec).eval()
+    return out
 
 
 def widest(subnets: list[Subnet]) -> Subnet:

@@ -91,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not net.is_dynamic:
             raise UserError(f"{net.arch} does not route per input: export one of its subnets with --subnet")
         if not net.router_trained:
-            raise UserError(f"{cmd.run}'s router has not been trained yet: run the stage that trains it first (gate, policy)")
+            raise UserError(
+                f"{cmd.run}'s router has not been trained yet: run the stage that trains it first (gate, policy)"
+            )
         name, subnet = "dynamic", None
     elif cmd.channels is not None:
         name, subnet = Path(cmd.channels).stem, read_channels(cmd.channels, net)

@@ -43,10 +43,16 @@ class LatencyCommand:
     warmup: NonNegative = 3
     """Untimed runs before timing each entry."""
     repeats: Positive = 15
-    """Timed runs per entry (fewer for slow entries: at least 3, then until 1 s is spent); the median is kept."""
+    """Most timed runs per entry; the median is kept. 5 run (or `repeats` if fewer), more until the last 5 agree
+    within 5% or 1 s is spent on the entry."""
     layers: NonNegative = 0
     """Random subnets (drawn with `--seed`) to time layer by layer, besides the named ones: a per-layer table from
     which the latency of any subnet is estimated."""
+    wait_policy: Literal["passive", "active"] | None = None
+    """How idle OpenMP threads wait for work (`OMP_WAIT_POLICY`, recorded in the table): `passive` (they sleep) or
+    `active` (they spin). Default: the environment's `OMP_WAIT_POLICY`, which dslim sets to passive when it loads
+    unless it is set. Spinning threads compete with any other work on the machine, which made timings on 2 busy
+    cores many times slower and this command over 2 minutes; sleeping ones cost little on a quiet machine."""
 
 
 @exits_cleanly
@@ -55,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
     validate_fields(cmd)
+    if argv is None:  # as a program (an in-process call keeps the environment it has)
+        use_wait_policy(cmd.wait_policy)
     if not cmd.batch:
         raise UserError("--batch is empty: give the batch sizes to measure, e.g. --batch 1 64")
     import torch
@@ -96,6 +104,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {out}")
 
 
+def use_wait_policy(policy: str | None) -> None:
+    """Run under OpenMP wait policy `policy` (None: as the environment says). OpenMP reads `OMP_WAIT_POLICY` once,
+    when PyTorch loads it (before any option is parsed), so the command runs itself again with the variable set
+    when it differs."""
+    import os
+    import sys
+
+    if policy is None or os.environ.get("OMP_WAIT_POLICY", "").upper() == policy.upper():
+        return
+    os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "dslim.latency", *sys.argv[1:]])
+
+
 def warn_if_busy(device: str) -> None:
     """Timings on a machine busy with other work include waiting for it; with several threads OpenMP's default
     busy-waiting makes that far worse (over 100x at batch 1 on 2 busy cores: docs/deploy.md), so say so."""
@@ -108,7 +131,7 @@ def warn_if_busy(device: str) -> None:
     if device == "cpu" and load > cpus - 0.5:
         advice = ""
         if torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-            advice = "; with several threads set OMP_WAIT_POLICY=PASSIVE (or use --threads 1)"
+            advice = "; with several threads use --wait-policy passive (or --threads 1)"
         print(f"dslim: note: this machine is busy (load {load:.1f} on {cpus} cores): timings include waiting for "
               f"other work{advice}", file=sys.stderr)  # fmt: skip
 

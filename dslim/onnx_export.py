@@ -4,7 +4,7 @@ A static subnet is exported from `dslim.extract` (standard layers, physically sl
 only the subnet's weights; the batch axis of every input and output is dynamic. A dynamic model (a
 `dslim.models.routing.Dynamic`: DS-Net's gate, BlockDrop's policy) cannot be one graph: its decisions depend on the
 input, which ONNX exports only through prototype control flow. So each graph of its `export_plan()` (e.g. the
-shared prefix with the gate, one tail per route) is exported alone from `dslim.deploy.extract_graph`, and
+shared prefix with the gate, one tail per route) is exported alone from `dslim.deploy.extract_graphs`, and
 `routing.json` (the plan's routing program plus each graph's file, inputs, outputs and channels) tells a runtime
 how to route; `dslim.onnx_runtime` is the reference runner. The folder is written whole or not at all.
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.deploy import extract, extract_graph
+from dslim.deploy import extract, extract_graphs
 from dslim.errors import UserError
 from dslim.io import atomic_dir, atomic_write, write_json
 from dslim.models.base import Supernet
@@ -104,7 +104,7 @@ def export_dynamic(
     if not supernet.is_dynamic:
         raise UserError(f"{supernet.arch} does not route per input: export a subnet instead")
     plan = supernet.export_plan()  # type: ignore[attr-defined]
-    modules = {name: extract_graph(supernet, spec).float() for name, spec in plan.graphs.items()}
+    modules = {name: m.float() for name, m in extract_graphs(supernet, plan.graphs).items()}
     examples: dict[str, list[np.ndarray]] = {}
 
     def run(name: str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

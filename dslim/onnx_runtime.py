@@ -28,7 +28,9 @@ def _decide(step: Mapping, x: np.ndarray) -> np.ndarray:
         return x.argmax(1).astype(np.int64)
     if step["rule"] == "threshold":
         return (x > step["value"]).astype(np.int64)
-    raise UserError(f"routing program: unknown decision rule {step['rule']!r} (argmax, threshold)")
+    if step["rule"] == "at_least":
+        return (x >= step["value"]).astype(np.int64)
+    raise UserError(f"routing program: unknown decision rule {step['rule']!r} (argmax, threshold, at_least)")
 
 
 def _dispatch(

@@ -4,8 +4,9 @@ What is timed is what deployment runs: each subnet as the standalone module `dsl
 sliced, standard layers), each route of a dynamic model as its exported graphs run in sequence (the shared prefix
 with the router, then that route's graphs: `execute` with the route's decisions forced). Weights are fresh (values
 do not change the time of dense layers), so no BatchNorm statistics or data are needed. Each entry is the median of
-`repeats` timed runs after `warmup` untimed ones, per batch size, with the device, its thread count and the
-machine's load recorded alongside.
+its timed runs after warm-up ones, per batch size (`time_call`: as many runs as it takes the times to agree, within
+the `repeats` and time budgets), with the device, its thread count, OpenMP's wait policy and the machine's load
+recorded alongside.
 
 A searched subnet is in no table, so a table may also hold per-layer times (`layers`): every leaf layer of the
 exported module timed in place at the channel counts of a few probe subnets (the named ones and random ones), a
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from dslim.complexity import measure
-from dslim.deploy import extract, extract_graph
+from dslim.deploy import extract, extract_graphs
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.onnx_runtime import execute
@@ -48,16 +49,34 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
+MIN_RUNS = 5
+"""Timed runs every entry gets, however slow; more while they disagree by over `STABLE` (up to `repeats`)."""
+STABLE = 0.05
+
+
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, budget: float = 1.0) -> float:
-    """Median milliseconds of `fn()` over `repeats` runs (fewer, but at least 3, once `budget` seconds are spent)."""
+    """Median milliseconds of `fn()` over up to `repeats` timed runs after up to `warmup` untimed ones.
+
+    Adaptive: timing stops once the last `MIN_RUNS` runs agree to within `STABLE` of the median (a quiet machine:
+    more runs would not move the median), or once `budget` seconds are spent on the entry after `MIN_RUNS` runs; a
+    noisy machine gets more runs, up to `repeats`. Warm-up stops after `budget / 4` seconds.
+    """
     sync = _sync(device)
     with torch.inference_mode():
-        for _ in range(warmup):
+        began = time.perf_counter()
+        for i in range(warmup):
+            if i and time.perf_counter() - began > budget / 4:
+                break
             fn()
         sync()
         times: list[float] = []
         spent = time.perf_counter()
-        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - spent < budget):
+        while len(times) < repeats:
+            if len(times) >= MIN_RUNS:
+                recent = times[-MIN_RUNS:]
+                stable = max(recent) - min(recent) <= STABLE * statistics.median(times)
+                if stable or time.perf_counter() - spent >= budget:
+                    break
             start = time.perf_counter()
             fn()
             sync()
@@ -99,7 +118,7 @@ def route_timings(supernet: Supernet, size: int, batches: Sequence[int], device:
     """Median ms of each route (its decisions forced for the whole batch: `program["routes"]`) and of each graph
     alone, per batch size, over the graphs of the model's export plan as standalone modules."""
     plan = supernet.export_plan()  # type: ignore[attr-defined]
-    graphs = {name: extract_graph(supernet, spec, weights=False).to(device) for name, spec in plan.graphs.items()}
+    graphs = {name: g.to(device) for name, g in extract_graphs(supernet, plan.graphs, weights=False).items()}
     examples: dict[str, list] = {}
 
     def run(name: str, inputs: Sequence[torch.Tensor]) -> tuple:
@@ -321,12 +340,18 @@ class LatencyTable:
         return self.data.get("device", {})
 
     def check(self, supernet: Supernet, input_size: int) -> None:
-        """The table must describe this architecture at this input size."""
+        """The table must describe this architecture at this input size, each subnet it measured one of `supernet`'s."""
         if self.data.get("arch") != supernet.arch or self.data.get("input_size") != input_size:
             raise UserError(
                 f"{self.where} was measured for {self.data.get('arch')} at {self.data.get('input_size')}px, not "
                 f"{supernet.arch} at {input_size}px: measure this model with python -m dslim.latency"
             )
+        for subnet, (name, _) in self._measured.items():
+            try:
+                supernet.check(subnet)
+            except UserError as e:
+                raise UserError(f"{self.where} was measured for another {supernet.arch} (its {name!r}: {e}); measure "
+                                "this model with python -m dslim.latency") from None  # fmt: skip
 
     def measured(self, subnet: Subnet) -> dict[str, float] | None:
         """`{batch: ms}` if `subnet` (its channels and block mask) was measured."""

@@ -13,6 +13,11 @@ each row reports the best time per batch of each (other processes can only add t
 
 from __future__ import annotations
 
+# isort: off
+import dslim  # (first: sets torch's OpenMP wait policy as every dslim command does)
+
+# isort: on
+
 import argparse
 import os
 import time
@@ -20,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-import dslim
 from dslim.deploy import extract_dynamic
 from dslim.models import create_supernet
 

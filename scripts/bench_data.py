@@ -4,6 +4,14 @@ Writes ImageNet-like JPEGs (500x375, smooth random content) as an ImageFolder in
 `build_loader(..., "train", 224)` with each backend and the same number of threads/workers:
 
     python scripts/bench_data.py [--images 400] [--workers 2] [--batch-size 32] [--epochs 3]
+    python scripts/bench_data.py --stall [--workers 2]   # does the loader stall training?
+
+`--stall` asks whether the loader keeps a training step fed: it times MobileNet v1 training steps (forward,
+backward, SGD; torch's default threads) fed by the real loader (DALI CPU and PIL) against the same steps on
+batches already in memory, on the built-in digits (32px, batch 64, like `dsnet_digits`) and on the JPEGs
+(224px, width 0.25, batch 32). The ratio real / in-memory is the loader's cost to training (goal <= 1.05); on
+2 cores the loader's threads take CPU the step would otherwise use, so this is what the `workers` default is
+chosen by. Epochs alternate between the three feeds.
 
 Each epoch builds a fresh pipeline (as training does); images/s leave out each epoch's first batches (warm-up);
 CPU ms/image (all threads and worker processes, whole epoch, best epoch) is the cost that matters on a busy
@@ -11,6 +19,11 @@ machine, where wall-clock rates also depend on other load.
 """
 
 from __future__ import annotations
+
+# isort: off
+import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dslim command does)
+
+# isort: on
 
 import argparse
 import dataclasses
@@ -20,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dslim.config import DataConfig
@@ -58,6 +73,60 @@ def timed_epoch(cfg: DataConfig, image_size: int, epoch: int) -> tuple[int, floa
     return images, time.perf_counter() - start, (cpu_seconds() - cpu) / total
 
 
+def stall_rows(cfg: DataConfig, size: int, width: float, classes: int, epochs: int) -> dict[str, float]:
+    """Median ms per training step fed by each loader and from memory (same batches, same model)."""
+    from dslim.models import create_supernet
+
+    torch.manual_seed(0)
+    net = create_supernet("mobilenet_v1", num_classes=classes, widths=(width,), max_width=width).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    memory = [(x.clone(), y.clone()) for x, y in build_loader(cfg, "train", size, epoch=0)]
+    feeds = {
+        "memory": lambda epoch: iter(memory),
+        "dali": lambda epoch: iter(build_loader(dataclasses.replace(cfg, loader="dali"), "train", size, epoch=epoch)),
+        "pil": lambda epoch: iter(build_loader(dataclasses.replace(cfg, loader="pil"), "train", size, epoch=epoch)),
+    }
+    for x, y in memory[:WARMUP_BATCHES]:
+        step(x, y)
+    times: dict[str, list[float]] = {name: [] for name in feeds}
+    for epoch in range(1, epochs + 1):
+        for name, feed in feeds.items():
+            batches, start, steps = feed(epoch), 0.0, 0
+            for i, (x, y) in enumerate(batches):
+                if i == WARMUP_BATCHES:  # each epoch's pipeline start-up is not a stall of training
+                    start = time.perf_counter()
+                step(x, y)
+                steps += i >= WARMUP_BATCHES
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: 1000 * min(t) for name, t in times.items()}
+
+
+def print_stall(title: str, ms: dict[str, float]) -> None:
+    print(f"  {title}: in memory {ms['memory']:.1f} ms/step; DALI {ms['dali']:.1f} ({ms['dali'] / ms['memory']:.3f}x),"
+          f" PIL {ms['pil']:.1f} ({ms['pil'] / ms['memory']:.3f}x)")  # fmt: skip
+
+
+def stall(args: argparse.Namespace) -> None:
+    import os
+
+    print(f"training steps fed by the loader vs from memory, {args.workers} loader threads/workers, torch "
+          f"{torch.get_num_threads()} threads, best epoch of {args.epochs}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    digits = DataConfig(root="digits", workers=args.workers, batch_size=64, flip=False, random_area=(0.64, 1.0))
+    print_stall("digits 32px, MobileNet v1 x1.0, batch 64", stall_rows(digits, 32, 1.0, 10, args.epochs))
+    with tempfile.TemporaryDirectory(prefix="dslim-bench-") as tmp:
+        write_images(Path(tmp), args.images)
+        (Path(tmp) / "val").mkdir()
+        jpegs = DataConfig(root=tmp, workers=args.workers, batch_size=args.batch_size)
+        print_stall(f"JPEGs 224px, MobileNet v1 x0.25, batch {args.batch_size}",
+                    stall_rows(jpegs, 224, 0.25, 10, args.epochs))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=400)
@@ -65,7 +134,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--stall", action="store_true", help="training steps fed by the loader vs from memory")
     args = parser.parse_args()
+    if args.stall:
+        from dslim.training import tune_allocator
+
+        tune_allocator()  # as every dslim command does
+        stall(args)
+        return
     if args.images // args.batch_size <= WARMUP_BATCHES + 1:
         parser.error(f"--images must give more than {WARMUP_BATCHES + 1} batches")
 

@@ -14,6 +14,11 @@ Each allocator runs in a process of its own (a malloc setting cannot be undone).
 
 from __future__ import annotations
 
+# isort: off
+import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dslim command does)
+
+# isort: on
+
 import argparse
 import json
 import os

@@ -91,7 +91,7 @@ def test_expected_macs_gradient_and_flops_loss_direction():
     expected = macs.macs(chains.expected_channels())
     (grad,) = torch.autograd.grad(expected, chains.alpha)
     assert torch.all(grad > 0)  # keeping a bin more likely never lowers the expected cost
-    low, high = float(expected) * 2, float(expected) / 2
+    low, high = float(expected.detach()) * 2, float(expected.detach()) / 2
     for target, sign in ((low, -1), (high, 1)):  # below the target the loss asks for more channels; above, fewer
         loss = flops_loss(macs.macs(chains.expected_channels()), target)
         (g,) = torch.autograd.grad(loss, chains.alpha)

@@ -83,3 +83,12 @@ def test_no_import_circles():
     edges = graph()
     assert "dslim.stages.registry" in edges["dslim.stages.pipeline"]  # the graph sees real imports
     assert cycles(edges) == []
+
+
+def test_every_package_is_installed():
+    """A subpackage missing from pyproject's list works in a checkout and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert packages <= listed, f"add to [tool.setuptools] packages: {sorted(packages - listed)}"

@@ -121,3 +121,23 @@ def test_bad_inputs(tmp_path, capsys):
     _refused(capsys, profile, ["--recipe", "usnet_digits", "--latency", str(tmp_path / "no.json")], "cannot read")
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     _refused(capsys, profile, ["--recipe", "usnet_digits", "--latency", str(tmp_path / "bad.json")], "not a dslim")
+
+
+def test_the_command_times_under_a_passive_wait_policy_unless_told_otherwise(tmp_path):
+    """dslim makes OpenMP's threads sleep (unless the environment says otherwise); `--wait-policy` overrides both
+    (OpenMP reads OMP_WAIT_POLICY when PyTorch loads: the command runs itself again with it set); the table records
+    the policy the numbers were measured under."""
+    import subprocess
+
+    from conftest import PYTHON, subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items() if k != "OMP_WAIT_POLICY"}
+    base = ["-m", "dslim.latency", "--recipe", "usnet_digits", "--subnets", "0.25", "--warmup", "0", "--repeats", "1"]
+    cases = [([], {}, "PASSIVE"), ([], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+             (["--wait-policy", "active"], {}, "ACTIVE")]  # fmt: skip
+    for i, (extra, given, policy) in enumerate(cases):
+        out = tmp_path / f"{i}.json"
+        done = subprocess.run([PYTHON, *base, *extra, "--out", str(out)], capture_output=True, text=True,
+                              env={**env, **given})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(out.read_text())["device"]["omp_wait_policy"] == policy

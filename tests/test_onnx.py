@@ -236,3 +236,88 @@ def test_export_stage_formats_and_cards(tmp_path):
     with torch.no_grad():
         expected = dslim.load_subnet(run / "export" / "0.5.safetensors")(x).numpy()
     np.testing.assert_allclose(onnx_runtime.load(run / "export" / "0.5.onnx")(x.numpy()), expected, atol=1e-4)
+
+
+def _blockdrop(arch, size):
+    """A BlockDrop network (random weights and statistics) whose policy splits a batch at every block, each
+    probability well away from 0.5 (so float32 rounding cannot flip a decision)."""
+    net = randomized(create_supernet(arch, num_classes=10, block_policy=True, **({} if "cifar" in arch else
+                                                                                 {"widths": (1.0,)})))  # fmt: skip
+    x = torch.randn(12, 3, size, size, generator=torch.Generator().manual_seed(4))
+    head = net.policy.head
+    with torch.no_grad():
+        logits = torch.logit(net.policy(x).double()).sort(0).values  # [images, blocks], each column sorted
+        gaps = logits[4:9] - logits[3:8]  # a threshold between the middle images: some keep, some skip
+        at = gaps.argmax(0)
+        middle = (logits[3:8].gather(0, at[None]) + gaps.gather(0, at[None]) / 2)[0]
+        head.bias.sub_(middle.float())
+        p = net.policy(x)
+    assert (p - 0.5).abs().min() > 1e-4
+    return net, x
+
+
+@pytest.mark.parametrize("arch, size", [("cifar_resnet32", 32), ("resnet18", 64)])
+def test_blockdrop_folder_routes_like_pytorch(tmp_path, arch, size):
+    """One graph per block (and per non-identity shortcut): each image runs the blocks its policy keeps."""
+    net, x = _blockdrop(arch, size)
+    folder = tmp_path / arch
+    program = export_dynamic(net, folder, size, exporter="torchscript")
+    with torch.no_grad():
+        expected, keep = net.forward_routed(x)
+    assert torch.unique(keep, dim=0).shape[0] > 4 and keep.any(0).all() and not keep.all(0).any()
+    shortcuts = [b for b, block in enumerate(net.blocks) if not isinstance(block.shortcut, torch.nn.Identity)]
+    blocks = [f"block-{b}" for b in range(len(net.blocks))]
+    assert set(program["graphs"]) == {"prefix", "classifier", *blocks, *(f"shortcut-{b}" for b in shortcuts)}
+    for graph in program["graphs"].values():
+        onnx.checker.check_model(onnx.load(folder / graph["file"]), full_check=True)
+    model = onnx_runtime.load(folder)
+    logits, decisions = model(x.numpy())
+    np.testing.assert_array_equal(decisions, keep.long().numpy())
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+    single, d = model(x[:1].numpy())  # one image: its own policy, no grouping
+    assert d.tolist() == keep[:1].long().tolist()
+    np.testing.assert_allclose(single, expected[:1].numpy(), atol=1e-4, rtol=1e-4)
+    # each block's graph holds that block's weights only (BN folded into its convs)
+    for b, block in enumerate(net.blocks):
+        convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert initializer_shapes(onnx.load(folder / f"block-{b}.onnx"), 4) == sorted(
+            tuple(c.weight.shape) for c in convs
+        )
+    # a route forced for the whole batch (what a latency table times): every block, or only the shortcuts
+    every, _ = model(x.numpy(), force=program["routes"]["largest"]["decisions"])
+    with torch.no_grad(), net.using(net.largest()):
+        np.testing.assert_allclose(every, net(x).numpy(), atol=1e-4, rtol=1e-4)
+    none, _ = model(x.numpy(), force=program["routes"]["no-blocks"]["decisions"])
+    with torch.no_grad(), net.using(net.largest().with_blocks((False,) * len(net.blocks))):
+        np.testing.assert_allclose(none, net(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
+    """`dslim.export --dynamic --format onnx` on a BlockDrop run: graphs, routing.json and card; routes like PyTorch."""
+    model = ModelConfig(arch="cifar_resnet32", num_classes=10, input_size=32, bn="private", block_policy=True)
+    run, _ = make_run(tmp_path / "run", stage="finetune", model=model)
+    net, x = _blockdrop("cifar_resnet32", 32)
+    from dslim.checkpoint import save_supernet
+
+    net.router_trained = True
+    save_supernet(net, run / "finetune" / "model.safetensors", stage="finetune")
+    folder = tmp_path / "bd"
+    main(["--run", str(run), "--dynamic", "--out", str(folder), "--format", "onnx", "--exporter", "torchscript"])
+    assert "cifar_resnet32 dynamic model from finetune" in capsys.readouterr().out
+    card = json.loads((folder / "config.json").read_text())
+    assert (
+        card["dynamic"]
+        and card["architecture"] == "cifar_resnet32"
+        and list(card["routes"]) == ["largest", "no-blocks"]
+    )
+    from dslim.complexity import measure
+
+    shortcuts = net.largest().with_blocks((False,) * 15)
+    assert card["routes"]["no-blocks"]["macs"] == measure(net, 32, shortcuts).macs < card["routes"]["largest"]["macs"]
+    program = json.loads((folder / "routing.json").read_text())
+    assert [s.get("column") for s in program["steps"] if "dispatch" in s] == list(range(15))
+    logits, decisions = onnx_runtime.load(folder)(x.numpy())
+    with torch.no_grad():
+        expected, keep = net.forward_routed(x)
+    np.testing.assert_array_equal(decisions, keep.long().numpy())
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)

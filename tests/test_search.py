@@ -139,3 +139,65 @@ def test_a_dsnet_supernet_is_searched_for_a_static_subnet(tmp_path, digits_cache
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _latency_table(tmp_path, supernet_path, layers=3):
+    """A latency table of the test supernet measured here (batch 1, per-layer fits from `layers` random subnets)."""
+    from dslim.checkpoint import load_supernet
+    from dslim.timing import measure_table
+
+    net, _ = load_supernet(supernet_path)
+    subnets = {n: net.resolve(n) for n in ("0.25", "0.5")}
+    table = measure_table(net, subnets, 32, [1], torch.device("cpu"), warmup=1, repeats=3, layers=layers, bins=12,
+                          min_bin=2)  # fmt: skip
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(table))
+    return net, path
+
+
+def test_latency_targets_record_subnets_under_their_latency_by_the_table(tmp_path, supernet, digits_cache):
+    from dslim.sampling import smallest_of
+    from dslim.timing import LatencyTable
+
+    net, path = _latency_table(tmp_path, supernet)
+    table = LatencyTable.read(path)
+    choices = net.group_choices(12, 2)
+    top, floor = table.latency(net.largest(), 1, net)[0], table.latency(smallest_of(choices), 1, net)[0]
+    assert top > floor
+    targets = [round(floor + f * (top - floor), 4) for f in (0.6, 0.3)]
+    run = tmp_path / "run"
+    args = [a for a in SEARCH if a not in ("2e6", "1e6")]
+    args[args.index("--stages.search.targets") + 1 : 0] = ["2.9e6"]  # a MACs budget met early: latency leads
+    args += ["--stages.search.targets-ms", *map(str, targets), "--stages.search.latency-table", str(path)]
+    done = subprocess.run([PYTHON, "-m", "dslim.train", *args, "--out-dir", str(run), "--from", str(supernet),
+                           "--data.cache-dir", str(digits_cache)], capture_output=True, text=True,
+                          env={**subprocess_env(), "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [Step.from_json(s) for s in trace(run)]
+    ms = [table.latency(s.subnet, 1, net)[0] for s in steps]
+    found = json.loads((run / "search" / "subnets.json").read_text())
+    assert list(found) == ["autoslim-2.9M", *(f"autoslim-{t:g}ms" for t in targets)]
+    for entry, target in zip(list(found.values())[1:], targets):
+        i = entry["step"]
+        assert entry["subnet"] == steps[i].subnet.to_json() and entry["macs"] == steps[i].macs
+        assert ms[i] <= target < ms[i - 1]  # the first subnet of the path under the budget, by the table
+        assert entry["latency_ms"] == round(ms[i], 4)
+    assert ms[-1] <= targets[-1] < ms[-2]  # the path stops once the last budget is met
+
+
+def test_latency_targets_refuse_a_table_of_another_model(tmp_path, supernet, digits_cache):
+    net, path = _latency_table(tmp_path, supernet, layers=0)
+    base = [*SEARCH, "--out-dir", str(tmp_path / "run"), "--from", str(supernet), "--data.cache-dir", str(digits_cache)]
+    table = json.loads(path.read_text())
+    other, wider = tmp_path / "other.json", tmp_path / "wider.json"
+    other.write_text(json.dumps({**table, "arch": "resnet18"}))
+    doubled = {"channels": {g: 2 * c for g, c in net.largest().items()}, "blocks": None}  # a 1.0x supernet's largest
+    wider.write_text(json.dumps({**table, "subnets": {"1.0": {**table["subnets"]["0.5"], "subnet": doubled}}}))
+    refusals = [(other, "measured for resnet18"), (wider, "measured for another mobilenet_v1"),
+                (path, "no per-layer table"), (tmp_path / "none.json", "cannot read latency table")]  # fmt: skip
+    for file, message in refusals:
+        done = subprocess.run([PYTHON, "-m", "dslim.train", *base, "--stages.search.targets-ms", "1",
+                               "--stages.search.latency-table", str(file)], capture_output=True, text=True,
+                              env=subprocess_env())  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "run" / "search").exists()

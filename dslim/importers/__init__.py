@@ -7,17 +7,17 @@ Each module provides
 - `looks_like(ckpt) -> bool`: whether a checkpoint's keys have this kind's layout;
 - `convert(ckpt, opts) -> (supernet, metadata)`: the dslim supernet and what its artifact records.
 
-A new kind (AutoSlim, DMCP, BlockDrop) is one module and one entry here; the command, the safe loading and the
+A new kind (DMCP) is one module and one entry here; the command, the safe loading and the
 wrong-kind refusals need no change.
 """
 
 from __future__ import annotations
 
 from dslim.errors import UserError
-from dslim.importers import dmcp, dsnet, slimmable
+from dslim.importers import autoslim, blockdrop, dmcp, dsnet, slimmable
 from dslim.importers.common import ImportOptions, load_checkpoint
 
-KINDS = {"dsnet": dsnet, "slimmable": slimmable, "dmcp": dmcp}
+KINDS = {"dsnet": dsnet, "slimmable": slimmable, "autoslim": autoslim, "blockdrop": blockdrop, "dmcp": dmcp}
 
 
 def read(kind: str, path: str) -> dict:
@@ -33,8 +33,9 @@ def read(kind: str, path: str) -> dict:
     others = [k for k, m in KINDS.items() if k != kind and m.looks_like(ckpt)]
     if others:
         other = others[0]
+        article = "an" if other[0] in "aeiou" else "a"
         raise UserError(
-            f"{path} looks like a {other} checkpoint ({KINDS[other].SUMMARY}), not {kind}: "
+            f"{path} looks like {article} {other} checkpoint ({KINDS[other].SUMMARY}), not {kind}: "
             f"import it with `python -m dslim.import_checkpoint {other} {path} --out ...`"
         )
     keys = sorted(map(str, ckpt))

@@ -55,6 +55,7 @@ def _grid(low: float) -> tuple[float, ...]:
 S_WIDTHS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0),
             "resnet50": (0.25, 0.5, 0.75, 1.0)}  # fmt: skip
 US_RANGE = {"mobilenet_v1": (0.25, 1.0), "mobilenet_v2": (0.35, 1.0)}
+FEATURES = (1024, 1280, 2048)  # into the classifier at width 1.0: MobileNet v1, v2, ResNet-50
 NAMES = {"mobilenet_v1": "MobileNet v1", "mobilenet_v2": "MobileNet v2", "resnet50": "ResNet-50"}
 
 
@@ -67,19 +68,32 @@ class Options(ImportOptions):
     (S-Net; US-Net when the count matches), or its `width_mult_range` for a US-Net file holding two."""
 
 
-def _state(ckpt: dict) -> dict[str, torch.Tensor]:
+def state_of(ckpt: dict) -> dict[str, torch.Tensor]:
     """The weights: the file's `model` entry (or the file itself, which the original also loads), unprefixed."""
     model = ckpt.get("model")
     return strip_prefix(model if isinstance(model, dict) else ckpt)
 
 
-def looks_like(ckpt: dict) -> bool:
-    """A slimmable-networks file: a `features.0` stem conv with per-width BatchNorm statistics, `classifier.0`."""
-    state = _state(ckpt)
+def has_layout(state: dict[str, torch.Tensor]) -> bool:
+    """The slimmable-networks layout (S-/US-Nets and AutoSlim): a `features.0` stem conv with per-width BatchNorm
+    statistics, `classifier.0`."""
     return STEM in state and CLASSIFIER in state and f"{STEM_BN}.bn.0.running_mean" in state
 
 
-def _arch(state: dict[str, torch.Tensor], path: str) -> str:
+def standard_widest(state: dict[str, torch.Tensor]) -> bool:
+    """Whether the file's widest network is the standard width-1.0 one (a 32- or 64-channel stem, 1024, 1280 or 2048
+    features into the classifier), as every S-/US-Net's is; AutoSlim's widest layers are searched counts."""
+    stem, classifier = state[STEM], state[CLASSIFIER]
+    return stem.dim() == 4 and classifier.dim() == 2 and stem.shape[0] in (32, 64) and classifier.shape[1] in FEATURES
+
+
+def looks_like(ckpt: dict) -> bool:
+    """A slimmable-networks S-/US-Net file: their layout, at the standard widths."""
+    state = state_of(ckpt)
+    return has_layout(state) and standard_widest(state)
+
+
+def arch_of(state: dict[str, torch.Tensor], path: str) -> str:
     stem = state[STEM]
     if stem.dim() != 4:
         raise UserError(f"{path}: {STEM} has shape {tuple(stem.shape)}, not that of a conv weight")
@@ -108,7 +122,7 @@ def _widths(arch: str, switchable: bool, count: int, given: tuple[float, ...], p
     )
 
 
-def _original_name(name: str, arch: str, blocks: int) -> str:
+def original_name(name: str, arch: str, blocks: int) -> str:
     """dslim module name -> the original's (`stem.1` -> `features.0.1`, `features.3.4` -> `features.4.body.4`)."""
     head, _, rest = name.partition(".")
     if head == "stem":
@@ -123,7 +137,7 @@ def _original_name(name: str, arch: str, blocks: int) -> str:
     return f"features.{int(m[1]) + 1}.{inner}"
 
 
-def _copy_bn(bn: SlimBatchNorm2d, prefix: str, keys: list[str], subnets: list, state: dict, path: str) -> set[str]:
+def copy_bn(bn: SlimBatchNorm2d, prefix: str, keys: list[str], subnets: list, state: dict, path: str) -> set[str]:
     """Width `i`'s affine (switchable) and statistics into subnet `i`'s slots; a plain BatchNorm (MobileNet v2's
     last) gives the same to every width. Returns the keys used."""
     used: set[str] = set()
@@ -154,8 +168,8 @@ def _copy_bn(bn: SlimBatchNorm2d, prefix: str, keys: list[str], subnets: list, s
 
 def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     """The supernet of a released S-/US-Net file, with every width's BatchNorm statistics, and its metadata."""
-    path, state = opts.path, _state(ckpt)
-    arch = _arch(state, path)
+    path, state = opts.path, state_of(ckpt)
+    arch = arch_of(state, path)
     switchable = f"{STEM_BN}.bn.0.weight" in state
     if not switchable and arch == "resnet50":
         raise UserError(f"{path} is a US-Net ResNet-50, which the original never released; dslim reads S-ResNet-50")
@@ -177,10 +191,10 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     used: set[str] = set()
     for name, m in net.named_modules():
         if isinstance(m, SlimBatchNorm2d):
-            used |= _copy_bn(m, _original_name(name, arch, blocks), keys, subnets, state, path)
+            used |= copy_bn(m, original_name(name, arch, blocks), keys, subnets, state, path)
         elif isinstance(m, (SlimConv2d, SlimLinear)):
             for pname, p in m.named_parameters(recurse=False):
-                key = f"{_original_name(name, arch, blocks)}.{pname}"
+                key = f"{original_name(name, arch, blocks)}.{pname}"
                 p.data.copy_(take(state, key, tuple(p.shape), path))
                 used.add(key)
     no_leftovers(state, used, path)

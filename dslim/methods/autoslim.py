@@ -2,8 +2,9 @@
 
 Given a trained slimmable supernet, start at its largest subnet; at each step try every channel group one bin (one
 choice) narrower, score each candidate, and keep the one that hurts least: the highest top-1, ties broken by the
-lowest loss, then by group order. Whenever the MACs pass below a target, the subnet reached is that target's
-configuration. Layers tied by a residual are one channel group, so they always move together.
+lowest loss, then by group order. Whenever the MACs (or a latency, estimated from a table measured on the
+target device) pass below a target, the subnet reached is that target's configuration. Layers tied by a residual
+are one channel group, so they always move together.
 
 The supernet's training is the sandwich rule with per-group random subnets (`dslim.methods.sandwich`, sampler
 `groups`); scoring, data and files are the `search` stage's (`dslim.stages.search`); this module is the search
@@ -88,10 +89,12 @@ def greedy_step(current: Subnet, choices: Mapping[str, Sequence[int]], score: Sc
 
 
 def greedy_slim(path: list[Step], choices: Mapping[str, Sequence[int]], score: Scorer, macs: Callable[[Subnet], int],
-                stop_at: int, record: Callable[[Step], None] = lambda step: None) -> list[Step]:  # fmt: skip
-    """Continue `path` (its first step is the start) until its MACs are at most `stop_at` or nothing can shrink;
-    `record` sees each new step as soon as it is made (the search's trace)."""
-    while path[-1].macs > stop_at:
+                stop_at: int, record: Callable[[Step], None] = lambda step: None,
+                done: Callable[[Step], bool] = lambda step: True) -> list[Step]:  # fmt: skip
+    """Continue `path` (its first step is the start) until its MACs are at most `stop_at` and `done(step)` holds
+    (another budget, e.g. a latency), or nothing can shrink; `record` sees each new step as soon as it is made (the
+    search's trace)."""
+    while path[-1].macs > stop_at or not done(path[-1]):
         step = greedy_step(path[-1].subnet, choices, score, macs)
         if step is None:
             break
@@ -105,14 +108,22 @@ def follows(previous: Step, step: Step, choices: Mapping[str, Sequence[int]]) ->
     return step.removed is not None and one_bin_less(previous.subnet, choices).get(step.removed) == step.subnet
 
 
-def reached(path: Sequence[Step], targets: Sequence[float]) -> dict[float, int]:
-    """Each target the path reaches -> index of the first step at or below it."""
+def reached(
+    path: Sequence[Step], targets: Sequence[float], cost: Callable[[Step], float] = lambda step: step.macs
+) -> dict[float, int]:
+    """Each target the path reaches -> index of the first step whose `cost` (MACs, or e.g. a latency) is at or
+    below it."""
     out = {}
     for target in targets:
-        found = next((i for i, step in enumerate(path) if step.macs <= target), None)
+        found = next((i for i, step in enumerate(path) if cost(step) <= target), None)
         if found is not None:
             out[target] = found
     return out
+
+
+def latency_name(prefix: str, ms: float) -> str:
+    """`autoslim-3.2ms`: a latency target as a subnet name."""
+    return f"{prefix}-{ms:g}ms"
 
 
 def target_name(prefix: str, macs: float) -> str:

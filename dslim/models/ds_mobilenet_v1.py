@@ -191,7 +191,10 @@ class DSMobileNetV1(Supernet):
         gate_stage = list(DEPTHS).index(GATE_STAGE)
         x = self.gate_block.tail(x, squeezed)
         x = self.stages[gate_stage + 1 :](self.stages[gate_stage][1:](x))
-        return self.classifier(self.dropout(self.pool(x)))
+        x = self.pool(x)
+        if self.subnet == self.largest():  # DS-Net drops out before the classifier at the largest subnet only
+            x = self.dropout(x)
+        return self.classifier(x)
 
     def gate_logits(self, squeezed: torch.Tensor) -> torch.Tensor:
         return self.gate_block.gate(squeezed).flatten(1)

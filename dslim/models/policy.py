@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dslim import complexity
-from dslim.models.routing import run_blocks
+from dslim.models.routing import ExportPlan, GraphSpec, run_blocks
 from dslim.nn import GlobalAvgPool, SlimLinear
 from dslim.subnet import Subnet
 
@@ -117,6 +117,42 @@ class PolicyRouting:
         with self.using(self.largest()):  # type: ignore[attr-defined]
             keep = self.policy(x) >= 0.5  # type: ignore[misc]
             return self.forward_blocks(x, keep), keep
+
+    def prefix_and_policy(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's output and the policy's keep probabilities: the first graph of the export plan."""
+        return self.stem(x), self.policy(x)  # type: ignore[attr-defined, misc]
+
+    def run_block(self, index: int, keep: bool, x: torch.Tensor) -> torch.Tensor:
+        """Block `index` (or, not kept, its shortcut alone): one graph of the export plan."""
+        return self.blocks[index].run(x, keep)  # type: ignore[attr-defined]
+
+    def export_plan(self) -> ExportPlan:
+        """The stem with the policy as one graph; per block, the block as one graph and, where its shortcut is not
+        the identity (a stage change), the shortcut alone as another; then the classifier. Each image takes, at each
+        block, the graph of the decision it made (keep where p >= 0.5): an identity shortcut is no graph at all.
+        The routes a latency table times are the two extremes: every block kept, and none."""
+        full, k = self.largest(), len(self.blocks)  # type: ignore[attr-defined]
+        graphs = {"prefix": GraphSpec(full, "prefix_and_policy", ("image",), ("x0", "keep_prob"))}
+        steps: list[dict] = [
+            {"run": "prefix", "inputs": ["image"], "outputs": ["x0", "keep_prob"]},
+            {"decide": "keep", "from": "keep_prob", "rule": "at_least", "value": 0.5},
+        ]
+        for b, block in enumerate(self.blocks):
+            x, y, run = f"x{b}", f"x{b + 1}", f"block-{b}"
+            skip = None if isinstance(block.shortcut, nn.Identity) else f"shortcut-{b}"
+            graphs[run] = GraphSpec(full, "run_block", (x,), (y,), (b, True))
+            if skip is not None:
+                graphs[skip] = GraphSpec(full, "run_block", (x,), (y,), (b, False))
+            steps.append({"dispatch": "keep", "column": b, "graphs": [skip, run], "inputs": [x], "outputs": [y]})
+        graphs["classifier"] = GraphSpec(full, "classify", (f"x{k}",), ("logits",))
+        steps.append({"run": "classifier", "inputs": [f"x{k}"], "outputs": ["logits"]})
+        routes = {
+            "largest": {"decisions": {"keep": [1] * k}, "subnet": full.to_json()},
+            "no-blocks": {"decisions": {"keep": [0] * k}, "subnet": full.with_blocks((False,) * k).to_json()},
+        }
+        program = {"input": "image", "steps": steps, "outputs": {"logits": "logits", "decisions": "keep"},
+                   "routes": routes}  # fmt: skip
+        return ExportPlan(graphs, program)
 
     def block_costs(self, input_size: int) -> BlockCosts:
         """MACs and FLOPs per image of the fixed part (policy included) and of each block (cached per size)."""

@@ -21,11 +21,12 @@ those weights; the program says which graph runs on which images. Its JSON form 
      "routes": {"uniform-0": {"decisions": {"route": 0}, "subnet": {...}}, "uniform-1": ...}}
 
 `run` runs a graph on the whole batch; `decide` turns a tensor into one integer decision per image (`argmax` over
-its second axis) or per image and column (`threshold`: 1 where the value exceeds `value`, e.g. BlockDrop's keep
-probabilities); `dispatch` groups the images by a decision (`column` picks one column of a per-column decision)
-and runs `graphs[k]` on the images that decided `k` (`null`: the inputs pass through unchanged, a skipped block
-without a shortcut), scattering the outputs back, as `dispatch` does in PyTorch. `routes` names each route with the
-decisions that make it (one for every `decide` step) and its subnet: what a latency table measures.
+its second axis) or per image and column (`threshold`: 1 where the value exceeds `value`; `at_least`: 1 where it
+is at least `value`, e.g. BlockDrop's keep probabilities against 0.5); `dispatch` groups the images by a decision
+(`column` picks one column of a per-column decision) and runs `graphs[k]` on the images that decided `k` (`null`:
+the inputs pass through unchanged, a skipped block without a shortcut), scattering the outputs back, as `dispatch`
+does in PyTorch. `routes` names each route with the decisions that make it (one for every `decide` step) and its
+subnet: what a latency table measures.
 `dslim.onnx_runtime` runs this program on onnxruntime.
 """
 

@@ -10,7 +10,10 @@ stage widths (a static subnet of a DS-Net supernet under a MACs budget). The sea
   own named subnets (the uniform widths) scored the same way.
 - `search/subnets.json`: for each target of `targets` the first subnet of the path at or below it, named
   `<prefix>-<target>` (`autoslim-300M`), with its MACs, params and held-out top-1; later stages and commands
-  resolve these names.
+  resolve these names. Latency budgets (`targets_ms`, in ms at `latency_batch`) are read from a latency table
+  measured on the target device (`python -m dslim.latency --layers N`: its per-layer fits estimate any subnet, the
+  way Once-for-All's look-up tables do): the first subnet of the path at or below each is `<prefix>-3.2ms`, and every
+  recorded subnet carries its `latency_ms`. The path goes on until every budget, of either kind, is met.
 
 Candidates are scored on the `holdout` split (`--data.holdout N` training images, never trained on), never on the
 validation set (mmrazor's search used the validation set). Their BatchNorm statistics (`bn`):
@@ -45,15 +48,16 @@ import torch.nn.functional as F
 
 from dslim.calibration import batch_statistics, recalibrate, scratch_statistics
 from dslim.complexity import MacsModel
-from dslim.config import FINITE, Config, Positive, at_least
+from dslim.config import FINITE, Check, Config, Positive, at_least
 from dslim.errors import UserError
 from dslim.io import atomic_write, write_json, write_text
-from dslim.methods.autoslim import Score, Step, follows, greedy_slim, reached, target_name
+from dslim.methods.autoslim import Score, Step, follows, greedy_slim, latency_name, reached, target_name
 from dslim.models.base import Supernet
 from dslim.sampling import smallest_of
 from dslim.stages.context import StageContext
 from dslim.stages.registry import register_stage
 from dslim.subnet import Subnet
+from dslim.timing import LatencyTable
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ class SearchConfig:
 
     targets: Annotated[tuple[float, ...], at_least(1.0), FINITE] = ()
     """MACs budgets (e.g. 500e6 300e6 200e6): the first subnet of the greedy path at or below each is recorded."""
+    targets_ms: Annotated[tuple[float, ...], Check(lambda v: v > 0, "above 0"), FINITE] = ()
+    """Latency budgets in milliseconds (e.g. 3.2 2): the first subnet of the greedy path whose latency, estimated
+    from `latency_table` at `latency_batch`, is at or below each is recorded (`<prefix>-3.2ms`)."""
+    latency_table: str | None = None
+    """The model's `latency.json` measured on the target device, with a per-layer table to estimate any subnet
+    (`python -m dslim.latency --recipe R --batch 1 --layers 8`); needed by `targets_ms`."""
+    latency_batch: Positive = 1
+    """Batch size the latency budgets are for (one the table measured)."""
     prefix: str = "autoslim"
     """Names of the recorded subnets: `<prefix>-300M`."""
     bn: Literal["batch", "recalibrate"] = "batch"
@@ -78,14 +90,37 @@ def check(config: Config, net: Supernet, cfg: SearchConfig) -> None:
     if config.data.holdout == 0:
         raise UserError("the search stage scores subnets on held-out training images: set --data.holdout N "
                         "(e.g. a few thousand; the same images are then left out of training)")  # fmt: skip
-    if not cfg.targets:
-        raise UserError("give the search's MACs budgets: --stages.search.targets 500e6 300e6 200e6")
+    if not cfg.targets and not cfg.targets_ms:
+        raise UserError(
+            "give the search's MACs budgets (--stages.search.targets 500e6 300e6 200e6) and/or latency budgets "
+            "(--stages.search.targets-ms 3.2 2 with --stages.search.latency-table latency.json)"
+        )
+    latency_table(config, net, cfg)
     if net.bn_mode == "switchable":
         raise UserError("the search needs a shared BatchNorm affine to run subnets it was not trained at "
                         "(--model.bn calibrated or private), not switchable BatchNorm")  # fmt: skip
     choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
     if all(len(c) < 2 for c in choices.values()):
         raise UserError(f"{net.arch} has no channel group with a choice to search (--model.channel-bins 0?)")
+
+
+def latency_table(config: Config, net: Supernet, cfg: SearchConfig) -> LatencyTable | None:
+    """The table latency budgets are read from, checked to describe this model at this input size and batch and to
+    estimate any subnet; None without latency budgets."""
+    if not cfg.targets_ms and cfg.latency_table is None:
+        return None
+    if not cfg.targets_ms or cfg.latency_table is None:
+        raise UserError("latency budgets need both --stages.search.targets-ms MS ... and --stages.search.latency-table "
+                        "latency.json (measured with python -m dslim.latency --layers N)")  # fmt: skip
+    table = LatencyTable.read(cfg.latency_table)
+    table.check(net, config.model.input_size)
+    if cfg.latency_batch not in table.batches:
+        raise UserError(f"--stages.search.latency-batch {cfg.latency_batch}: {cfg.latency_table} measured batches "
+                        f"{table.batches} only")  # fmt: skip
+    if "layers" not in table.data:
+        raise UserError(f"{cfg.latency_table} has no per-layer table to estimate the subnets a search finds: measure "
+                        "it again with python -m dslim.latency ... --layers 8")  # fmt: skip
+    return table
 
 
 class HeldOutScorer:
@@ -203,9 +238,21 @@ def search(ctx: StageContext) -> None:
     choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
     macs_model = MacsModel(net, config.model.input_size)
     floor = macs_model.exact(smallest_of(choices))
-    if min(cfg.targets) < floor:
+    if cfg.targets and min(cfg.targets) < floor:
         raise UserError(f"--stages.search.targets {min(cfg.targets):g} is below the smallest subnet the search can "
                         f"reach ({floor:,} MACs at {config.model.input_size}px)")  # fmt: skip
+    table, latency = latency_table(config, net, cfg), {}
+
+    def ms(subnet: Subnet) -> float:
+        """`subnet`'s latency at `latency_batch` by the table (estimated per layer unless measured)."""
+        if subnet not in latency:
+            latency[subnet] = table.latency(subnet, cfg.latency_batch, net)[0]  # type: ignore[union-attr]
+        return latency[subnet]
+
+    if table is not None and min(cfg.targets_ms) < ms(smallest_of(choices)):
+        least = ms(smallest_of(choices))
+        raise UserError(f"--stages.search.targets-ms {min(cfg.targets_ms):g} is below the latency of the smallest "
+                        f"subnet the search can reach ({least:.3f} ms by {cfg.latency_table})")  # fmt: skip
     trace = ctx.dir / "trace.jsonl"
     start = net.largest()
     steps, torn = read_trace(trace, start, choices)  # every process reads it (the run directory is shared)
@@ -231,7 +278,9 @@ def search(ctx: StageContext) -> None:
         first = Step(start, macs_model.exact(start), score([start])[0])
         record(first)
         steps.append(first)
-    greedy_slim(steps, choices, score, macs_model.exact, int(min(cfg.targets)), record)
+    stop_at = int(min(cfg.targets)) if cfg.targets else macs_model.exact(start)  # no MACs budget: met at once
+    under = (lambda step: ms(step.subnet) <= min(cfg.targets_ms)) if table is not None else (lambda step: True)
+    greedy_slim(steps, choices, score, macs_model.exact, stop_at, record, done=under)
     seconds = time.perf_counter() - began
 
     named = {}
@@ -241,6 +290,13 @@ def search(ctx: StageContext) -> None:
     reference = [{"subnet": n, "macs": macs_model.exact(s), "holdout_top1": sc.top1, "holdout_loss": sc.loss}
                  for (n, s), sc in zip(named.items(), score(list(named.values())))]  # fmt: skip
     found = {target_name(cfg.prefix, t): i for t, i in reached(steps, cfg.targets).items()}
+    if table is not None:
+        found.update(
+            {
+                latency_name(cfg.prefix, t): i
+                for t, i in reached(steps, cfg.targets_ms, lambda step: ms(step.subnet)).items()
+            }
+        )
     ctx.metrics.write({"kind": "search", "stage": ctx.name, "steps": len(steps) - 1, "seconds": round(seconds, 2),
                        "found": {n: steps[i].macs for n, i in found.items()}})  # fmt: skip
     if acc.is_main_process:
@@ -249,6 +305,7 @@ def search(ctx: StageContext) -> None:
     acc.print(f"search: {len(steps) - 1} steps in {seconds:.1f} s; "
               + ", ".join(f"{n} {steps[i].macs / 1e6:,.2f}M MACs top-1 {steps[i].score.top1:.2f}%"
                           for n, i in found.items()))  # fmt: skip
-    scores = {n: {"holdout_top1": steps[i].score.top1, "holdout_loss": steps[i].score.loss, "step": i}
+    scores = {n: {"holdout_top1": steps[i].score.top1, "holdout_loss": steps[i].score.loss, "step": i,
+                  **({"latency_ms": round(ms(steps[i].subnet), 4)} if table is not None else {})}
               for n, i in found.items()}  # fmt: skip
     ctx.save_subnets(net, {n: steps[i].subnet for n, i in found.items()}, scores)
