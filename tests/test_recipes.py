@@ -21,6 +21,10 @@ SHIPPED = [
     "blockdrop_r32_c10",
     "blockdrop_r101_imagenet",
     "blockdrop_digits",
+    "dmcp_mbv2",
+    "dmcp_resnet18",
+    "dmcp_resnet50",
+    "dmcp_digits",
 ]
 
 

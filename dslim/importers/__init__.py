@@ -14,10 +14,10 @@ wrong-kind refusals need no change.
 from __future__ import annotations
 
 from dslim.errors import UserError
-from dslim.importers import autoslim, blockdrop, dsnet, slimmable
+from dslim.importers import autoslim, blockdrop, dmcp, dsnet, slimmable
 from dslim.importers.common import ImportOptions, load_checkpoint
 
-KINDS = {"dsnet": dsnet, "slimmable": slimmable, "autoslim": autoslim, "blockdrop": blockdrop}
+KINDS = {"dsnet": dsnet, "slimmable": slimmable, "autoslim": autoslim, "blockdrop": blockdrop, "dmcp": dmcp}
 
 
 def read(kind: str, path: str) -> dict:

@@ -8,7 +8,7 @@ from dslim.config import stages_config
 # Registering order is the order in which stages outside a recipe's pipeline run when several are selected
 # (`--stages search retrain`), so it is a pipeline's order.
 # isort: off
-from dslim.stages import supernet, blockdrop, bn_recalibration, gate, search, retrain, evaluate, export  # noqa: F401
+from dslim.stages import supernet, blockdrop, bn_recalibration, gate, search, dmcp, retrain, evaluate, export  # noqa: F401
 
 # isort: on
 from dslim.stages.context import StageContext

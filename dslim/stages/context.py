@@ -36,6 +36,8 @@ class StageContext:
     metrics: MetricsLog
     input: Supernet | None = None
     """The supernet this stage starts from (the nearest earlier stage's artifact, or `--from`), if any."""
+    input_meta: dict = field(default_factory=dict)
+    """The metadata of that artifact (what the stage that wrote it recorded beside the weights: DMCP's alphas)."""
     subnet_files: dict[str, dict] = field(default_factory=dict)
     """Named subnets of the finished stages' `subnets` artifacts."""
 

@@ -192,6 +192,7 @@ def run_pipeline(
         source = None
         if start is not None:
             acc.print(f"{name}: starting from {start}")
+        net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
         ctx = StageContext(
             name=name,
             settings=getattr(config.stages, name),
@@ -200,7 +201,8 @@ def run_pipeline(
             layout=layout,
             accelerator=acc,
             metrics=metrics,
-            input=None if start is None else load_supernet(start, config.model.arch)[0],
+            input=net,
+            input_meta=meta,
             subnet_files=layout.named_subnets(order) if "subnets" in stage.reads else {},
         )
         set_seed(config.seed)  # a stage's random initialization and draws depend on the seed alone
