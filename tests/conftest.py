@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# As `import dslim` does for every command: torch's OpenMP threads sleep instead of spinning between operations. It
+# must be set before torch loads (a test module may import torch before dslim); spinning threads on a busy 2-core
+# machine made single timings 30x slower (tests/test_latency.py compares timings).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
