@@ -46,7 +46,7 @@ from dslim.config import (
     in_range,
 )
 from dslim.errors import UserError
-from dslim.methods.sandwich import soft_cross_entropy
+from dslim.methods.sandwich import sandwich_pass
 from dslim.models.base import Supernet
 from dslim.nn import SlimBatchNorm2d
 from dslim.subnet import Subnet
@@ -283,26 +283,9 @@ class Dmcp(Method):
         return [("largest", self.largest), ("smallest", smallest(chains)), *randoms]
 
     def weight_pass(self, model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        net = ctx.supernet
-        net.train()
+        ctx.supernet.train()
         subnets = self.step_subnets(ctx.where, ctx.rng())
-        teacher: torch.Tensor | None = None
-        losses: dict[str, list[torch.Tensor]] = {}
-        for i, (name, subnet) in enumerate(subnets):
-            with ctx.backward_pass(last=i == len(subnets) - 1):
-                net.set_subnet(subnet)
-                logits = model(images).float()
-                if i == 0:
-                    loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
-                else:
-                    loss = soft_cross_entropy(logits, teacher)  # type: ignore[arg-type]
-                ctx.backward(loss)
-            if i == 0:
-                teacher = logits.detach().softmax(1)
-            losses.setdefault(name, []).append(loss.detach())
-        means = {f"loss/{n}": torch.stack(v).mean() for n, v in losses.items()}
-        return {"loss": sum(torch.stack(v).sum() for v in losses.values()), **means}  # type: ignore[dict-item]
+        return sandwich_pass(model, batch, ctx, subnets, self.cfg.label_smoothing, "inplace")
 
     def arch_pass(self, model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         images, labels = batch

@@ -134,6 +134,40 @@ def ema_targets(ctx: StepContext, images: torch.Tensor, subnets: list[tuple[str,
     return targets
 
 
+def sandwich_pass(
+    model: nn.Module,
+    batch: Batch,
+    ctx: StepContext,
+    subnets: list[tuple[str, Subnet]],
+    label_smoothing: float,
+    distill: str = "inplace",
+    targets: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Forward and backward each subnet in turn, gradients adding up: the first on the labels, the others on the
+    labels (`none`), on the first one's detached softmax (`inplace`) or on `targets` (`ieb`, one per later subnet).
+    Returns the summed loss and each name's mean loss, to log."""
+    images, labels = batch
+    net = ctx.supernet
+    teacher: torch.Tensor | None = None
+    losses: dict[str, list[torch.Tensor]] = {}
+    for i, (name, subnet) in enumerate(subnets):
+        with ctx.backward_pass(last=i == len(subnets) - 1):
+            net.set_subnet(subnet)
+            logits = model(images).float()
+            if i == 0 or distill == "none":
+                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            elif distill == "inplace":
+                loss = soft_cross_entropy(logits, teacher)  # type: ignore[arg-type]
+            else:
+                loss = soft_cross_entropy(logits, targets[i - 1])  # type: ignore[index]
+            ctx.backward(loss)
+        if i == 0:
+            teacher = logits.detach().softmax(1)
+        losses.setdefault(name, []).append(loss.detach())
+    means = {f"loss/{name}": torch.stack(values).mean() for name, values in losses.items()}
+    return {"loss": sum(torch.stack(v).sum() for v in losses.values()), **means}  # type: ignore[dict-item]
+
+
 class Sandwich(Method):
     """Every parameter of the supernet, one optimizer; the passes of `step_subnets` each step."""
 
@@ -150,21 +184,4 @@ class Sandwich(Method):
         net.train()
         subnets = step_subnets(net, cfg, ctx.rng(), self.bins, self.min_bin)
         targets = ema_targets(ctx, images, subnets) if cfg.distill == "ieb" else None
-        teacher: torch.Tensor | None = None
-        losses: dict[str, list[torch.Tensor]] = {}
-        for i, (name, subnet) in enumerate(subnets):
-            with ctx.backward_pass(last=i == len(subnets) - 1):
-                net.set_subnet(subnet)
-                logits = model(images).float()
-                if i == 0 or cfg.distill == "none":
-                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-                elif cfg.distill == "inplace":
-                    loss = soft_cross_entropy(logits, teacher)  # type: ignore[arg-type]
-                else:
-                    loss = soft_cross_entropy(logits, targets[i - 1])  # type: ignore[index]
-                ctx.backward(loss)
-            if i == 0:
-                teacher = logits.detach().softmax(1)
-            losses.setdefault(name, []).append(loss.detach())
-        means = {f"loss/{name}": torch.stack(values).mean() for name, values in losses.items()}
-        return {"loss": sum(torch.stack(v).sum() for v in losses.values()), **means}  # type: ignore[dict-item]
+        return sandwich_pass(model, batch, ctx, subnets, cfg.label_smoothing, cfg.distill, targets)
