@@ -262,7 +262,9 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
     for b in map(str, batches):
         X = np.array([[sums[n][b], 1.0] for n in probes])
         y = np.array([totals[n][b] for n in probes])
-        scale, offset = np.linalg.lstsq(X, y, rcond=None)[0] if len(probes) > 1 else (y[0] / X[0, 0], 0.0)
+        # non-negative too: on a busy machine a free fit can turn negative, and estimates would then fall as
+        # subnets grow (time outside the layers, the offset, is never negative either)
+        scale, offset = nnls(X, y)[0] if len(probes) > 1 else (y[0] / X[0, 0], 0.0)
         calibration[b] = [float(scale), float(offset)]
     return {"probes": {n: s.to_json() for n, s in probes.items()}, "points": dict(points), "fits": fits,
             "calibration": calibration}  # fmt: skip
