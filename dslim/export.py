@@ -57,6 +57,8 @@ def check(cmd: ExportCommand) -> None:
         raise UserError("give --out F (the model) and/or --channels-out F.yaml (its channel configuration)")
     if cmd.dynamic and cmd.channels_out is not None:
         raise UserError("--channels-out needs one subnet (--subnet or --channels), not --dynamic")
+    if cmd.channels_out is not None and Path(cmd.channels_out).suffix.lower() not in (".json", ".yaml", ".yml"):
+        raise UserError(f"--channels-out {cmd.channels_out!r}: name it .json (dslim subnet) or .yaml/.yml (mmrazor)")
     if cmd.out is None:
         return
     folder = cmd.dynamic and cmd.format == "onnx"
