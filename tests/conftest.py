@@ -37,3 +37,10 @@ def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("digits-cache")
     digits_root(cache)
     return cache
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test run first: under `--dist loadfile` the long files start at once and the short
+    ones fill in around them, rather than one long file running alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: each file's own order is kept
