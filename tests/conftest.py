@@ -12,8 +12,8 @@ import pytest
 # must be set before torch loads (a test module may import torch before dslim); spinning threads on a busy 2-core
 # machine made single timings 30x slower (tests/test_latency.py compares timings).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Under pytest-xdist (`-n 2`, the README's command) two workers share the machine's two cores: each computes on one
-# thread, as the dslim subprocesses the tests start do.
+# Under pytest-xdist (`-n 2` in pyproject.toml's addopts) two workers share the machine's two cores: each computes
+# on one thread, as the dslim subprocesses the tests start do.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
