@@ -44,3 +44,52 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ones fill in around them, rather than one long file running alone at the end."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable: each file's own order is kept
+
+
+class UserFiles:
+    """A user's own files, planted where dslim will write, to check that dslim leaves every one as it was.
+
+    Among them, names like those of dslim's temporaries (`.tmp-*` folders, `.*.tmp` files) and of its outputs
+    (`config.json`, `model.safetensors`), nested several folders deep: only what dslim wrote may be removed or
+    replaced."""
+
+    NAMES = (
+        "notes.txt",
+        ".hidden",
+        "config.json",
+        ".tmp-mine/draft.txt",
+        ".results.json.tmp",
+        ".model.safetensors.x1y2.tmp",
+        "deep/er/and/deeper/.tmp-cache/.tmp-inner/.data.tmp",
+        "deep/er/and/deeper/model.safetensors",
+        "deep/.tmp-ckpt-000000003/trainer.json",
+    )
+
+    def __init__(self) -> None:
+        self.files: dict[Path, bytes] = {}
+        self.roots: list[Path] = []
+
+    def plant(self, folder: Path, names: tuple[str, ...] = NAMES) -> Path:
+        """Fill `folder` (made if needed) with the user's files; returns it."""
+        for i, name in enumerate(names):
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            content = f"{name}: the user's own bytes {i}\n".encode() + bytes(range(256))
+            path.write_bytes(content)
+            self.files[path] = content
+        self.roots.append(folder)
+        return folder
+
+    def check(self) -> None:
+        """Every planted file is still there, byte for byte."""
+        for path, content in self.files.items():
+            assert path.is_file(), f"{path} was removed"
+            assert path.read_bytes() == content, f"{path} was changed"
+
+
+@pytest.fixture
+def user_files() -> UserFiles:
+    """Plant a user's files with `user_files.plant(folder)`; they are checked when the test ends."""
+    files = UserFiles()
+    yield files
+    files.check()

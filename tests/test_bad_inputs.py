@@ -44,7 +44,47 @@ def files_under(path: Path) -> set[Path]:
     return set(path.rglob("*")) if path.exists() else set()
 
 
+def snapshot(path: Path) -> dict[Path, bytes]:
+    """Every file under `path` with its bytes (to show that nothing was written, replaced or removed)."""
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else {}
+
+
+def run_here(module: str, *args: str) -> tuple[int, str, str]:
+    """A command run in this process as `python -m module args` runs it: (exit code, stdout, stderr). For the many
+    variants of one kind of bad input (a subprocess pays seconds of imports each)."""
+    import contextlib
+    import io
+    import runpy
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = [module, *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_refused_here(module: str, *args: str, names: tuple[str, ...] = (), case: str = "") -> str:
+    """`run_here` exits 2 with one line naming `names` (`case` says which bad input, when it fails); returns it."""
+    code, _, err = run_here(module, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("dslim: error:"), (case, code, err[-2000:])
+    for name in names:
+        assert name in lines[0], (case, name, lines[0])
+    return lines[0]
+
+
 TRAIN = ("dslim.train", "--recipe", "usnet_digits")
+TINY = ("--recipe", "usnet_digits", "--model.max-width", "0.25", "--model.widths", "0.25", "--model.width-range",
+        "0.25", "0.25", "--data.batch-size", "256", "--stages.supernet.epochs", "1",
+        "--stages.bn-recalibration.batches", "1", "--stages.evaluate.calibrate-batches", "1")  # fmt: skip
+"""A US-Net pipeline of seconds: a 0.25x MobileNet v1, one epoch of 5 steps."""
 
 
 @pytest.mark.parametrize(
@@ -224,3 +264,89 @@ def test_import_checkpoint_refuses_bad_files_in_one_line(tmp_path):
     (tmp_path / "blocked").write_text("a file where a folder should be")
     proc = run("dslim.import_checkpoint", "dsnet", str(good), "--out", str(tmp_path / "blocked" / "o.safetensors"))
     assert_user_error(proc, "--out")
+
+
+# -- signals outside a training loop ------------------------------------------------------------------------------
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", *args], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_until(proc: subprocess.Popen, ready) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + 120
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the command never got there"
+        time.sleep(0.01)
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path, digits_cache):
+    """Ctrl-C in the first seconds (while PyTorch loads) printed a traceback; now one line, and no run directory."""
+    out = tmp_path / "run"
+    proc = _start("dslim.train", *TINY, "--out-dir", str(out), "--data.cache-dir", str(digits_cache))
+    maps = Path(f"/proc/{proc.pid}/maps")
+    _wait_until(proc, lambda: "libtorch" in maps.read_text())  # importing torch, long before any work
+    proc.send_signal(2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -2), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dslim:") and "interrupted" in lines[0], err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_cache) -> Path:
+    """A run whose supernet stage is finished (BN calibration and evaluation not yet run)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    proc = run("dslim.train", *TINY, "--stages", "supernet", "--out-dir", str(out), "--data.cache-dir",
+               str(digits_cache))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("stage", "settings"),
+    [("bn_recalibration", ["--stages.bn-recalibration.batches", "100000"]),
+     ("evaluate", ["--data.eval-batch-size", "1", "--stages.evaluate.subnets", "0.25", "0.25"])],
+)  # fmt: skip
+def test_sigterm_outside_a_training_loop_is_one_line(tmp_path, trained, digits_cache, stage, settings):
+    """A scheduler's SIGTERM during BN re-estimation or evaluation ended the process without a word."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    proc = _start("dslim.train", *TINY, "--stages", stage, *settings, "--out-dir", str(out), "--data.cache-dir",
+                  str(digits_cache))  # fmt: skip
+    said: list[str] = []
+    _wait_until(proc, lambda: said.append(proc.stdout.readline()) or f"{stage}: starting from" in said[-1])
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "signal 15" in lines[0] and stage in lines[0], err
+    assert not (out / "bn_recalibration" / "model.safetensors").exists() and not (out / "eval.json").exists()
+
+
+# -- importers -------------------------------------------------------------------------------------------------------
+def test_blockdrop_base_is_read_with_the_importers_allow_list(tmp_path):
+    """A pretrained base that pickles its training `argparse.Namespace` imports alone; as `--base` it was refused."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_import_blockdrop import original_states, pretrained_names, save_t7
+
+    resnet, agent = original_states("cifar_resnet32")
+    base, agent_file = tmp_path / "pk_E_164_A_0.923.t7", tmp_path / "ckpt_E_5.t7"
+    save_t7({"state_dict": pretrained_names(resnet), "epoch": 164, "args": argparse.Namespace(lr=0.1)}, base)
+    save_t7({"agent": agent, "epoch": 5}, agent_file)
+    alone = run("dslim.import_checkpoint", "blockdrop", str(base), "--out", str(tmp_path / "base.safetensors"))
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    out = tmp_path / "bd.safetensors"
+    done = run("dslim.import_checkpoint", "blockdrop", str(agent_file), "--base", str(base), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["dslim"])["arch_kwargs"]["block_policy"] is True
