@@ -47,21 +47,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     for option, value in (("--batches", cmd.batches), ("--calibrate-batches", cmd.calibrate_batches)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1, not {value}")
-    from dslim.stages.layout import default_names, open_run
+    from dslim.stages.evaluate import calibration_batches, evaluation_names
+    from dslim.stages.run import open_run
 
     run = open_run(cmd.run)
     net, config = run.supernet, run.config
-    names = list(cmd.widths) or list(config.stages.evaluate.subnets)  # type: ignore[attr-defined]
-    names = names or default_names(net, run.subnet_files)
+    names = list(cmd.widths) or evaluation_names(config, net, run.subnet_files)
     subnets = {name: run.resolve(name) for name in names}  # every bad name before any work
     from accelerate import Accelerator
 
-    from dslim.report import merge, print_results, write_report
-    from dslim.stages.evaluate import run_evaluation
+    from dslim.evaluation.accuracy import run_evaluation
+    from dslim.evaluation.report import merge, print_results, write_report
 
     accelerator = Accelerator()
-    rows, dynamic = run_evaluation(net.to(accelerator.device), config, subnets, accelerator, cmd.batches,
-                                   cmd.calibrate_batches, cmd.split)  # fmt: skip
+    calibrate = calibration_batches(config) if cmd.calibrate_batches is None else cmd.calibrate_batches
+    rows, dynamic = run_evaluation(net.to(accelerator.device), config, subnets, calibrate, accelerator, cmd.batches,
+                                   cmd.split)  # fmt: skip
     if not accelerator.is_main_process:
         return
     report = merge(None, rows, dynamic)

@@ -5,10 +5,12 @@ statistics: as safetensors (`dslim.load_subnet(F)` rebuilds it with nothing else
 dynamic batch axis. The subnet is a name (`--subnet`), or a channel configuration (`--channels`: dslim subnet
 `.json` or mmrazor channel-config `.yaml`). `--dynamic` exports the trained dynamic model instead (DS-Net's gate),
 routing each input: as safetensors (`load_subnet` gives a `RoutedNet`) or, for ONNX, as a folder: one graph per
-part (the shared prefix with the router, one per route) and `routing.json`, which `dslim.onnx_runtime` runs. Next to
+part (the shared prefix with the router, one per route) and `routing.json`, which `dslim.deploy.runtime` runs. Next to
 each model, a card (`F.config.json`, or `config.json` in the folder) records architecture, channels, classes, input
 size, MACs, params, and accuracy and latency where the run measured them. With calibrated BatchNorm, a width the
-artifact holds no statistics for is calibrated first from training batches (`stages.evaluate.calibrate_batches`).
+artifact holds no statistics for (or a route of the dynamic model) is calibrated first from training batches
+(`stages.evaluate.calibrate_batches`). The export stage writes its models through the same door
+(`dslim.deploy.export.export_model`).
 
 `--channels-out` writes the subnet's channel configuration: mmrazor 0.x YAML (mmcls layer names for MobileNetV2 and
 ResNets) for `.yaml`, dslim's subnet JSON for `.json`; it needs no statistics, so it also works without `--out`.
@@ -70,7 +72,7 @@ def check(cmd: ExportCommand) -> None:
     if folder and Path(cmd.out).is_file():
         raise UserError(f"--out {cmd.out} is a file; a dynamic model exports to ONNX as a folder")
     if cmd.format == "onnx":
-        from dslim.onnx_export import require
+        from dslim.deploy.onnx import require
 
         require(cmd.exporter)
 
@@ -79,13 +81,12 @@ def check(cmd: ExportCommand) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     cmd = tyro.cli(ExportCommand, args=sys.argv[1:] if argv is None else list(argv), description=__doc__)
     check(cmd)
-    from dslim.calibration import calibrate_missing
-    from dslim.card import dynamic_card, subnet_card, write_card
-    from dslim.channels import read_channels, write_channels
-    from dslim.complexity import measure
-    from dslim.deploy import extract, extract_dynamic, save_subnet
-    from dslim.onnx_export import export_dynamic, export_static
-    from dslim.stages.layout import open_run
+    from dslim.deploy.card import card_path
+    from dslim.deploy.export import export_model
+    from dslim.io.channels import read_channels, write_channels
+    from dslim.models.complexity import measure
+    from dslim.stages.evaluate import calibration_batches
+    from dslim.stages.run import open_run
 
     run = open_run(cmd.run)
     net, config, size = run.supernet, run.config, run.config.model.input_size
@@ -108,23 +109,10 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
     if cmd.out is None:
         return
-    if subnet is None:
-        routes = net.route_subnets()  # type: ignore[attr-defined]
-        calibrate_missing(net, config, {f"route-{i}": r for i, r in enumerate(routes)})
-        card = dynamic_card(net, config, run.dir)
-    else:
-        calibrate_missing(net, config, {name: subnet})
-        card = subnet_card(net, config, name, subnet, run.dir)
+    outs = {cmd.format: cmd.out}
     try:
-        if subnet is None and cmd.format == "onnx":
-            export_dynamic(net, cmd.out, size, cmd.exporter)
-        elif subnet is None:
-            save_subnet(extract_dynamic(net), None, cmd.out, input_size=size)
-        elif cmd.format == "onnx":
-            export_static(net, subnet, cmd.out, size, cmd.exporter)
-        else:
-            save_subnet(extract(net, subnet), subnet, cmd.out, input_size=size)
-        card_file = write_card(cmd.out, card, cmd.format)
+        card = export_model(net, config, name, subnet, outs, calibrate_batches=calibration_batches(config),
+                            run_dir=run.dir, exporter=cmd.exporter)  # fmt: skip
     except OSError as e:
         raise UserError(f"cannot write {cmd.out}: {e.strerror or e}") from None
     if subnet is None:
@@ -132,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
     else:
         what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
-    print(f"wrote {cmd.out} and {card_file.name}: {config.model.arch} {what} from {run.artifact.parent.name}, "
-          f"{cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
+    print(f"wrote {cmd.out} and {card_path(cmd.out).name}: {config.model.arch} {what} from "
+          f"{run.artifact.parent.name}, {cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 
 if __name__ == "__main__":

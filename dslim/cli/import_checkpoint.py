@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     kind = next(k for k, cls in commands.items() if type(opts) is cls)
     if not opts.out.endswith(".safetensors"):
         raise UserError(f"--out {opts.out!r} should end in .safetensors")
-    from dslim.checkpoint import save_supernet
+    from dslim.io.artifacts import save_supernet
 
     net, meta = import_checkpoint(kind, opts)
     try:

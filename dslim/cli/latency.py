@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from dslim.cli import parse
+from dslim.cli.args import has_run, parse
 from dslim.config import Config, NonNegative, Positive, at_least, validate_fields
 from dslim.errors import UserError, exits_cleanly
 
@@ -57,9 +57,7 @@ class LatencyCommand:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    from dslim.profile import _has_run
-
-    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
+    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not has_run(argv))
     validate_fields(cmd)
     if argv is None:  # as a program (an in-process call keeps the environment it has)
         use_wait_policy(cmd.wait_policy)
@@ -71,19 +69,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--device cuda: no GPU is available here; measure with --device cpu")
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)
+    from dslim.deploy.latency import measure_table
     from dslim.io import write_json
     from dslim.models import from_config
-    from dslim.timing import measure_table
 
     if cmd.run is not None:
-        from dslim.stages.layout import open_run
+        from dslim.stages.run import open_run
 
         run = open_run(cmd.run)
         config, net = run.config, run.supernet
-        names = list(cmd.subnets) or [
-            *net.named_subnets(),
-            *(n for n in run.subnet_files if n not in net.named_subnets()),
-        ]
+        names = list(cmd.subnets) or run.names()
         subnets = {name: run.resolve(name) for name in names}
         out = Path(cmd.out) if cmd.out else run.dir / "latency.json"
     else:

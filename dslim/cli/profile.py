@@ -18,14 +18,12 @@ from typing import Annotated
 
 import tyro
 
-from dslim.channels import read_named
-from dslim.cli import parse
-from dslim.complexity import measure
+from dslim.cli.args import has_run, parse
 from dslim.config import Config
 from dslim.errors import UserError, exits_cleanly
+from dslim.io.channels import read_named
 from dslim.models import from_config
-from dslim.models.base import Supernet
-from dslim.subnet import Subnet
+from dslim.models.complexity import profile_subnets
 
 
 @dataclass(frozen=True)
@@ -47,40 +45,15 @@ class ProfileCommand:
     and `latency_estimated`)."""
 
 
-def profile_subnets(net: Supernet, subnets: dict[str, Subnet], input_size: int) -> list[dict]:
-    """One row per subnet: name, MACs and params of the sliced subnet at `input_size`."""
-    rows = []
-    for name, subnet in subnets.items():
-        cost = measure(net, input_size, subnet)
-        rows.append({"subnet": name, "macs": cost.macs, "params": cost.params})
-    return rows
-
-
-def add_latency(rows: list[dict], net: Supernet, subnets: dict[str, Subnet], path: str, input_size: int) -> list[int]:
-    """Each row's `latency_ms` (`{batch: ms}`, or None) and `latency_estimated` from the table at `path`; returns
-    the table's batch sizes."""
-    from dslim.timing import LatencyTable
-
-    table = LatencyTable.read(path)
-    table.check(net, input_size)
-    for row in rows:
-        subnet = subnets[row["subnet"]]
-        found = {b: table.latency(subnet, b, net) for b in table.batches} if table.answers(subnet) else {}
-        row["latency_ms"] = {str(b): round(ms, 4) for b, (ms, _) in found.items()} or None
-        row["latency_estimated"] = any(estimated for _, estimated in found.values())
-    return table.batches
-
-
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
+    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not has_run(argv))
     if cmd.run is not None:
-        from dslim.stages.layout import open_run
+        from dslim.stages.run import open_run
 
         run = open_run(cmd.run)
         config, net = run.config, run.supernet
-        every = [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
-        names = list(cmd.widths) or ([] if cmd.channels else every)
+        names = list(cmd.widths) or ([] if cmd.channels else run.names())
         subnets = {n: run.resolve(n) for n in names}
         title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
     else:
@@ -93,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
     subnets |= read_named(cmd.channels, net)
     rows = profile_subnets(net, subnets, config.model.input_size)
-    batches = add_latency(rows, net, subnets, cmd.latency, config.model.input_size) if cmd.latency else []
+    batches = []
+    if cmd.latency:
+        from dslim.deploy.latency_table import add_latency
+
+        batches = add_latency(rows, net, subnets, cmd.latency, config.model.input_size)
     if cmd.json:
         print(json.dumps(rows))
         return
@@ -107,13 +84,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     columns = ("subnet", "MACs (M)", "params (M)", *(f"ms @{b}" for b in batches))
     print_table(title, columns, [(r["subnet"], f"{r['macs'] / 1e6:,.1f}", f"{r['params'] / 1e6:,.3f}",
                                   *(latency(r, b) for b in batches)) for r in rows])  # fmt: skip
-
-
-def _has_run(argv: Sequence[str] | None) -> bool:
-    import sys
-
-    args = sys.argv[1:] if argv is None else list(argv)
-    return any(a == "--run" or a.startswith("--run=") for a in args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import tyro
 
-from dslim.cli import parse
+from dslim.cli.args import parse
 from dslim.config import Config
 from dslim.errors import exits_cleanly
 
