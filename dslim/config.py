@@ -247,6 +247,8 @@ def stages_config_class() -> type:
     """The dataclass holding one settings object per registered stage (a subclass of `StagesConfig`); tyro shows
     each stage's one-line description above its options."""
     global _stages_class
+    if not STAGE_SETTINGS.names():  # a Config built now would silently lack every stage's settings
+        raise RuntimeError("no stage is registered: import dslim.stages (or dslim.recipes) before building a Config")
     if _stages_class is None:
         import tyro
 
