@@ -1,6 +1,6 @@
 """`python -m dslim.evaluate`: the `evaluate` command, `dslim.cli.evaluate` (also `dslim evaluate`)."""
 
-from dslim.cli.evaluate import main
-
 if __name__ == "__main__":
-    main()
+    from dslim.cli import run
+
+    run("evaluate")

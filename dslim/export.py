@@ -1,6 +1,6 @@
 """`python -m dslim.export`: the `export` command, `dslim.cli.export` (also `dslim export`)."""
 
-from dslim.cli.export import main
-
 if __name__ == "__main__":
-    main()
+    from dslim.cli import run
+
+    run("export")

@@ -1,6 +1,6 @@
 """`python -m dslim.import_checkpoint`: the import command, `dslim.cli.import_checkpoint` (also `dslim import`)."""
 
-from dslim.cli.import_checkpoint import main
-
 if __name__ == "__main__":
-    main()
+    from dslim.cli import run
+
+    run("import")

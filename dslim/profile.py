@@ -1,6 +1,6 @@
 """`python -m dslim.profile`: the `profile` command, `dslim.cli.profile` (also `dslim profile`)."""
 
-from dslim.cli.profile import main
-
 if __name__ == "__main__":
-    main()
+    from dslim.cli import run
+
+    run("profile")

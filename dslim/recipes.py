@@ -7,6 +7,7 @@ registers the built-in stages), so a recipe's `Config` holds every stage's setti
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ def names() -> list[str]:
 
 def recipe_path(name_or_path: str) -> Path:
     """The file a `--recipe` argument means: a shipped name, or a path to the user's own file."""
+    if not name_or_path.strip():
+        raise UserError(f"--recipe is empty: give a name ({', '.join(names())}) or a path to a recipe file")
     if name_or_path.endswith(".py") or "/" in name_or_path:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
@@ -50,12 +53,12 @@ def load(name_or_path: str) -> Config:
     """Execute a recipe file and return its validated `Config`."""
     path = recipe_path(name_or_path)
     module_name = f"dslim_recipe_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    # A loader of Python source by path, whatever the file's suffix: a user's recipe need not end in `.py`.
+    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(module_name, loader))
     try:
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
         build = getattr(module, "recipe", None)
         if not callable(build):
             raise UserError(f"recipe {path} must define a function `recipe()` returning a dslim.config.Config")

@@ -1,6 +1,6 @@
 """`python -m dslim.train`: the `train` command, `dslim.cli.train` (also `dslim train`)."""
 
-from dslim.cli.train import main
-
 if __name__ == "__main__":
-    main()
+    from dslim.cli import run
+
+    run("train")

@@ -294,7 +294,7 @@ def test_channel_files(small_run, tmp_path):
 
 
 def test_routing_json_of_an_onnx_folder(tmp_path):
-    from dslim import onnx_runtime
+    from dslim.deploy import runtime
     from dslim.errors import UserError
 
     folder = tmp_path / "dyn"
@@ -302,7 +302,7 @@ def test_routing_json_of_an_onnx_folder(tmp_path):
     for data in (NOT_UTF8, DEEP, b'{"format": "dslim.routing/1", "graphs": [], "program": 3}'):
         (folder / "routing.json").write_bytes(data)
         with pytest.raises(UserError, match="routing.json"):
-            onnx_runtime.load(folder)
+            runtime.load(folder)
 
 
 def test_a_damaged_line_inside_metrics_jsonl(tmp_path, interrupted, digits_cache):
@@ -312,7 +312,7 @@ def test_a_damaged_line_inside_metrics_jsonl(tmp_path, interrupted, digits_cache
     shutil.copytree(source, out)
     metrics = out / "metrics.jsonl"
     lines = metrics.read_bytes().splitlines(keepends=True)
-    metrics.write_bytes(lines[0] + b"\xff\xfe{oops\n" + b"".join(lines[1:]))
+    metrics.write_bytes(lines[0] + b'{"kind": "step", oops\n' + b"".join(lines[1:]))
     proc = run("dslim.train", *TINY, "--stages", "supernet", "--stages.supernet.checkpoint-every", "2", "--out-dir",
                str(out), "--data.cache-dir", str(digits_cache))  # fmt: skip
     assert_user_error(proc, str(metrics), "line 2")

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import TINY, assert_user_error, run, snapshot
+from test_bad_inputs import TINY, assert_refused_here, assert_user_error, run, snapshot
 
 import dslim
 
@@ -115,6 +115,13 @@ def test_nothing_inside_a_run_but_a_new_file_in_its_export_folder(tmp_path, fini
         for extra in ((), ("--overwrite",)):
             assert_user_error(export(dynamic, target, *ONNX, *extra), str(target))
     assert snapshot(dynamic) == dyn_before and snapshot(finished) == before
+    # nor a channel file or a latency table written into a run, over its record or anywhere but a new name in export/
+    record = finished / "config.json"
+    assert_refused_here("dslim.export", "--run", str(finished), "--subnet", "0.25", "--channels-out", str(record),
+                        "--overwrite", names=(str(record),))  # fmt: skip
+    assert_refused_here("dslim.latency", "--recipe", "usnet_digits", "--subnets", "0.25", "--warmup", "0", "--repeats",
+                        "1", "--out", str(record), "--overwrite", names=(str(record),))  # fmt: skip
+    assert snapshot(finished) == before
     new = finished / "export" / "mine.safetensors"
     done = export(finished, new, "--subnet", "0.25")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -169,23 +176,11 @@ def test_the_python_api_never_replaces_a_users_folder(tmp_path, user_files):
     """`export_dynamic` (what the command and the export stage call) refuses a folder it did not write."""
     from test_onnx import _routed_dsnet
 
+    from dslim.deploy.onnx import export_dynamic
     from dslim.errors import UserError
 
     net, _ = _routed_dsnet()
     mine = user_files.plant(tmp_path / "mine")
-    export_dynamic = _export_dynamic()
     with pytest.raises(UserError, match="not written by dslim"):
         export_dynamic(net, mine, 64, exporter="torchscript")
     assert not [p for p in tmp_path.iterdir() if p != mine]  # no temporary folder left beside it
-
-
-def _export_dynamic():  # type: ignore[no-untyped-def]
-    """`export_dynamic` wherever the code keeps it (`dslim.onnx_export` before the move, `dslim.deploy.onnx` after)."""
-    import importlib
-
-    for name in ("dslim.deploy.onnx", "dslim.onnx_export"):
-        try:
-            return importlib.import_module(name).export_dynamic
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("export_dynamic")

@@ -169,7 +169,7 @@ def test_curriculum_agent_with_its_pretrained_base(tmp_path, capsys):
     main(["blockdrop", str(path), "--base", str(base), "--out", str(out)])
     assert_routes_like_the_original(out, resnet, agent, arch)
     # the base alone: the static network, no policy
-    main(["blockdrop", str(base), "--out", str(out)])
+    main(["blockdrop", str(base), "--out", str(out), "--overwrite"])
     net, _ = load_supernet(out)
     x = torch.randn(2, 3, 32, 32)
     assert not net.is_dynamic

@@ -73,15 +73,19 @@ CASES = {
     "--from of other widths": (
         TINY, lambda t: ("--from", str(supernet_file(t / "wider.safetensors", max_width=0.5, widths=(0.25, 0.5),
                                                      width_range=(0.25, 0.5)))), ("--from", "width")),
-    "--from of another BatchNorm": (
-        TINY, lambda t: ("--from", str(supernet_file(t / "sw.safetensors", bn="switchable", width_range=None))),
-        ("--from", "switchable")),
     "--from with fewer classes": (
         TINY, lambda t: ("--from", str(supernet_file(t / "five.safetensors", num_classes=5))),
         ("--from", "5 classes", "--from-new-classifier")),
     "AutoSlim target below the smallest subnet": (
         AUTOSLIM, lambda t: ("--stages.search.targets", "1000"), ("--stages.search.targets", "smallest")),
     "empty --model.widths with a width range": (TINY, lambda t: ("--model.widths",), ("--model.widths",)),
+    # found beyond the issue's list
+    "gradient accumulation longer than an epoch": (
+        TINY, lambda t: ("--stages.supernet.grad-accum", "1000"), ("--stages.supernet.grad-accum",)),
+    "a stage with no supernet to start from": (TINY, lambda t: ("--stages", "evaluate"), ("evaluate", "--from")),
+    "a corrupt JPEG, found while decoding": (
+        TINY, lambda t: ("--data.root", str(images(t / "jpeg", bad={"a/bad.jpg": b"\xff\xd8\xff\xe0" + b"cut" * 20})),
+                         "--data.batch-size", "4", "--data.loader", "pil"), ("bad.jpg",)),
 }  # fmt: skip
 
 
@@ -111,10 +115,13 @@ def metadata(path: Path) -> dict:
 
 
 def test_a_new_classifier_for_another_class_count_only_when_asked(tmp_path, digits_cache):
-    five = supernet_file(tmp_path / "five.safetensors", num_classes=5)
+    """A bridgeable difference is bridged on request; one that the artifact simply brings (its BatchNorm, its named
+    subnets: what an imported file is) is used and said, never silently."""
+    five = supernet_file(tmp_path / "five.safetensors", num_classes=5, bn="switchable", width_range=None)
     done = train(tmp_path, digits_cache, "--stages", "supernet", "--from", str(five), "--from-new-classifier")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"starting from {five}" in done.stdout and "new classifier for 10 classes" in done.stdout, done.stdout
+    assert "its switchable BatchNorm" in done.stdout and "not the config's (calibrated" in done.stdout, done.stdout
     assert metadata(tmp_path / "run" / "supernet" / "model.safetensors")["arch_kwargs"]["num_classes"] == 10
     # asked for when the classes agree: refused (nothing to bridge), before any work
     ten = supernet_file(tmp_path / "ten.safetensors")

@@ -10,11 +10,12 @@ from accelerate.state import AcceleratorState
 from dslim.cli.train import split_stages
 from dslim.config import Config, OptimConfig, ScheduleConfig, replace
 from dslim.errors import UserError
+from dslim.io import is_temporary
 from dslim.methods.sandwich import Sandwich, SandwichConfig
 from dslim.models import create_supernet
 from dslim.stages import select_stages
 from dslim.stages.layout import RunLayout
-from dslim.stages.pipeline import write_config
+from dslim.stages.record import check_record, write_record
 from dslim.training import MetricsLog, Trainer, lr_at, make_accelerator, param_groups, update_ema
 
 
@@ -133,7 +134,7 @@ def test_checkpoints_keep_last_and_gradient_accumulation(tmp_path):
     assert kept == ["ckpt-000000003", "ckpt-000000004"]
     state = json.loads((tmp_path / "state" / kept[-1] / "trainer.json").read_text())
     assert (state["epoch"], state["batch"], state["step"]) == (2, 0, 4)
-    assert not list((tmp_path / "state").glob(".tmp-*"))
+    assert not [p for p in (tmp_path / "state").iterdir() if is_temporary(p)]
 
 
 def test_stage_selection_and_overrides_are_told_apart():
@@ -148,21 +149,22 @@ def test_stage_selection_and_overrides_are_told_apart():
 
 
 def test_run_directory_refuses_another_config(tmp_path):
-    acc = make_accelerator()
+    layout = RunLayout(tmp_path)
+
+    def record(config: Config, argv: list[str]) -> None:
+        found = check_record(layout, config, "r", argv)
+        if found is not None:
+            write_record(layout, found)
+
     config = Config()
-    write_config(RunLayout(tmp_path), config, "r", ["a"], acc)
-    write_config(RunLayout(tmp_path), config, "r", ["a"], acc)  # the same: fine
+    record(replace(config, seed=3), ["z"])
+    record(config, ["a"])  # no stage has started: nothing computed yet, any config may replace the first
+    record(config, ["a"])  # the same: fine
     with pytest.raises(UserError, match="differs in stages.supernet.epochs"):
         (tmp_path / "supernet").mkdir()
-        write_config(RunLayout(tmp_path), replace(config, **{"stages.supernet.epochs": 7}), "r", ["b"], acc)
+        record(replace(config, **{"stages.supernet.epochs": 7}), ["b"])
     # Settings of a stage that has not started, and harmless ones, may change.
-    write_config(
-        RunLayout(tmp_path),
-        replace(config, **{"stages.evaluate.subnets": ("1.0",), "data.workers": 1}),
-        "r",
-        ["c"],
-        acc,
-    )
+    record(replace(config, **{"stages.evaluate.subnets": ("1.0",), "data.workers": 1}), ["c"])
     record = json.loads((tmp_path / "config.json").read_text())
-    assert record["config"]["stages"]["evaluate"]["subnets"] == ["1.0"] and record["history"] == [["a"]]
+    assert record["config"]["stages"]["evaluate"]["subnets"] == ["1.0"] and record["history"] == [["z"], ["a"]]
     assert set(record["versions"]) >= {"torch", "accelerate", "dslim"}

@@ -37,3 +37,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS.get(args[0]))
     sys.argv = [f"dslim {args[0]}", *args[1:]]  # what the command parses, and its name in --help
     module.main()
+
+
+@exits_cleanly
+def run(command: str) -> None:
+    """`python -m dslim.<command>` (the aliases in `dslim/`): the command's module is imported here, inside the
+    one-line handling of errors and signals, so that a Ctrl-C while PyTorch loads ends in one line too."""
+    importlib.import_module(COMMANDS.get(command)).main()

@@ -32,7 +32,7 @@ def parse(command: type[C], argv: Sequence[str] | None, description: str, requir
     asks_help = "-h" in argv or "--help" in argv
     if known.recipe is None and require_recipe and not asks_help:
         raise UserError(f"--recipe is required: a name ({', '.join(recipes.names())}) or a path to a .py file")
-    config = recipes.load(known.recipe) if known.recipe else Config()
+    config = recipes.load(known.recipe) if known.recipe is not None else Config()
     fields = {f.name for f in dataclasses.fields(command)}  # type: ignore[arg-type]
     default = command(**({"recipe": known.recipe or ""} if "recipe" in fields else {}), config=config)  # type: ignore[call-arg]
     parsed = tyro.cli(command, default=default, args=argv, description=description)

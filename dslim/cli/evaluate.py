@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from accelerate import Accelerator
 
     from dslim.evaluation.accuracy import run_evaluation
-    from dslim.evaluation.report import merge, print_results, write_report
+    from dslim.evaluation.report import merge, print_results, read_report, write_report
+
+    read_report(run.layout.report)  # the report the rows are added to: a damaged one is refused before any work
 
     accelerator = Accelerator()
     calibrate = calibration_batches(config) if cmd.calibrate_batches is None else cmd.calibrate_batches

@@ -49,6 +49,10 @@ class ExportCommand:
     channels_out: str | None = None
     """Also (or only) write the subnet's channel configuration here: mmrazor YAML (`.yaml`) or dslim JSON
     (`.json`)."""
+    overwrite: bool = False
+    """Replace an existing --out (or --channels-out) file, or an ONNX folder an earlier export wrote (only if it
+    holds nothing else). A folder dslim did not write, a run's own files and the run itself are never replaced;
+    inside a run directory, only a new name in its `export/` folder is written."""
 
 
 def check(cmd: ExportCommand) -> None:
@@ -61,16 +65,23 @@ def check(cmd: ExportCommand) -> None:
         raise UserError("--channels-out needs one subnet (--subnet or --channels), not --dynamic")
     if cmd.channels_out is not None and Path(cmd.channels_out).suffix.lower() not in (".json", ".yaml", ".yml"):
         raise UserError(f"--channels-out {cmd.channels_out!r}: name it .json (dslim subnet) or .yaml/.yml (mmrazor)")
+    from dslim.deploy.card import card_path, read_card
+    from dslim.io.outputs import check_output
+
+    if cmd.channels_out is not None:
+        check_output(cmd.channels_out, overwrite=cmd.overwrite, option="--channels-out")
     if cmd.out is None:
         return
     folder = cmd.dynamic and cmd.format == "onnx"
     suffix = {"safetensors": ".safetensors", "onnx": ".onnx"}[cmd.format]
     if folder and Path(cmd.out).suffix in (".onnx", ".safetensors"):
         raise UserError(f"--out {cmd.out!r}: a dynamic model exports to ONNX as a folder; give a folder name")
-    if not folder and not cmd.out.endswith(suffix):
-        raise UserError(f"--out {cmd.out!r} should end in {suffix} (--format {cmd.format})")
-    if folder and Path(cmd.out).is_file():
-        raise UserError(f"--out {cmd.out} is a file; a dynamic model exports to ONNX as a folder")
+    if not folder and (not cmd.out.endswith(suffix) or Path(cmd.out).name == suffix):
+        raise UserError(f"--out {cmd.out!r} should end in {suffix} (--format {cmd.format}), after a file name")
+    check_output(cmd.out, overwrite=cmd.overwrite, folder=folder)
+    if not folder:  # its card: a file dslim keeps up to date beside the model, but not a user's file of that name
+        card = card_path(cmd.out)
+        check_output(card, overwrite=cmd.overwrite, own=read_card(card) is not None)
     if cmd.format == "onnx":
         from dslim.deploy.onnx import require
 
@@ -109,12 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
     if cmd.out is None:
         return
-    outs = {cmd.format: cmd.out}
-    try:
-        card = export_model(net, config, name, subnet, outs, calibrate_batches=calibration_batches(config),
-                            run_dir=run.dir, exporter=cmd.exporter)  # fmt: skip
-    except OSError as e:
-        raise UserError(f"cannot write {cmd.out}: {e.strerror or e}") from None
+    card = export_model(net, config, name, subnet, {cmd.format: cmd.out}, calibrate_batches=calibration_batches(config),
+                        run_dir=run.dir, exporter=cmd.exporter)  # fmt: skip
     if subnet is None:
         macs = [r["macs"] / 1e6 for r in card["routes"].values()]
         what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import tyro
 
@@ -39,15 +40,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,  # type: ignore[arg-type]
     )
     kind = next(k for k, cls in commands.items() if type(opts) is cls)
-    if not opts.out.endswith(".safetensors"):
-        raise UserError(f"--out {opts.out!r} should end in .safetensors")
+    if not opts.out.endswith(".safetensors") or Path(opts.out).name == ".safetensors":
+        raise UserError(f"--out {opts.out!r} should end in .safetensors, after a file name")
     from dslim.io.artifacts import save_supernet
+    from dslim.io.outputs import check_output
 
+    check_output(opts.out, overwrite=opts.overwrite)
     net, meta = import_checkpoint(kind, opts)
-    try:
-        save_supernet(net, opts.out, stage="import", kind=kind, **meta)
-    except OSError as e:
-        raise UserError(f"cannot write --out {opts.out}: {e.strerror or e}") from None
+    save_supernet(net, opts.out, stage="import", kind=kind, **meta)
     note = f" ({meta['note']})" if "note" in meta else ""
     print(f"wrote {opts.out}: {net.arch} with {len(net.named_subnets())} named subnets from {meta['weights']}{note}")
 

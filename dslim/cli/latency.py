@@ -35,7 +35,10 @@ class LatencyCommand:
     subnets: tuple[str, ...] = ()
     """Subnets to measure, by name or width; default: every named subnet."""
     out: str | None = None
-    """Where to write the table (default: D/latency.json with --run, else ./latency.json)."""
+    """Where to write the table (default: D/latency.json with --run, replacing the run's earlier table; else
+    ./latency.json)."""
+    overwrite: bool = False
+    """Replace an existing table at --out (or ./latency.json); a run's own table is always replaced."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where to run: the CPU (with --threads threads) or the first GPU."""
     threads: Annotated[int | None, at_least(1)] = None
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(cmd.threads)
     from dslim.deploy.latency import measure_table
     from dslim.io import write_json
+    from dslim.io.outputs import check_output
     from dslim.models import from_config
 
     if cmd.run is not None:
@@ -85,16 +89,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         config, net = cmd.config, from_config(cmd.config.model)
         subnets = {name: net.resolve(name) for name in (list(cmd.subnets) or list(net.named_subnets()))}
         out = Path(cmd.out or "latency.json")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'latency.json'}")
+    if cmd.run is None or out.resolve() != (run.dir / "latency.json").resolve():
+        check_output(out, overwrite=cmd.overwrite)
     model = config.model
     warn_if_busy(cmd.device)
     table = measure_table(net, subnets, model.input_size, cmd.batch, torch.device(cmd.device), cmd.warmup,
                           cmd.repeats, cmd.layers, model.channel_bins or 12, model.min_bin, config.seed)  # fmt: skip
-    try:
-        write_json(out, table)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    write_json(out, table)
     print_latency(table, f"{model.arch} at {model.input_size}px")
     print(f"wrote {out}")
 

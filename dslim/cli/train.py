@@ -5,7 +5,8 @@ config.json, one folder per stage with its model.safetensors and resumable state
 pareto.png. Re-running the same command resumes: finished stages are skipped, an interrupted one continues from
 its last checkpoint. `--stages NAME ...` runs only those stages (any registered stage, e.g. supernet,
 bn_recalibration, gate, evaluate, export); `--stages.supernet.epochs 3` and the like are config overrides.
-`--from F` starts the first stage run from the supernet artifact F. Works under `accelerate launch -m dslim.train`
+`--from F` starts the first selected stage from the supernet artifact F (`--from-new-classifier` when F has another
+number of classes). Works under `accelerate launch -m dslim.train`
 and `torchrun -m dslim.train`.
 """
 
@@ -22,7 +23,7 @@ import tyro
 
 from dslim.cli.args import parse
 from dslim.config import Config
-from dslim.errors import exits_cleanly
+from dslim.errors import UserError, exits_cleanly
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ class TrainCommand:
     out_dir: str | None = None
     """Run directory (default: runs/<recipe>)."""
     from_: Annotated[str | None, tyro.conf.arg(name="from")] = None
-    """Start the first stage run from this supernet artifact (a stage's model.safetensors)."""
+    """Start the first selected stage from this supernet artifact (a stage's model.safetensors, an import). It must
+    be of the run's model (--model.*: architecture, widths, classes); not used when that stage is finished."""
+    from_new_classifier: bool = False
+    """With --from: the artifact has another number of classes; start from its weights with a new classifier for
+    this run's --model.num-classes (fine-tuning on other data). Never done without this flag."""
 
 
 def split_stages(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -51,8 +56,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     cmd = parse(TrainCommand, rest, __doc__ or "")
     from dslim.stages import run_pipeline
 
+    if cmd.out_dir is not None and not cmd.out_dir.strip():
+        raise UserError("--out-dir is empty: give the run directory (default: runs/<recipe>)")
     out_dir = cmd.out_dir or str(Path("runs") / Path(cmd.recipe).stem)
-    run_pipeline(cmd.config, out_dir, recipe=cmd.recipe, argv=argv, stages=stages, from_=cmd.from_)
+    run_pipeline(cmd.config, out_dir, recipe=cmd.recipe, argv=argv, stages=stages, from_=cmd.from_,
+                 new_classifier=cmd.from_new_classifier)  # fmt: skip
 
 
 if __name__ == "__main__":

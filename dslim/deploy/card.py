@@ -11,7 +11,6 @@ null. Cards are written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from dslim.config import Config
 from dslim.deploy.extraction import widest
 from dslim.deploy.latency_table import LatencyTable
 from dslim.errors import UserError
+from dslim.evaluation.report import read_report
 from dslim.io import write_json
+from dslim.io.readers import CARD, read_json
 from dslim.models.base import Supernet
 from dslim.models.complexity import measure
 from dslim.subnet import Subnet
@@ -36,25 +37,25 @@ def card_path(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.rsplit(".", 1)[0] + ".config.json")
 
 
-def _read(path: Path) -> dict | None:
+def read_card(path: Path) -> dict | None:
+    """The card at `path` if it is one dslim wrote (`dslim.io.readers.CARD`), else None."""
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
+        card = read_json(path, "model card", CARD, max_bytes=2**20) if path.is_file() else None
+    except UserError:
         return None
-    return obj if isinstance(obj, dict) else None
+    return card if card is not None and card["format"] == FORMAT else None  # type: ignore[return-value, index]
 
 
-def _accuracy(run_dir: Path | None, name: str | None) -> dict | None:
-    """The evaluation of `name` (None: the dynamic model) in the run's eval.json, if it has one."""
-    report = _read(run_dir / "eval.json") if run_dir is not None else None
+def _report(run_dir: Path | None) -> dict | None:
+    return read_report(run_dir / "eval.json") if run_dir is not None else None
+
+
+def _accuracy(report: dict | None, name: str | None) -> dict | None:
+    """The evaluation of `name` (None: the dynamic model) in a run's report, if it has one."""
     if report is None:
         return None
-    row = (
-        report.get("dynamic")
-        if name is None
-        else next((r for r in report.get("subnets", []) if isinstance(r, dict) and r.get("subnet") == name), None)
-    )
-    if not isinstance(row, dict) or "top1" not in row:
+    row = report.get("dynamic") if name is None else next((r for r in report["subnets"] if r["subnet"] == name), None)
+    if row is None:
         return None
     return {"top1": row["top1"], "top5": row.get("top5"), "source": "eval.json"}
 
@@ -64,11 +65,11 @@ def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, 
     path = run_dir / "latency.json" if run_dir is not None else None
     if path is None or not path.is_file():
         return None
+    table = LatencyTable.read(path)  # a damaged one is refused, naming it
     try:
-        table = LatencyTable.read(path)
         table.check(net, size)
     except UserError:
-        return None  # a table of another model, or damaged: the card says nothing rather than something wrong
+        return None  # a table of another model: the card says nothing rather than something wrong
     found, estimated = {}, False
     for name, subnet in subnets.items():
         try:
@@ -112,7 +113,7 @@ def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_di
         "blocks": None if subnet.blocks is None else list(subnet.blocks),
         "macs": cost.macs,
         "params": cost.params,
-        "accuracy": _accuracy(run_dir, name),
+        "accuracy": _accuracy(_report(run_dir), name),
         "latency_ms": None if latency is None else {**latency, "ms": latency["ms"][name]},
     }
 
@@ -124,8 +125,8 @@ def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
     planned = net.export_plan().program["routes"]  # type: ignore[attr-defined]
     names = list(planned)
     routes = [Subnet.from_json(r["subnet"], f"route {n!r}") for n, r in planned.items()]
-    accuracy = _accuracy(run_dir, None)
-    report = _read(run_dir / "eval.json") if run_dir is not None else None
+    report = _report(run_dir)
+    accuracy = _accuracy(report, None)
     return {
         **_common(net, config),
         "dynamic": True,
@@ -149,10 +150,10 @@ def write_card(model_path: str | os.PathLike, card: dict, kind: str) -> Path:
     """Write `card` for the model at `model_path` (its file `kind`: safetensors, onnx); a card already there for
     the same model keeps the files it listed."""
     path = card_path(model_path)
-    old = _read(path)
+    old = read_card(path)
     files = {}
     same = ("architecture", "channels", "routes", "dynamic")
-    if old is not None and all(old.get(k) == card.get(k) for k in same) and isinstance(old.get("files"), dict):
+    if old is not None and all(old.get(k) == card.get(k) for k in same):
         files = old["files"]
     target = Path(model_path)
     files[kind] = "." if path.parent == target else target.name

@@ -71,9 +71,10 @@ def export_model(
     model: nn.Module | None = None
     for fmt in (f for f in FORMATS if f in outs):
         out = outs[fmt]
-        if subnet is None and fmt == "onnx":
-            export_dynamic(net, out, size, exporter)
-        elif subnet is None:
+        if subnet is None and fmt == "onnx":  # a folder, written whole with its card inside
+            export_dynamic(net, out, size, exporter, also=lambda tmp: write_card(tmp, card, "onnx"))
+            continue
+        if subnet is None:
             save_subnet(extract_dynamic(net), None, out, input_size=size)
         else:
             model = extract(net, subnet) if model is None else model

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.io.artifacts import arch_class, build_checked, field, load_tensors, save_tensors
+from dslim.io.artifacts import arch_class, build_checked, load_tensors, save_tensors
+from dslim.io.readers import expect
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.models.routing import GraphSpec, RoutedNet
@@ -27,6 +28,16 @@ from dslim.subnet import Subnet
 
 FORMAT = "dslim.subnet/1"
 DYNAMIC_FORMAT = "dslim.dynamic/1"
+SUBNET_META = {"format": str, "arch": str, "arch_kwargs": dict, "subnet": dict, "input_size": int, "routes?": [dict]}
+"""The metadata of an exported subnet or dynamic model."""
+INPUT_SIZES = (8, 4096)
+"""Image sizes a model is built for (`--model.input-size`)."""
+
+
+def check_input_size(size: object, where: str) -> None:
+    low, high = INPUT_SIZES
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        raise UserError(f"{where}: input_size {size!r} is not an image size in [{low}, {high}]")
 
 
 def _build(arch: str, arch_kwargs: dict, subnet: Subnet, source: Supernet | None) -> nn.Module:
@@ -122,6 +133,7 @@ def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike
         if not isinstance(model, Supernet) or subnet is None:
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
+    check_input_size(input_size, f"save_subnet({os.fspath(path)!r})")
     state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
     save_tensors(state, path, {**model.dslim_meta, "input_size": input_size})
 
@@ -138,13 +150,11 @@ def load_subnet(path: str | os.PathLike) -> nn.Module:
         raise UserError(
             f"{path} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
         )
+    expect(meta, SUBNET_META, f"{path}: its dslim metadata")
     cls = arch_class(meta, path)
-    arch = cls.arch
-    kwargs = field(meta, "arch_kwargs", dict, path)
-    size = field(meta, "input_size", int, path)
-    if not 8 <= size <= 4096:  # type: ignore[operator]
-        raise UserError(f"{path}: metadata input_size {size} is not a plausible image size")
-    subnet = Subnet.from_json(meta.get("subnet"), f"{path}: metadata 'subnet'")
+    arch, kwargs, size = cls.arch, meta["arch_kwargs"], meta["input_size"]
+    check_input_size(size, f"{path}: its dslim metadata")
+    subnet = Subnet.from_json(meta["subnet"], f"{path}: metadata 'subnet'")
 
     def build() -> nn.Module:
         if kind == FORMAT:

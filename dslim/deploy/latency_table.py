@@ -7,13 +7,12 @@ has them) at that subnet's channel counts.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from dslim.deploy.extraction import extract
 from dslim.deploy.latency import FORMAT, layer_shapes, predict
 from dslim.errors import UserError
+from dslim.io.readers import LATENCY, expect, read_json
 from dslim.models.base import Supernet
 from dslim.subnet import Subnet
 
@@ -42,10 +41,10 @@ class LatencyTable:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> LatencyTable:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read latency table {path} ({e})") from None
+        data = read_json(path, "latency table")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UserError(f"{path} is not a dslim latency table (format {FORMAT!r}; written by dslim.latency)")
+        expect(data, LATENCY, str(path))
         return cls(data, str(path))
 
     @property

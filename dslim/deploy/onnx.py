@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,8 @@ from torch import nn
 from dslim.deploy.extraction import extract, extract_graphs
 from dslim.deploy.runtime import ROUTING, ROUTING_FORMAT, execute
 from dslim.errors import UserError
-from dslim.io import atomic_dir, atomic_write, write_json
+from dslim.io import atomic_write, write_json
+from dslim.io.outputs import check_folder, write_folder
 from dslim.models.base import Supernet
 from dslim.subnet import Subnet
 
@@ -104,12 +105,18 @@ def export_extracted(
 
 
 def export_dynamic(
-    supernet: Supernet, folder: str | os.PathLike, input_size: int, exporter: Exporter = "dynamo"
+    supernet: Supernet,
+    folder: str | os.PathLike,
+    input_size: int,
+    exporter: Exporter = "dynamo",
+    also: Callable[[Path], object] | None = None,
 ) -> dict:
-    """A dynamic model as `folder/<graph>.onnx` for every graph of its export plan and `folder/routing.json`;
-    returns the routing program written."""
+    """A dynamic model as `folder/<graph>.onnx` for every graph of its export plan and `folder/routing.json`
+    (`also(tmp)` adds files, such as its card, before the folder moves into place); returns the routing program
+    written. An existing `folder` is replaced only if dslim wrote it (`dslim.io.outputs`)."""
     if not supernet.is_dynamic:
         raise UserError(f"{supernet.arch} does not route per input: export a subnet instead")
+    check_folder(folder)
     plan = supernet.export_plan()  # type: ignore[attr-defined]
     modules = {name: m.float() for name, m in extract_graphs(supernet, plan.graphs).items()}
     examples: dict[str, list[np.ndarray]] = {}
@@ -133,8 +140,8 @@ def export_dynamic(
             inputs = [torch.from_numpy(x) for x in examples[name]]
             export_module(modules[name], inputs, spec.inputs, spec.outputs, tmp / graphs[name]["file"], exporter)
         write_json(tmp / ROUTING, program)
+        if also is not None:
+            also(tmp)
 
-    if Path(folder).exists() and not Path(folder).is_dir():
-        raise UserError(f"--out {folder} is a file; a dynamic model exports as a folder")
-    atomic_dir(folder, write)
+    write_folder(folder, "onnx-model", write)
     return program

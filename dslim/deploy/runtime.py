@@ -13,7 +13,6 @@ images that chose them, grouped as PyTorch's `dispatch` groups a batch, so it ro
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dslim.errors import UserError
+from dslim.io.readers import ROUTING_PROGRAM, read_json
 
 ROUTING = "routing.json"
 ROUTING_FORMAT = "dslim.routing/1"
@@ -157,11 +157,7 @@ class OnnxDynamic:
     def __init__(self, folder: str | os.PathLike, threads: int | None = None) -> None:
         folder = Path(folder)
         path = folder / ROUTING
-        try:
-            program = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path} is not readable JSON ({e}): not an exported dynamic model") from None
-        self.program = check_program(program, str(path))
+        self.program = check_program(read_json(path, "routing program", ROUTING_PROGRAM), str(path))
         self.sessions = {name: _session(folder / g["file"], threads) for name, g in self.program["graphs"].items()}
 
     def run_graph(self, name: str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

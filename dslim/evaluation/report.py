@@ -6,13 +6,19 @@ later `dslim.evaluate --widths 0.42` never destroys the pipeline's evaluation.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from dslim.evaluation.plots import plot_histogram, plot_pareto
 from dslim.io import write_json
+from dslim.io.readers import REPORT, read_json
 from dslim.ui import print_table
+
+
+def read_report(path: str | os.PathLike) -> dict | None:
+    """A run's eval.json, checked (`dslim.io.readers.REPORT`); None if there is none yet. A damaged one is refused
+    in one line rather than replaced: the rows it holds may have taken hours to compute."""
+    return read_json(path, "evaluation report", REPORT) if Path(path).exists() else None  # type: ignore[return-value]
 
 
 def merge(old: dict | None, rows: list[dict], dynamic: dict | None) -> dict:
@@ -32,13 +38,7 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict], dynamic: dict | N
     histogram of the dynamic row (`<name>.png`)."""
     out_dir = Path(out_dir)
     path = out_dir / "eval.json"
-    old = None
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None  # a report that cannot be read is replaced, not merged into
-    report = merge(old if isinstance(old, dict) else None, rows, dynamic)
+    report = merge(read_report(path), rows, dynamic)
     write_json(path, report)
     plot_pareto({out_dir.resolve().name: report}, out_dir / "pareto.png")
     for name, histogram in report.get("dynamic", {}).get("histograms", {}).items():

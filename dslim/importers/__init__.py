@@ -28,14 +28,21 @@ KINDS.register("blockdrop", blockdrop)
 KINDS.register("dmcp", dmcp)
 
 
+def read_any(path: str) -> dict:
+    """The checkpoint at `path`, read safely with every kind's allow-list (all inert placeholders or plain records):
+    a file one kind pickles an object into (DS-Net's `argparse.Namespace`) reads as well where another kind's file is
+    expected (a BlockDrop `--base` trained by a script that pickled its arguments)."""
+    return load_checkpoint(path, [entry for _, module in KINDS.items() for entry in module.ALLOWED])
+
+
 def read(kind: str, path: str) -> dict:
     """The checkpoint at `path`, read safely, if it has `kind`'s layout; a one-line refusal naming the kind it looks
     like otherwise.
 
-    Every kind's allow-list is used (all are inert placeholders or plain records), so that a file of another kind
-    is recognised rather than refused for an object only that kind pickles.
+    Every kind's allow-list is used (`read_any`), so that a file of another kind is recognised rather than refused
+    for an object only that kind pickles.
     """
-    ckpt = load_checkpoint(path, [entry for _, module in KINDS.items() for entry in module.ALLOWED])
+    ckpt = read_any(path)
     if KINDS.get(kind).looks_like(ckpt):
         return ckpt
     others = [k for k, m in KINDS.items() if k != kind and m.looks_like(ckpt)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from dslim.errors import UserError
-from dslim.importers.common import ImportOptions, load_checkpoint, no_leftovers, strip_prefix, take
+from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
@@ -165,7 +165,9 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
             raise UserError(f"{path} holds only BlockDrop's policy network (agent): give its base ResNet with --base "
                             "F.t7 (the pretrained file the policy was trained on)")  # fmt: skip
         base_path = opts.base
-        base = base_state(load_checkpoint(opts.base))
+        from dslim.importers import read_any  # the package imports this module: read_any is there by now
+
+        base = base_state(read_any(opts.base))
         if base is None:
             raise UserError(f"--base {opts.base} holds no ResNet (`state_dict` or `resnet` with conv1, layer/blocks)")
     elif opts.base is not None:

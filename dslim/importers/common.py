@@ -28,6 +28,8 @@ class ImportOptions:
     """The original's checkpoint file."""
     out: str
     """Where to write the dslim supernet artifact (`.safetensors`)."""
+    overwrite: bool = False
+    """Replace an existing --out file (never a run's own files: inside a run, only a new name in its `export/`)."""
 
 
 def load_checkpoint(path: str | os.PathLike, allowed: Iterable[object] = ()) -> dict:

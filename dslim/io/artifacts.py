@@ -13,23 +13,31 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.io.atomic import atomic_write
+from dslim.io.atomic import write_bytes
+from dslim.io.readers import expect, parse
 from dslim.models.registry import supernet_class
 from dslim.subnet import Subnet
 
 SUPERNET_FORMAT = "dslim.supernet/1"
+SUPERNET_META = {"format": str, "arch": str, "arch_kwargs": dict, "subnets": {str: dict}, "extra_names?": [str],
+                 "router_trained?": bool}  # fmt: skip
+"""The metadata of a stage artifact (what `save_supernet` writes besides a stage's own `extra`)."""
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> None:
-    """Write tensors (made contiguous and de-aliased) with `metadata` JSON-encoded under the key `dslim`."""
+    """Write tensors (made contiguous and de-aliased) with `metadata` JSON-encoded under the key `dslim`.
+
+    Serialized in memory and written by Python, so that a full disk is an OSError like any other (one line)."""
     clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"dslim": json.dumps(metadata)}))
+    data = safetensors.torch.save(clean, metadata={"dslim": json.dumps(metadata)})
+    del clean
+    write_bytes(path, data)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -44,28 +52,14 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if raw is None:
         raise UserError(f"{path} has no dslim metadata: it was not written by dslim")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: its dslim metadata is not JSON; the file is damaged or not from dslim") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: its dslim metadata is not a JSON object; the file is damaged or not from dslim")
-    return tensors, meta
-
-
-def field(meta: dict, name: str, kind: type, path: str | os.PathLike) -> object:
-    """`meta[name]`, which must be a `kind`; a `UserError` naming the file and the field otherwise."""
-    value = meta.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise UserError(f"{path}: metadata field {name!r} is missing or not a {kind.__name__}")
-    return value
+    return tensors, parse(raw, f"{path}: its dslim metadata", dict)  # type: ignore[return-value]
 
 
 def arch_class(meta: dict, path: str | os.PathLike) -> type:
     """The registered architecture a file's metadata names; a `UserError` naming the file otherwise."""
-    name = field(meta, "arch", str, path)
+    expect(meta, {"arch": str}, f"{path}: its dslim metadata")
     try:
-        return supernet_class(name)  # type: ignore[arg-type]
+        return supernet_class(meta["arch"])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
 
@@ -114,15 +108,14 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
     tensors, meta = load_tensors(path)
     if meta.get("format") != SUPERNET_FORMAT:
         raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
+    expect(meta, SUPERNET_META, f"{path}: its dslim metadata")
     cls = arch_class(meta, path)
-    kwargs = field(meta, "arch_kwargs", dict, path)
     if arch is not None and cls.arch != arch:
         raise UserError(f"{path} holds a {cls.arch}, but this run's model is {arch}")
-    net = build_checked(lambda: cls(**kwargs), tensors, path, cls.arch)
-    subnets = field(meta, "subnets", dict, path)
-    extra = meta.get("extra_names", [])
-    if not isinstance(extra, list) or not all(isinstance(n, str) and n in subnets for n in extra):
+    net = build_checked(lambda: cls(**meta["arch_kwargs"]), tensors, path, cls.arch)
+    subnets, extra = meta["subnets"], meta.get("extra_names", [])
+    if not all(n in subnets for n in extra):
         raise UserError(f"{path}: metadata field 'extra_names' must list names of its 'subnets'")
     net.name_subnets({n: Subnet.from_json(subnets[n], f"{path}: subnet {n!r}") for n in extra})
-    net.router_trained = bool(meta.get("router_trained", False))
+    net.router_trained = meta.get("router_trained", False)
     return net, meta

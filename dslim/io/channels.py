@@ -26,6 +26,7 @@ from torch import nn
 
 from dslim.errors import UserError
 from dslim.io.atomic import write_text
+from dslim.io.readers import MAX_DEPTH, nesting_depth, parse, read_text
 from dslim.models.base import Supernet
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import Subnet
@@ -111,12 +112,9 @@ def read_channels(path: str | os.PathLike, net: Supernet) -> Subnet:
     """The subnet a channel file (`.json`, or mmrazor `.yaml`/`.yml`) describes for `net`; a `UserError` naming the
     first entry that does not fit."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"channel file {path} does not exist")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read channel file {path}: {e}") from None
+    text = read_text(path, "channel file", max_bytes=2**20)
     if path.suffix.lower() in YAML_SUFFIXES:
         return _from_yaml(text, path, net)
     if path.suffix.lower() == ".json":
@@ -171,6 +169,10 @@ def _from_yaml(text: str, path: Path, net: Supernet) -> Subnet:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not readable YAML ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise UserError(f"{path} nests deeper than a channel configuration: not one, or damaged") from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise UserError(f"{path} nests deeper than a channel configuration: not one, or damaged")
     if not isinstance(data, dict) or not data:
         raise UserError(f"{path} should map layer names to {{in_channels, out_channels, ...}} (mmrazor channel config)")
     known = layers(net)
@@ -203,10 +205,7 @@ def _from_yaml(text: str, path: Path, net: Supernet) -> Subnet:
 
 
 def _from_json(text: str, path: Path, net: Supernet) -> Subnet:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not readable JSON ({e})") from None
+    obj = parse(text, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("subnet"), dict):  # an entry of a subnets.json
         obj = obj["subnet"]
     parsed = Subnet.from_json(obj, str(path))
@@ -242,7 +241,4 @@ def write_channels(path: str | os.PathLike, net: Supernet, subnet: Subnet) -> No
         text = json.dumps(subnet.to_json(), indent=2) + "\n"
     else:
         raise UserError(f"channel file {path}: name it .json (dslim subnet) or .yaml/.yml (mmrazor channel config)")
-    try:
-        write_text(path, text)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    write_text(path, text)

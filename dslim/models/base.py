@@ -29,6 +29,9 @@ class Supernet(nn.Module):
     arch: str = ""
 
     def __init__(self, groups: list[ChannelGroup], bn: str, arch_kwargs: dict) -> None:
+        classes = arch_kwargs.get("num_classes")
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise UserError(f"num_classes {classes!r}: a network needs a whole number of classes, at least 1")
         super().__init__()
         self.groups = {g.name: g for g in groups}
         self.bn_mode = bn
@@ -90,6 +93,16 @@ class Supernet(nn.Module):
 
     def allowed_names(self) -> str:
         return ", ".join(self.named_subnets())
+
+    def with_classes(self, num_classes: int) -> Supernet:
+        """This network with a new classifier for `num_classes` classes (initialized as the architecture initializes
+        one), every other weight, statistic and name kept: to start from weights trained on other data."""
+        fresh = type(self)(**{**self.arch_kwargs, "num_classes": num_classes})
+        fresh.name_subnets(self.extra_names)
+        shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+        fresh.load_state_dict({k: v for k, v in self.state_dict().items() if shapes.get(k) == v.shape}, strict=False)
+        fresh.router_trained = self.router_trained
+        return fresh
 
     def resolve(self, name: str) -> Subnet:
         """The subnet called `name`; a `UserError` listing the allowed names otherwise."""

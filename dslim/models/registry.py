@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dslim.errors import UserError
 from dslim.registry import Registry
 
 if TYPE_CHECKING:
@@ -27,7 +28,10 @@ def supernet_class(name: str) -> type:
 
 
 def create_supernet(name: str, **kwargs: object) -> Supernet:
-    """Build a registered supernet by name."""
+    """Build a registered supernet by name. Width networks must name a width (or have a width range): one with
+    none has no subnet to train, calibrate or evaluate (a retrained network names its own, `name_subnets`)."""
+    if "widths" in kwargs and not kwargs["widths"] and kwargs.get("width_range") is None:
+        raise UserError("widths is empty: name at least one width (e.g. widths=(0.5, 1.0)), or give a width_range")
     return supernet_class(name)(**kwargs)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.subnet import ChannelGroup, Subnet, make_divisible
@@ -31,6 +33,9 @@ class WidthSupernet(Supernet):
         dropout: float,
         channels: dict[str, int] | None,
     ) -> None:
+        for name, values in (("max_width", (max_width,)), ("widths", widths)):
+            if not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in values):
+                raise UserError(f"{name} {values if name == 'widths' else max_width!r}: every width must be above 0")
         arch_kwargs = dict(num_classes=num_classes, max_width=max_width, widths=widths, width_range=width_range,
                            bn=bn, dropout=dropout)  # fmt: skip
         self.base, self.max_width = base, max_width
@@ -110,6 +115,7 @@ class WidthSupernet(Supernet):
 
 
 def check_named(cfg) -> None:  # type: ignore[no-untyped-def]
-    """A configured width network names at least one width (only a retrained S-Net of given subnets names none)."""
-    if cfg.width_range is None and not cfg.widths:
-        raise UserError("--model.widths is empty: name at least one width (or set --model.width-range)")
+    """A configured width network names at least one width: the widths its stages calibrate and evaluate (with a
+    width range too; only a retrained S-Net of given subnets names none, and it is not built from a config)."""
+    if not cfg.widths:
+        raise UserError("--model.widths is empty: name the widths to train, calibrate and evaluate (e.g. 0.25 0.5 1.0)")

@@ -13,13 +13,10 @@ D/<stage>/done.json          an `export` stage's marker, after its standalone mo
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from dslim.config import Config
-from dslim.errors import UserError
-from dslim.io import is_temporary
+from dslim.io.readers import SUBNETS, read_json
 from dslim.stages.registry import STAGES
 from dslim.subnet import Subnet
 
@@ -59,14 +56,6 @@ class RunLayout:
     def started(self, stage: str) -> bool:
         return self.finished(stage) or self.dir(stage).exists()
 
-    def sweep(self) -> None:
-        """Remove what an interrupted write left behind (temporary files, unfinished checkpoint folders)."""
-        if not self.root.is_dir():
-            return
-        for path in sorted(self.root.rglob(".*"), reverse=True):
-            if is_temporary(path):
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
     def supernet_before(self, order: list[str], stage: str | None = None) -> Path | None:
         """The `supernet` artifact of the nearest finished stage before `stage` (None: the last one) in `order`."""
         earlier = order if stage is None else order[: order.index(stage)]
@@ -86,16 +75,9 @@ class RunLayout:
 
 def read_subnets(path: Path) -> dict[str, dict]:
     """A named-subnets file, checked: `{name: {"subnet": Subnet JSON, "macs": int, "params": int, ...}}`."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} should map subnet names to entries")
+    obj: dict = read_json(path, "named-subnets file", SUBNETS)  # type: ignore[assignment]
     for name, entry in obj.items():
-        if not isinstance(entry, dict):
-            raise UserError(f"{path}: entry {name!r} should be an object with a `subnet`")
-        Subnet.from_json(entry.get("subnet"), f"{path}: {name!r}")
+        Subnet.from_json(entry["subnet"], f"{path}: {name!r}")
     return obj
 
 

@@ -7,17 +7,17 @@ The one reader of a run directory for the commands (`open_run`); the pipeline re
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from dslim.config import Config, StagesConfig, stages_config_class
+from dslim.config import Config, StagesConfig, stages_config_class, validate_fields
 from dslim.errors import UserError
 from dslim.io.artifacts import load_supernet
 from dslim.models.base import Supernet
 from dslim.stages.layout import RunLayout, stage_order
+from dslim.stages.record import read_record
 from dslim.subnet import Subnet
 
 
@@ -27,17 +27,19 @@ def _convert(hint: object, value: object, where: str) -> object:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
         return _convert(args[0], value, where)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None and len(inner) < len(args):
+            return None
+        return _convert(inner[0], value, where) if len(inner) == 1 else value
     if value is None:
-        return None
+        raise UserError(f"{where} should not be null")
     if hint is StagesConfig:
         hint = stages_config_class()
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise UserError(f"{where} should be an object, not {value!r}")
         return _dataclass(hint, value, where)  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where) if len(inner) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} should be a list, not {value!r}")
@@ -46,9 +48,18 @@ def _convert(hint: object, value: object, where: str) -> object:
         if len(args) != len(value):
             raise UserError(f"{where} should have {len(args)} entries, not {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where} should be one of {', '.join(map(repr, args))}, not {value!r}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float, bool, str) and (type(value) is not hint):
+        raise UserError(f"{where} should be {_KINDS[hint]}, not {value!r}")
     return value
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _dataclass(cls: type, obj: dict, where: str) -> object:
@@ -72,13 +83,13 @@ def load_config(run_dir: str | Path) -> Config:
         raise UserError(f"run directory {run_dir} does not exist (give the --out-dir of a dslim.train run)")
     if not layout.config.is_file():
         raise UserError(f"{run_dir} is not a dslim run: config.json is missing (written by dslim.train --out-dir)")
+    record = read_record(layout)
     try:
-        obj = json.loads(layout.config.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{layout.config} is not readable JSON ({e})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
-        raise UserError(f'{layout.config} has no "config" object: it was not written by dslim.train')
-    return config_from_json(obj["config"])
+        config = config_from_json(record["config"])
+        validate_fields(config)
+    except UserError as e:
+        raise UserError(f"{layout.config}: {e}") from None
+    return config
 
 
 @dataclass

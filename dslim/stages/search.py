@@ -101,6 +101,10 @@ def check(config: Config, net: Supernet, cfg: SearchConfig) -> None:
     choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
     if all(len(c) < 2 for c in choices.values()):
         raise UserError(f"{net.arch} has no channel group with a choice to search (--model.channel-bins 0?)")
+    floor = MacsModel(net, config.model.input_size).exact(smallest_of(choices))
+    if cfg.targets and min(cfg.targets) < floor:
+        raise UserError(f"--stages.search.targets {min(cfg.targets):g} is below the smallest subnet the search can "
+                        f"reach ({floor:,} MACs at {config.model.input_size}px)")  # fmt: skip
 
 
 def latency_table(config: Config, net: Supernet, cfg: SearchConfig) -> LatencyTable | None:
@@ -131,10 +135,6 @@ def search(ctx: StageContext) -> None:
     check(config, net, cfg)  # the supernet read may differ from the model settings (`--from`)
     choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
     macs_model = MacsModel(net, config.model.input_size)
-    floor = macs_model.exact(smallest_of(choices))
-    if cfg.targets and min(cfg.targets) < floor:
-        raise UserError(f"--stages.search.targets {min(cfg.targets):g} is below the smallest subnet the search can "
-                        f"reach ({floor:,} MACs at {config.model.input_size}px)")  # fmt: skip
     table, latency = latency_table(config, net, cfg), {}
 
     def ms(subnet: Subnet) -> float:

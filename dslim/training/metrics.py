@@ -9,7 +9,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dslim.io import write_text
+from dslim.io.atomic import append_line, write_text
+from dslim.io.readers import METRICS_RECORD, parse, read_text
+
+MAX_LOG_BYTES = 2**30
+"""The largest metrics.jsonl read back (a line per logged step: long ImageNet runs stay far below)."""
 
 
 class MetricsLog:
@@ -22,24 +26,28 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, accelerator: Accelerator) -> None:
         self.path, self.accelerator = Path(path), accelerator
         if accelerator.is_main_process and self.path.is_file():
-            text = self.path.read_text()
+            text = self._text()
             if text and not text.endswith("\n"):
                 write_text(self.path, text[: text.rfind("\n") + 1])
 
+    def _text(self) -> str:
+        return read_text(self.path, "metrics log", max_bytes=MAX_LOG_BYTES)
+
     def rewind(self, stage: str, step: int) -> None:
-        """Forget the step and epoch records of `stage` after optimizer step `step` (a resume redoes them)."""
+        """Forget the step and epoch records of `stage` after optimizer step `step` (a resume redoes them); a line
+        damaged in the middle of the log is refused, naming it (the log is the run's history)."""
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if not _after(json.loads(line), stage, step)]
+        lines = self._text().splitlines(keepends=True)
+        records = [parse(line, f"{self.path} line {i + 1}", METRICS_RECORD) for i, line in enumerate(lines)]
+        kept = [line for line, record in zip(lines, records) if not _after(record, stage, step)]  # type: ignore[arg-type]
         if len(kept) != len(lines):
             write_text(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         if self.accelerator.log_with:
             numbers = {f"{record['stage']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
             self.accelerator.log(numbers, step=record.get("step"))

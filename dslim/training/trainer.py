@@ -38,7 +38,7 @@ from torch import nn
 from dslim.config import TrainConfig
 from dslim.errors import UserError
 from dslim.models.base import Supernet
-from dslim.training.checkpointing import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from dslim.training.checkpointing import checkpoints, resume_checkpoint, save_checkpoint
 from dslim.training.method import Batch, Method, StepContext, Update, Where
 from dslim.training.metrics import MetricsLog, mean_over, progress_bars, summary_line
 from dslim.training.optim import ParamSet, build_optimizer, lr_at, peak_lr
@@ -143,19 +143,21 @@ class Trainer:
 
     def resume(self) -> tuple[int, int]:
         """Load the newest checkpoint, if any; returns (epoch, micro-batches of it already done)."""
-        found = latest_checkpoint(self.state_dir, self.accelerator)
+        now = (self.batch_size, self.accelerator.num_processes, self.cfg.grad_accum)
+
+        def same_settings(path: Path, state: dict) -> None:
+            was = (state["batch_size"], state["processes"], state["grad_accum"])
+            if was != now:
+                raise UserError(
+                    f"{path} was written with (batch size, processes, grad accum) = {was}, this run has {now}: "
+                    "resume with the same settings, or use a new --out-dir"
+                )
+
+        found = resume_checkpoint(self.accelerator, self.state_dir, self._others(), self.ema, same_settings)
         if found is None:
             self.metrics.rewind(self.stage, 0)  # an attempt killed before its first checkpoint starts over
             return 0, 0
         latest, state = found
-        was = (state["batch_size"], state["processes"], state["grad_accum"])
-        now = (self.batch_size, self.accelerator.num_processes, self.cfg.grad_accum)
-        if was != now:
-            raise UserError(
-                f"{latest} was written with (batch size, processes, grad accum) = {was}, this run has {now}: "
-                "resume with the same settings, or use a new --out-dir"
-            )
-        load_checkpoint(self.accelerator, latest, self._others(), self.ema)
         self.step = state["step"]
         self.metrics.rewind(self.stage, self.step)
         self.accelerator.print(f"{self.stage}: resuming from {latest} (epoch {state['epoch']}, step {self.step})")
