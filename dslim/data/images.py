@@ -7,6 +7,7 @@ Layout problems are found here, up front, and reported as `UserError`s naming th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from dslim.data import cifar
 from dslim.errors import UserError
 from dslim.io import write_text
+from dslim.io.readers import SHARD_INDEX, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
@@ -192,7 +194,8 @@ def _index_shard(shard: Path, index_dir: Path) -> tuple[Path, dict[str, list]]:
     index_path = index_dir / f"{shard.stem}-{digest}.idx"
     samples_path = index_path.with_suffix(".json")
     if samples_path.exists() and index_path.exists():
-        return index_path, json.loads(samples_path.read_text())
+        with contextlib.suppress(UserError):  # a damaged cache entry is written again below
+            return index_path, read_json(samples_path, "shard index", SHARD_INDEX)  # type: ignore[return-value]
 
     groups = _tar_samples(shard)
     samples: dict[str, list] = {"keys": [], "offsets": [], "sizes": [], "labels": []}

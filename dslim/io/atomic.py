@@ -108,7 +108,11 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Add one line to a log (JSON lines); a line cut short by a crash is dropped by its reader."""
+def append_line(path: str | os.PathLike, line: str, durable: bool = False) -> None:
+    """Add one line to a log (JSON lines; a line cut short by a crash is dropped by its reader); `durable`: on disk
+    before this returns."""
     with writing(path), open(path, "a") as f:
         f.write(line + "\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())

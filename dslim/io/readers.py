@@ -49,6 +49,8 @@ TRAINER_STATE = {"stage": str, "step": int, "epoch": int, "batch": int, "batch_s
 """A checkpoint's trainer.json."""
 METRICS_RECORD = {"kind?": str, "stage?": str, "step?": NUMBER}
 """A line of metrics.jsonl."""
+SHARD_INDEX = {"keys": [str], "offsets": [int], "sizes": [int], "labels": [int]}
+"""What dslim caches of a WebDataset shard: each sample's key, image location and label."""
 ROUTING_PROGRAM = {"format": str, "graphs": {str: {"file": str, "inputs": [str], "outputs": [str]}}, "input_size?": int}
 """A dynamic model's routing.json (its program is checked by the runner)."""
 

@@ -15,13 +15,13 @@ bins, DS-Net's stage widths), and its record: the trace, one `Step` per line, th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dslim.errors import UserError
-from dslim.io import write_text
+from dslim.io.atomic import append_line, write_text
+from dslim.io.readers import parse, read_text
 from dslim.subnet import Subnet
 
 
@@ -146,12 +146,12 @@ def read_trace(path: Path, start: Subnet, choices: dict[str, tuple[int, ...]]) -
     kill in the middle of a write: that step is dropped and recomputed)."""
     if not path.is_file():
         return [], False
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "search trace", max_bytes=2**30).splitlines()
     steps, torn = [], False
     for i, line in enumerate(lines):
         try:
-            step = Step.from_json(json.loads(line))
-        except (ValueError, KeyError, TypeError, UserError):
+            step = Step.from_json(parse(line, f"{path} line {i + 1}", dict))
+        except (KeyError, TypeError, ValueError, UserError):
             if i == len(lines) - 1:
                 torn = True
                 break
@@ -166,10 +166,7 @@ def read_trace(path: Path, start: Subnet, choices: dict[str, tuple[int, ...]]) -
 
 def append_step(path: Path, step: Step, index: int) -> None:
     """Add step `index` to the trace at `path`, on disk before the search goes on."""
-    with open(path, "a") as f:
-        f.write(json.dumps(step.to_json(index)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_line(path, json.dumps(step.to_json(index)), durable=True)
 
 
 def write_trace(path: Path, steps: Sequence[Step]) -> None:
