@@ -35,13 +35,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation the machine cannot make (a batch too large for it): PyTorch says so in its own error types."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
+
+
 def signal_name(signum: int) -> str:
     return f"signal {signum} ({signal.Signals(signum).name})"
 
 
 def exits_cleanly(main: F) -> F:
-    """Turn a `UserError` raised by a command into `dslim: error: ...` on stderr and exit code 2, and a stop on
-    Ctrl-C or SIGTERM, wherever it comes, into one line and the shell's code for that signal (130, 143).
+    """Turn a `UserError` raised by a command into `dslim: error: ...` on stderr and exit code 2 (memory exhausted
+    too: a batch too large for the machine), and a stop on Ctrl-C or SIGTERM, wherever it comes, into one line and
+    the shell's code for that signal (130, 143).
 
     Anything else is a bug and keeps its traceback.
     """
@@ -60,6 +66,12 @@ def exits_cleanly(main: F) -> F:
         except Stopped as e:
             print(f"dslim: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            reason = " ".join(str(e).split())[:160] or type(e).__name__
+            print(f"dslim: error: out of memory ({reason}); lower the batch size", file=sys.stderr)
+            raise SystemExit(2) from None
         except (KeyboardInterrupt, Terminated) as e:
             signum = Terminated.signum if isinstance(e, Terminated) else signal.SIGINT
             print(f"dslim: interrupted by {signal_name(signum)}; nothing is left half-written: run the same command "

@@ -73,7 +73,7 @@ def run_here(module: str, *args: str) -> tuple[int, str, str]:
 def assert_refused_here(module: str, *args: str, names: tuple[str, ...] = (), case: str = "") -> str:
     """`run_here` exits 2 with one line naming `names` (`case` says which bad input, when it fails); returns it."""
     code, _, err = run_here(module, *args)
-    lines = err.strip().splitlines()
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("dslim: note:")]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("dslim: error:"), (case, code, err[-2000:])
     for name in names:
         assert name in lines[0], (case, name, lines[0])
@@ -350,3 +350,21 @@ def test_blockdrop_base_is_read_with_the_importers_allow_list(tmp_path):
 
     with safe_open(str(out), "pt") as f:
         assert json.loads(f.metadata()["dslim"])["arch_kwargs"]["block_policy"] is True
+
+
+def test_more_bad_inputs_found_by_trying(tmp_path):
+    """Beyond issue #17's list: what a new user typed that was taken silently, ran for hours or crashed."""
+    latency = ("dslim.latency", "--recipe", "usnet_digits", "--warmup", "0", "--repeats", "1", "--out",
+               str(tmp_path / "l.json"))  # fmt: skip
+    cases = [
+        (("dslim.train", "--recipe", "usnet_digits", "--out-dir", ""), ("--out-dir",)),  # trained into runs/<recipe>
+        (("dslim.train", "--recipe", "", "--out-dir", str(tmp_path / "r")), ("--recipe",)),  # took Config() as is
+        (("dslim.profile", "--recipe", ""), ("--recipe",)),
+        ((*latency, "--batch", "100000000"), ("out of memory",)),  # an allocator traceback
+        ((*latency, "--layers", "100000"), ("--layers",)),  # timed 100,000 subnets
+        (("dslim.export", "--run", str(tmp_path), "--subnet", "0.5", "--out", str(tmp_path / ".safetensors")),
+         (".safetensors",)),  # wrote a hidden `.safetensors` and `.config.json`
+    ]  # fmt: skip
+    for args, names in cases:
+        assert_refused_here(*args, names=names, case=" ".join(args))
+    assert list(tmp_path.iterdir()) == []

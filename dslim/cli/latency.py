@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import tyro
 
 from dslim.cli.args import has_run, parse
-from dslim.config import Config, NonNegative, Positive, at_least, validate_fields
+from dslim.config import Config, NonNegative, Positive, at_least, in_range, validate_fields
 from dslim.errors import UserError, exits_cleanly
 
 
@@ -48,9 +48,9 @@ class LatencyCommand:
     repeats: Positive = 15
     """Most timed runs per entry; the median is kept. 5 run (or `repeats` if fewer), more until the last 5 agree
     within 5% or 1 s is spent on the entry."""
-    layers: NonNegative = 0
+    layers: Annotated[int, in_range(0, 1000)] = 0
     """Random subnets (drawn with `--seed`) to time layer by layer, besides the named ones: a per-layer table from
-    which the latency of any subnet is estimated."""
+    which the latency of any subnet is estimated (8 to 32 fit well; each costs about as long as a named subnet)."""
     wait_policy: Literal["passive", "active"] | None = None
     """How idle OpenMP threads wait for work (`OMP_WAIT_POLICY`, recorded in the table): `passive` (they sleep) or
     `active` (they spin). Default: the environment's `OMP_WAIT_POLICY`, which dslim sets to passive when it loads
