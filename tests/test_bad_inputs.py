@@ -87,6 +87,13 @@ TINY = ("--recipe", "usnet_digits", "--model.max-width", "0.25", "--model.widths
 """A US-Net pipeline of seconds: a 0.25x MobileNet v1, one epoch of 5 steps."""
 
 
+def train_tiny(out: Path, cache: Path, *extra: str) -> Path:
+    """A finished TINY run in `out` (`extra`: its stages, other settings), for a module's tests to share."""
+    proc = run("dslim.train", *TINY, "--out-dir", str(out), "--data.cache-dir", str(cache), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize(
     ("args", "names"),
     [
@@ -299,11 +306,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, digits_cache):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_cache) -> Path:
     """A run whose supernet stage is finished (BN calibration and evaluation not yet run)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--out-dir", str(out), "--data.cache-dir",
-               str(digits_cache))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return train_tiny(tmp_path_factory.mktemp("trained") / "run", digits_cache, "--stages", "supernet")
 
 
 @pytest.mark.parametrize(

@@ -21,21 +21,21 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, subprocess_env
 from safetensors.torch import load_file, save_file
-from test_bad_inputs import TINY, assert_refused_here, assert_user_error, run, snapshot
+from test_bad_inputs import TINY, assert_refused_here, assert_user_error, run, snapshot, train_tiny
 
 import dslim
 
 # -- damaged checkpoints -------------------------------------------------------------------------------------------
 
 
+RESUMED = ("--stages", "supernet", "--stages.supernet.checkpoint-every", "2")
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, digits_cache) -> tuple[Path, dict]:
     """A supernet stage with checkpoints after steps 4 and 5, its artifact removed (as if killed just before
     writing it), and the weights the uninterrupted stage ended with."""
-    out = tmp_path_factory.mktemp("interrupted") / "run"
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--stages.supernet.checkpoint-every", "2", "--out-dir",
-               str(out), "--data.cache-dir", str(digits_cache))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = train_tiny(tmp_path_factory.mktemp("interrupted") / "run", digits_cache, *RESUMED)
     artifact = out / "supernet" / "model.safetensors"
     weights = load_file(artifact)
     artifact.unlink()
@@ -63,8 +63,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, interrupt
     out = tmp_path / "run"
     shutil.copytree(source, out)
     DAMAGE[damage](out / "supernet" / "state" / "ckpt-000000005")
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--stages.supernet.checkpoint-every", "2", "--out-dir",
-               str(out), "--data.cache-dir", str(digits_cache))  # fmt: skip
+    proc = run("dslim.train", *TINY, *RESUMED, "--out-dir", str(out), "--data.cache-dir", str(digits_cache))
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = proc.stdout + proc.stderr
     assert "ckpt-000000005" in said and "damaged" in said and "resuming from" in said, said
@@ -79,8 +78,7 @@ def test_every_checkpoint_damaged_is_one_line(tmp_path, interrupted, digits_cach
     shutil.copytree(source, out)
     for ckpt in (out / "supernet" / "state").iterdir():
         (ckpt / "trainer.json").write_text("{")
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--stages.supernet.checkpoint-every", "2", "--out-dir",
-               str(out), "--data.cache-dir", str(digits_cache))  # fmt: skip
+    proc = run("dslim.train", *TINY, *RESUMED, "--out-dir", str(out), "--data.cache-dir", str(digits_cache))
     assert_user_error(proc, str(out / "supernet" / "state"))
 
 
@@ -105,11 +103,7 @@ def _limited(size: int, *args: str, cwd: Path | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, digits_cache) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--out-dir", str(out), "--data.cache-dir",
-               str(digits_cache))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return train_tiny(tmp_path_factory.mktemp("finished") / "run", digits_cache, "--stages", "supernet")
 
 
 def _no_temporaries(root: Path) -> None:
@@ -313,6 +307,5 @@ def test_a_damaged_line_inside_metrics_jsonl(tmp_path, interrupted, digits_cache
     metrics = out / "metrics.jsonl"
     lines = metrics.read_bytes().splitlines(keepends=True)
     metrics.write_bytes(lines[0] + b'{"kind": "step", oops\n' + b"".join(lines[1:]))
-    proc = run("dslim.train", *TINY, "--stages", "supernet", "--stages.supernet.checkpoint-every", "2", "--out-dir",
-               str(out), "--data.cache-dir", str(digits_cache))  # fmt: skip
+    proc = run("dslim.train", *TINY, *RESUMED, "--out-dir", str(out), "--data.cache-dir", str(digits_cache))
     assert_user_error(proc, str(metrics), "line 2")

@@ -14,19 +14,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import TINY, assert_refused_here, assert_user_error, run, snapshot
+from test_bad_inputs import TINY, assert_refused_here, assert_user_error, run, snapshot, train_tiny
 
 import dslim
+
+STAGES = ("--stages", "supernet", "bn_recalibration", "evaluate", "export")
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, digits_cache) -> Path:
     """A tiny finished US-Net run (supernet, BN calibration, evaluation, export): D/export/0.25.safetensors."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    proc = run("dslim.train", *TINY, "--out-dir", str(out), "--data.cache-dir", str(digits_cache), "--stages",
-               "supernet", "bn_recalibration", "evaluate", "export")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return train_tiny(tmp_path_factory.mktemp("finished") / "run", digits_cache, *STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +147,7 @@ def test_a_run_sweeps_only_its_own_temporaries(tmp_path, finished, digits_cache,
         user_files.plant(folder, (".tmp-mine/a.txt", ".mine.tmp", ".tmp-ckpt-000000009/trainer.json",
                                   "deep/.tmp-x/.y.tmp"))  # fmt: skip
     args = [*TINY, "--out-dir", str(run_dir), "--data.cache-dir", str(digits_cache)]
-    again = run("dslim.train", *args, "--stages", "supernet", "bn_recalibration", "evaluate", "export")
+    again = run("dslim.train", *args, *STAGES)
     assert again.returncode == 0 and "supernet: done" in again.stdout, again.stderr[-2000:]
     assert_user_error(run("dslim.train", *args, "--seed", "5"), "started with another config")
 
