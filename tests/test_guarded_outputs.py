@@ -182,3 +182,19 @@ def test_the_python_api_never_replaces_a_users_folder(tmp_path, user_files):
     with pytest.raises(UserError, match="not written by dslim"):
         export_dynamic(net, mine, 64, exporter="torchscript")
     assert not [p for p in tmp_path.iterdir() if p != mine]  # no temporary folder left beside it
+
+
+def test_a_run_folder_killed_while_being_marked_is_not_a_users_folder(tmp_path, user_files):
+    """SIGKILL while a new run writes its marker leaves only dslim's temporary: the folder is still dslim's to use
+    (the soak test of tests/test_interrupt.py found the rerun refused); a user's file makes it the user's."""
+    from dslim.errors import UserError
+    from dslim.io.atomic import TEMPORARY
+    from dslim.io.outputs import check_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / f"{TEMPORARY}.dslim.x1y2").write_text("{")
+    assert check_run_dir(run_dir) is False
+    user_files.plant(run_dir, ("notes.txt",))
+    with pytest.raises(UserError, match="not a dslim run"):
+        check_run_dir(run_dir)

@@ -123,7 +123,7 @@ def check_run_dir(root: str | os.PathLike) -> bool:
     if root.is_dir():
         if is_run(root):
             return True
-        if any(root.iterdir()):
+        if any(not is_temporary(p) for p in root.iterdir()):  # (a first run killed while marking its folder)
             raise UserError(f"--out-dir {root} holds files and is not a dslim run: a run is written only into a new "
                             "or empty folder (or its own, to continue it); choose another --out-dir")  # fmt: skip
     parent = next(p for p in Path(os.path.abspath(root)).parents if p.exists()) if not root.exists() else root
