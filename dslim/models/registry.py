@@ -12,18 +12,24 @@ if TYPE_CHECKING:
     from dslim.models.base import Supernet
 
 _REGISTRY: dict[str, type] = {}
+_UNLISTED: set[str] = set()
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str, listed: bool = True) -> Callable[[type], type]:
+    """Register a supernet class; `listed=False` for one that is made, not chosen (a converted model)."""
+
     def add(cls: type) -> type:
         _REGISTRY[name] = cls
+        if not listed:
+            _UNLISTED.add(name)
         return cls
 
     return add
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """The architectures `--model.arch` chooses from."""
+    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
 
 
 def supernet_class(name: str) -> type:
@@ -37,6 +43,11 @@ def create_supernet(name: str, **kwargs: object) -> Supernet:
     return supernet_class(name)(**kwargs)
 
 
+def arch_of(cfg: ModelConfig) -> str:
+    """The architecture a model config builds: `converted` for a model of the user's own (`--model.module`)."""
+    return "converted" if cfg.module else cfg.arch
+
+
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
-    return supernet_class(cfg.arch).from_config(cfg)
+    return supernet_class(arch_of(cfg)).from_config(cfg)

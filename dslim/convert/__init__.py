@@ -1,0 +1,11 @@
+"""Bring your own model: `convert(model, example)` makes any traceable CNN a slimmable `dslim.Supernet`.
+
+`trace` (torch.fx) -> `channels` (which channels must be sliced together, on the example input) -> `groups`
+(channel groups, ranks, layouts) -> `supernet` (`ConvertedSupernet`, rebuilt from the stored graph alone);
+`load` reads `--model.module` and `--model.weights` for the commands.
+"""
+
+from dslim.convert.convert import convert
+from dslim.convert.supernet import ConvertedSupernet
+
+__all__ = ["ConvertedSupernet", "convert"]

@@ -1,0 +1,269 @@
+"""`ConvertedSupernet`: a user's model rebuilt from its stored graph, every layer slimmable.
+
+It is a width-multiplier supernet like the built-in ones (named `widths`, a universally slimmable `width_range`,
+BatchNorm `private` / `switchable` / `calibrated`, AutoSlim bins and DMCP chains over its groups), and everything it
+is made of is in its constructor arguments: the graph (`dslim.convert.ops` names), the channel groups and the
+layouts. So a saved converted supernet, or a subnet exported from it, reloads with `dslim.load_supernet` /
+`dslim.load_subnet` without the user's source file. Built with `channels=`, it is that subnet as a network of its
+own, each layer knowing where its channels are in the supernet's (`source`), which is how `dslim.extract` exports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from dslim.convert.groups import decode_layout
+from dslim.convert.ops import FUNCTIONS, build_plain, decode
+from dslim.errors import UserError
+from dslim.models.registry import register
+from dslim.models.width import WidthSupernet
+from dslim.nn.indexed import GraphBatchNorm, GraphConv, GraphConvTranspose, GraphLayerNorm, GraphLinear, GraphOp
+from dslim.nn.indexed import GraphParam, GraphSplit
+from dslim.nn.layouts import Layouts
+from dslim.subnet import ChannelGroup, Subnet, make_divisible
+
+GRAPH_FORMAT = "dslim.graph/1"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}  # fmt: skip
+
+
+@register("converted", listed=False)
+class ConvertedSupernet(WidthSupernet):
+    """A traced model as a supernet; its groups are named after the layer whose output starts them."""
+
+    arch = "converted"
+
+    def __init__(
+        self,
+        graph: dict,
+        widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+        width_range: tuple[float, float] | None = None,
+        bn: str = "calibrated",
+        channel_divisor: int = 1,
+        channels: dict[str, int] | None = None,
+    ) -> None:
+        if not isinstance(graph, dict) or graph.get("format") != GRAPH_FORMAT:
+            raise UserError(f"not a converted model's graph (format {GRAPH_FORMAT!r} expected)")
+        groups = graph["groups"]
+        self.units = {g["name"]: int(g["unit"]) for g in groups}
+        self.minimum = {g["name"]: int(g.get("min", 1)) * int(g["unit"]) for g in groups}
+        self.divisor = int(channel_divisor)
+        self.base = {g["name"]: int(g["classes"]) * int(g["unit"]) for g in groups}
+        super().__init__(self.base, num_classes=0, max_width=1.0, widths=tuple(widths),
+                         width_range=None if width_range is None else tuple(width_range), bn=bn, dropout=0.0,
+                         channels=channels)  # fmt: skip
+        built = channels if channels is not None else self.base
+        self.groups = {g: ChannelGroup(g, int(built[g]), min=min(self.minimum[g], int(built[g])), step=self.units[g])
+                       for g in self.base}  # fmt: skip
+        self.arch_kwargs = {"graph": graph, "widths": [float(w) for w in widths], "bn": bn,
+                            "width_range": None if width_range is None else [float(w) for w in width_range],
+                            "channel_divisor": self.divisor}  # fmt: skip
+        self.graph_name = str(graph.get("name", "model"))
+        full = [decode_layout(runs) for runs in graph["layouts"]]
+        names = [g["name"] for g in groups]
+        units = [self.units[n] for n in names]
+        source: list = [None] * len(full)
+        if channels is not None:  # this subnet as a network of its own: layouts keep its active positions
+            chosen = {g: int(channels[g]) for g in names}
+            full_book = Layouts(full, names, units)
+            keep = [full_book.active(i, chosen) for i in range(len(full))]
+            source = [None if k.all() else np.flatnonzero(k) for k in keep]
+            full = [(g[k], r[k]) for (g, r), k in zip(full, keep)]
+        self.book = Layouts(full, names, units)
+        self.model = nn.Module()
+        for path, spec in graph["modules"].items():
+            self._place(path, self._build(spec, source))
+        self._programs = {mode: _compile(nodes) for mode, nodes in graph["graphs"].items()}
+        for program in self._programs.values():
+            program.check(self.model)
+        self.finish(allocate=channels is None)
+
+    # -- building ---------------------------------------------------------------------------------------------
+    def _build(self, spec: dict, source: list) -> nn.Module:
+        kind, args, lay = spec["type"], dict(spec.get("args", {})), spec.get("layouts", {})
+        sizes = {k: self.book.sizes[i] for k, i in lay.items() if i is not None and k != "mask"}
+        src = {k: source[i] for k, i in lay.items() if i is not None}
+        if kind in ("Conv2d", "ConvTranspose2d"):
+            c_in, c_out = sizes.get("in", args["in_channels"]), sizes.get("out", args["out_channels"])
+            g = args["groups"]
+            groups = 1 if g == 1 else c_in // (args["in_channels"] // g)
+            common = dict(kernel_size=tuple(args["kernel_size"]), stride=tuple(args["stride"]),
+                          padding=args["padding"] if isinstance(args["padding"], str) else tuple(args["padding"]),
+                          dilation=tuple(args["dilation"]), groups=groups, bias=args["bias"])  # fmt: skip
+            if kind == "Conv2d":
+                m = GraphConv(c_in, c_out, padding_mode=args.get("padding_mode", "zeros"), **common)
+            else:
+                m = GraphConvTranspose(c_in, c_out, output_padding=tuple(args["output_padding"]), **common)
+        elif kind == "Linear":
+            m = GraphLinear(sizes.get("in", args["in_features"]), sizes.get("out", args["out_features"]), args["bias"])
+        elif kind == "BatchNorm":
+            m = GraphBatchNorm(sizes.get("in", args["num_features"]), None, self.bn_mode, args["eps"], args["momentum"])
+            if args["ndim"] != 4:
+                m.plain_type = nn.BatchNorm1d
+            if not args["affine"]:
+                m.weight.requires_grad_(False)
+                m.bias.requires_grad_(False)
+        elif kind == "LayerNorm":
+            shape = [sizes["in"]] if "in" in sizes else args["normalized_shape"]
+            m = GraphLayerNorm(shape, args["eps"], args["affine"], args["bias"])
+        elif kind == "Param":
+            shape = list(args["shape"])
+            if args.get("dim") is not None and "in" in sizes:
+                shape[args["dim"]] = sizes["in"]
+            m = GraphParam(shape, _DTYPES[args["dtype"]], args["parameter"], args.get("dim"))
+        elif kind == "Split":
+            parts = args["parts"]
+            if src.get("in") is not None:  # at a subnet's widths: the parts' bounds among the kept positions
+                parts = [[int(np.searchsorted(src["in"], a)), int(np.searchsorted(src["in"], b))] for a, b in parts]
+            m = GraphSplit(args["dim"], parts, args["mode"])
+        elif kind == "Op":
+            inner = None if args.get("module") is None else build_plain(args["module"]["type"], args["module"]["args"])
+            fn = args.get("fn")
+            if fn is not None and not args.get("method") and fn not in FUNCTIONS:
+                raise UserError(f"unknown function {fn!r} in a stored graph")
+            m = GraphOp(fn, bool(args.get("method")), inner, args.get("cost", "none"))
+        else:
+            return build_plain(kind, args)
+        m.setup(self.book, lay, src)
+        return m
+
+    def _place(self, path: str, module: nn.Module) -> None:
+        parent = self.model
+        *heads, leaf = path.split(".")
+        for h in heads:
+            if h not in parent._modules:
+                parent.add_module(h, nn.Module())
+            parent = parent._modules[h]  # type: ignore[assignment]
+        parent.add_module(leaf, module)
+
+    # -- widths -----------------------------------------------------------------------------------------------
+    def width_channels(self, width: float) -> dict[str, int]:
+        """Every group at `width` of its channels, rounded to a multiple of `channel_divisor` (and of its step)."""
+        out = {}
+        for g, c in self.base.items():
+            unit = self.units[g]
+            step = unit * self.divisor // np.gcd(unit, self.divisor)
+            n = c if width >= 1 - 1e-9 else make_divisible(c * width, step, unit)
+            out[g] = min(c, max(self.minimum[g], n // unit * unit))
+        return out
+
+    def round_channels(self, channels: float) -> int:
+        return make_divisible(channels, self.divisor)
+
+    @classmethod
+    def from_config(cls, cfg):  # type: ignore[no-untyped-def]
+        from dslim.convert.load import from_config
+
+        return from_config(cfg)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def set_subnet(self, subnet: Subnet) -> None:
+        if subnet is not self.subnet:
+            self.check(subnet)
+            self.book.select(subnet)
+        super().set_subnet(subnet)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        program = self._programs.get("train") if self.training else None
+        return (program or self._programs["eval"]).run(self.model, x)
+
+    def describe(self) -> str:
+        """The channel groups (max channels, step, layers) and what stays at full width, and why."""
+        from dslim.convert.report import describe
+
+        return describe(self)
+
+
+class _Program:
+    """A stored graph compiled for running: one step per node, arguments resolved from earlier results. Modules
+    are looked up by path at each call (a copy of the network, an export swapping layers, runs its own)."""
+
+    def __init__(self, steps: list, output: object) -> None:
+        self.steps, self.output = steps, output
+
+    def check(self, root: nn.Module) -> None:
+        for call, _, _ in self.steps:
+            if isinstance(call, tuple):
+                _module(root, call)
+
+    def run(self, root: nn.Module, x: torch.Tensor, observe=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        env: list = [x]
+        for i, (call, args, kwargs) in enumerate(self.steps):
+            if isinstance(call, tuple):
+                call = _module(root, call)
+            value = call(*[a(env) for a in args], **{k: v(env) for k, v in kwargs.items()})
+            env.append(value)
+            if observe is not None:
+                observe(i + 1, value)
+        return self.output(env)
+
+
+def _compile(nodes: list[dict]) -> _Program:
+    """The steps of a stored node list; every name is resolved in the allow-lists (modules: by path)."""
+    from dslim.convert.ops import METHODS
+
+    position: dict[str, int] = {}
+    steps: list = []
+    output = None
+    for node in nodes:
+        op, name = node["op"], node["name"]
+        if op == "input":
+            if position:
+                raise UserError("a stored graph has more than one input")
+            position[name] = 0
+            continue
+        if op == "output":
+            output = _getter(decode(node["args"]), position)
+            break
+        args = [_getter(decode(a), position) for a in node.get("args", [])]
+        kwargs = {k: _getter(decode(v), position) for k, v in node.get("kwargs", {}).items()}
+        target = node["target"]
+        if op == "module":
+            call: object = tuple(target.split("."))
+        elif op == "function" and target in FUNCTIONS:
+            call = FUNCTIONS[target]
+        elif op == "method" and target in METHODS:
+            call = _method(target)
+        else:
+            raise UserError(f"unknown {op} {target!r} in a stored graph")
+        position[name] = len(steps) + 1
+        steps.append((call, args, kwargs))
+    if output is None:
+        raise UserError("a stored graph has no output")
+    return _Program(steps, output)
+
+
+def _method(name: str):  # type: ignore[no-untyped-def]
+    return lambda self, *a, **k: getattr(self, name)(*a, **k)
+
+
+def _module(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
+    m = root
+    for part in path:
+        found = m._modules.get(part)
+        if found is None:
+            raise UserError(f"a stored graph calls {'.'.join(path)}, which it does not define")
+        m = found
+    return m
+
+
+def _getter(value: object, position: Mapping[str, int]):  # type: ignore[no-untyped-def]
+    from dslim.convert.ops import Ref
+
+    if isinstance(value, Ref):
+        if value.name not in position:
+            raise UserError(f"a stored graph uses {value.name} before computing it")
+        i = position[value.name]
+        return lambda env: env[i]
+    if isinstance(value, (list, tuple)):
+        parts = [_getter(v, position) for v in value]
+        kind = type(value)
+        return lambda env: kind(p(env) for p in parts)
+    if isinstance(value, slice):
+        parts = [_getter(v, position) for v in (value.start, value.stop, value.step)]
+        return lambda env: slice(*(p(env) for p in parts))
+    return lambda env: value
