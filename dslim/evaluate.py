@@ -21,6 +21,7 @@ from typing import Literal
 import tyro
 
 from dslim.errors import UserError, exits_cleanly
+from dslim.models.registry import model_name
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(report))
         return
     size = config.model.input_size
-    where = f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px, {cmd.split} split"
+    where = f"{run.dir}: {model_name(config.model)} ({run.artifact.parent.name} stage) at {size}px, {cmd.split} split"
     print_results(rows, dynamic, where)
 
 

@@ -25,6 +25,7 @@ from typing import Literal
 import tyro
 
 from dslim.errors import UserError, exits_cleanly
+from dslim.models.registry import model_name
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cmd.channels_out is not None:
         cost = measure(net, size, subnet)
         write_channels(cmd.channels_out, net, subnet)
-        print(f"wrote {cmd.channels_out}: channel configuration of {config.model.arch} subnet {name}, "
+        print(f"wrote {cmd.channels_out}: channel configuration of {model_name(config.model)} subnet {name}, "
               f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
     if cmd.out is None:
         return
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
     else:
         what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
-    print(f"wrote {cmd.out} and {card_file.name}: {config.model.arch} {what} from {run.artifact.parent.name}, "
+    print(f"wrote {cmd.out} and {card_file.name}: {model_name(config.model)} {what} from {run.artifact.parent.name}, "
           f"{cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 

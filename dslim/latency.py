@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(cmd.threads)
     from dslim.io import write_json
     from dslim.models import from_config
+    from dslim.models.registry import model_name
     from dslim.timing import measure_table
 
     if cmd.run is not None:
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_json(out, table)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
-    print_latency(table, f"{model.arch} at {model.input_size}px")
+    print_latency(table, f"{model_name(model)} at {model.input_size}px")
     print(f"wrote {out}")
 
 

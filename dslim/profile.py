@@ -1,7 +1,8 @@
 """`python -m dslim.profile --recipe R [--widths W ...] [--channels FILE ...] [--json]`: exact MACs and params.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
-`--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
+`--model.module FILE.py:NAME` profiles a model of your own, converted (no recipe needed; `--model.input-size` is
+its input). `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
 `autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from
 `python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the
 table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from
@@ -25,13 +26,14 @@ from dslim.config import Config
 from dslim.errors import UserError, exits_cleanly
 from dslim.models import from_config
 from dslim.models.base import Supernet
+from dslim.models.registry import model_name
 from dslim.subnet import Subnet
 
 
 @dataclass(frozen=True)
 class ProfileCommand:
     recipe: str
-    """Recipe name (see `recipes/`) or path to a recipe file (not needed with `--run`)."""
+    """Recipe name (see `recipes/`) or path to a recipe file (not needed with `--run` or `--model.module`)."""
     config: Annotated[Config, tyro.conf.arg(name="")]
     widths: tuple[str, ...] = ()
     """Subnets to profile, by width (any width in a universally slimmable range) or name; default: all named."""
@@ -73,7 +75,7 @@ def add_latency(rows: list[dict], net: Supernet, subnets: dict[str, Subnet], pat
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
+    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not _has(argv, "--run", "--model.module"))
     if cmd.run is not None:
         from dslim.stages.layout import open_run
 
@@ -82,15 +84,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         every = [*net.named_subnets(), *(n for n in run.subnet_files if n not in net.named_subnets())]
         names = list(cmd.widths) or ([] if cmd.channels else every)
         subnets = {n: run.resolve(n) for n in names}
-        title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
+        title = f"{cmd.run}: {model_name(config.model)} at {config.model.input_size}px"
     else:
-        if not cmd.recipe:
-            raise UserError("give --recipe R or --run D")
+        if not cmd.recipe and not cmd.config.model.module:
+            raise UserError("give --recipe R, --run D or --model.module FILE.py:NAME")
         config = cmd.config
         net = from_config(config.model)
         names = list(cmd.widths) or ([] if cmd.channels else list(net.named_subnets()))
         subnets = {name: net.resolve(name) for name in names}  # all errors before any work
-        title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
+        title = f"{cmd.recipe or 'profile'}: {model_name(config.model)} at {config.model.input_size}px"
     subnets |= read_named(cmd.channels, net)
     rows = profile_subnets(net, subnets, config.model.input_size)
     batches = add_latency(rows, net, subnets, cmd.latency, config.model.input_size) if cmd.latency else []
@@ -109,11 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   *(latency(r, b) for b in batches)) for r in rows])  # fmt: skip
 
 
-def _has_run(argv: Sequence[str] | None) -> bool:
+def _has(argv: Sequence[str] | None, *options: str) -> bool:
     import sys
 
     args = sys.argv[1:] if argv is None else list(argv)
-    return any(a == "--run" or a.startswith("--run=") for a in args)
+    return any(a == o or a.startswith(o + "=") for a in args for o in options)
 
 
 if __name__ == "__main__":

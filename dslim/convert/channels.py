@@ -95,6 +95,8 @@ class Analysis:
     """Node name -> where it comes from in the user's code."""
     inputs: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     """Per mode, the nodes each node reads."""
+    outputs: int = 0
+    """Size of the last dimension of the model's output (its classes)."""
 
     def site(self, atoms: object) -> int:
         self.sites.append(atoms)
@@ -166,6 +168,8 @@ class Walker:
                 self.pin(fx.node.map_arg(node.args, lambda n: self.meta[n.name]), "the model's output")
                 self.emit(node, "output", "", node.args[0])
                 out = fx.node.map_arg(node.args[0], lambda n: self.real[n.name])
+                if isinstance(out, torch.Tensor) and out.dim():
+                    self.an.outputs = int(out.shape[-1])
                 self.an.graphs[self.mode] = self.nodes
                 self.an.labels[self.mode] = self.meta
                 self.an.shapes[self.mode] = {k: _shapes(v) for k, v in self.real.items()}

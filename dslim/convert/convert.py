@@ -71,11 +71,14 @@ def convert(
         if not sol.groups:
             raise UserError(f"{name} has no channel that dslim can slice (every layer stays at full width): "
                             f"{_summary(an, sol)}")  # fmt: skip
-        net = ConvertedSupernet(spec, **kwargs)  # type: ignore[arg-type]
-        if not shape_check(net, an, sol, example):
+        # shapes do not depend on BatchNorm's mode; calibrated BatchNorm runs any subnet without allocating it
+        checked = ConvertedSupernet(spec, widths=(), width_range=None, bn="calibrated", channel_divisor=channel_divisor)
+        if not shape_check(checked, an, sol, example):
             break
     else:
-        raise RuntimeError(f"converting {name}: channel analysis did not settle (a dslim bug; please report)")
+        raise RuntimeError(f"converting {name}: channel analysis did not settle (a dslim bug; please report): "
+                           f"{an.atoms.pins[-1][1]}")  # fmt: skip
+    net = ConvertedSupernet(spec, **kwargs)  # type: ignore[arg-type]
     if not meta:
         load_weights(net, an)
         verify(net, reference, example, name)
@@ -133,7 +136,7 @@ def assemble(an: Analysis, sol: Solution, name: str) -> dict | None:
     from dslim.convert.report import report
 
     return {"format": GRAPH_FORMAT, "name": name, "groups": sol.groups, "layouts": layouts, "modules": modules,
-            "graphs": an.graphs, "report": report(an, sol)}  # fmt: skip
+            "graphs": an.graphs, "outputs": an.outputs, "report": report(an, sol)}  # fmt: skip
 
 
 # -- the shape check -----------------------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ def shape_check(net: ConvertedSupernet, an: Analysis, sol: Solution, example: to
     """Run `net` at a few subnets; pin what a node touches where its shape differs from the analysis. Returns
     whether anything was pinned."""
     active_class = _active_classes(sol)
+    failure = [""]
     for subnet in _check_subnets(net):
         limits = {i: subnet[g["name"]] // g["unit"] for i, g in enumerate(sol.groups)}
         for mode, program in net._programs.items():
@@ -175,14 +179,15 @@ def shape_check(net: ConvertedSupernet, an: Analysis, sol: Solution, example: to
                     program.run(net.model, example, observe)
             except _Mismatch:
                 pass
-            except Exception:  # the node after the last one observed failed at this subnet
+            except Exception as e:  # the node after the last one observed failed at this subnet
                 bad.append(names[min(seen[0], len(names) - 1)])
+                failure[0] = f" ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
             finally:
                 for bn in bns:
                     bn.track = bn.mode != "calibrated"
             if bad:
                 name = bad[0]
-                why = f"{an.where.get(name, name)}: its shape at a narrower subnet shows a fixed channel count"
+                why = f"{an.where.get(name, name)}: its shape at a narrower subnet shows a fixed channel count{failure[0]}"
                 for arg in an.inputs[mode].get(name, []) + [name]:
                     _pin_meta(an, an.labels[mode].get(arg), why)
                 return True

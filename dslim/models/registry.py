@@ -48,6 +48,11 @@ def arch_of(cfg: ModelConfig) -> str:
     return "converted" if cfg.module else cfg.arch
 
 
+def model_name(cfg: ModelConfig) -> str:
+    """How commands name a run's model: the architecture, or the user's `--model.module`."""
+    return cfg.module or cfg.arch
+
+
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
     return supernet_class(arch_of(cfg)).from_config(cfg)

@@ -12,6 +12,7 @@ from dslim.calibration import calibrate_missing, shard_of
 from dslim.config import Config, Positive
 from dslim.evaluation import evaluate, evaluate_dynamic
 from dslim.models.base import Supernet
+from dslim.models.registry import model_name
 from dslim.report import print_results, write_report
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
@@ -70,5 +71,5 @@ def evaluate_stage(ctx: StageContext) -> None:
     ctx.metrics.write({"kind": "eval", "stage": ctx.name, "subnets": rows, "dynamic": dynamic})
     if ctx.accelerator.is_main_process:
         write_report(ctx.layout.root, rows, dynamic)
-        print_results(rows, dynamic, f"{ctx.recipe}: {ctx.config.model.arch} at {ctx.config.model.input_size}px")
+        print_results(rows, dynamic, f"{ctx.recipe}: {model_name(ctx.config.model)} at {ctx.config.model.input_size}px")
     ctx.accelerator.wait_for_everyone()

@@ -31,6 +31,7 @@ from dslim.config import Config, validate_fields
 from dslim.errors import UserError
 from dslim.io import write_json
 from dslim.models import from_config
+from dslim.models.registry import arch_of
 from dslim.stages import registry
 from dslim.stages.context import StageContext
 from dslim.stages.layout import RunLayout, stage_order
@@ -192,7 +193,7 @@ def run_pipeline(
         source = None
         if start is not None:
             acc.print(f"{name}: starting from {start}")
-        net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
+        net, meta = load_supernet(start, arch_of(config.model)) if start is not None else (None, {})
         ctx = StageContext(
             name=name,
             settings=getattr(config.stages, name),
