@@ -57,9 +57,9 @@ class LatencyCommand:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    from dslim.profile import _has_run
+    from dslim.profile import _has
 
-    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not _has_run(argv))
+    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not _has(argv, "--run", "--model.module"))
     validate_fields(cmd)
     if argv is None:  # as a program (an in-process call keeps the environment it has)
         use_wait_policy(cmd.wait_policy)

@@ -1,12 +1,13 @@
 """`python -m dslim.profile --recipe R [--widths W ...] [--channels FILE ...] [--json]`: exact MACs and params.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
-`--model.module FILE.py:NAME` profiles a model of your own, converted (no recipe needed; `--model.input-size` is
-its input). `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
-`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from
-`python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the
-table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from
-files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its stem; a file that does
+`--model.module FILE.py:NAME` profiles a model of your own, converted (no recipe needed; `--model.input-size` is its
+input). `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a
+search's `autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency
+latency.json` (from `python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate
+(marked `~`) when the table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel
+configurations from files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its
+stem; a file that does
 not fit the model is refused, naming its first offending entry.
 """
 

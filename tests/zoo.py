@@ -23,7 +23,9 @@ class VGG(nn.Module):
         super().__init__()
         self.features = nn.Sequential(conv_bn(3, 8), conv_bn(8, 8), nn.MaxPool2d(2), conv_bn(8, 16), conv_bn(16, 16),
                                       nn.MaxPool2d(2), conv_bn(16, 16), nn.MaxPool2d(2))  # fmt: skip
-        self.classifier = nn.Sequential(nn.Linear(16 * 4 * 4, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 4 * 4, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -152,7 +154,8 @@ class V3Block(nn.Module):
 class MobileNetV3(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=nn.Hardswish), V3Block(16, 16, 16, 3, 2, True, nn.ReLU),
+        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=nn.Hardswish),
+                                      V3Block(16, 16, 16, 3, 2, True, nn.ReLU),
                                       V3Block(16, 48, 24, 5, 1, True, nn.Hardswish),
                                       V3Block(24, 72, 24, 5, 1, True, nn.Hardswish),
                                       conv_bn(24, 96, 1, act=nn.Hardswish))  # fmt: skip
@@ -177,8 +180,11 @@ class MBConv(nn.Module):
         super().__init__()
         mid = c_in * t
         layers = [] if t == 1 else [conv_bn(c_in, mid, 1, act=nn.SiLU)]
-        layers += [conv_bn(mid, mid, k, stride, groups=mid, act=nn.SiLU),
-                   SqueezeExcitation(mid, max(1, c_in // 4), nn.SiLU, nn.Sigmoid), conv_bn(mid, c_out, 1, act=None)]  # fmt: skip
+        layers += [
+            conv_bn(mid, mid, k, stride, groups=mid, act=nn.SiLU),
+            SqueezeExcitation(mid, max(1, c_in // 4), nn.SiLU, nn.Sigmoid),
+            conv_bn(mid, c_out, 1, act=None),
+        ]
         self.block = nn.Sequential(*layers)
         self.use_res, self.p = stride == 1 and c_in == c_out, p
 

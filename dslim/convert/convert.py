@@ -24,6 +24,7 @@ from dslim.convert.supernet import GRAPH_FORMAT, ConvertedSupernet
 from dslim.convert.trace import run_example, trace
 from dslim.errors import UserError
 from dslim.nn.indexed import GraphBatchNorm
+from dslim.nn.layouts import as_index, take
 from dslim.subnet import Subnet
 
 NORMS = ("BatchNorm", "LayerNorm")
@@ -160,7 +161,7 @@ def shape_check(net: ConvertedSupernet, an: Analysis, sol: Solution, example: to
             bad: list[str] = []
             seen = [0]
 
-            def observe(i: int, value: object, names=names, mode=mode, bad=bad, seen=seen) -> None:  # type: ignore[no-untyped-def]
+            def observe(i: int, value: object, names=names, mode=mode, bad=bad, seen=seen, limits=limits) -> None:  # type: ignore[no-untyped-def]
                 seen[0] = i
                 name = names[i - 1]
                 labels = an.labels[mode].get(name)
@@ -187,7 +188,8 @@ def shape_check(net: ConvertedSupernet, an: Analysis, sol: Solution, example: to
                     bn.track = bn.mode != "calibrated"
             if bad:
                 name = bad[0]
-                why = f"{an.where.get(name, name)}: its shape at a narrower subnet shows a fixed channel count{failure[0]}"
+                why = f"{an.where.get(name, name)}: its shape at a narrower subnet shows a fixed channel count"
+                why += failure[0]
                 for arg in an.inputs[mode].get(name, []) + [name]:
                     _pin_meta(an, an.labels[mode].get(arg), why)
                 return True
@@ -266,8 +268,11 @@ def load_weights(net: ConvertedSupernet, an: Analysis) -> None:
 
 def _load_bn(net: ConvertedSupernet, bn: GraphBatchNorm, source: Mapping, named: list[Subnet]) -> None:
     for subnet in named if bn.mode != "calibrated" else named[:1]:
-        index = net.book.indices(subnet)[bn.layouts["in"]] if bn.layouts.get("in") is not None else None
-        pick = lambda t: t if index is None else t[:index] if isinstance(index, int) else t[torch.from_numpy(index)]  # noqa: E731
+        index = as_index(net.book.indices(subnet)[bn.layouts["in"]] if bn.layouts.get("in") is not None else None)
+
+        def pick(t: torch.Tensor, index=index) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            return take(t, 0, index)  # type: ignore[return-value]
+
         bn.add_subnet(subnet.key, bn.channels(subnet))
         stats = bn.stats[subnet.key]
         stats.running_mean.copy_(pick(source["running_mean"]))

@@ -143,8 +143,16 @@ def from_config(cfg):  # type: ignore[no-untyped-def]
         if cfg.weights:
             load_weights(model, cfg.weights, cfg.module)
         example = torch.randn(2, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(0))
-        net = convert(model, example, widths=cfg.widths, width_range=cfg.width_range, bn=cfg.bn,
-                      channel_divisor=cfg.channel_divisor, channel_order=cfg.channel_order, name=cfg.module)  # fmt: skip
+        net = convert(
+            model,
+            example,
+            widths=cfg.widths,
+            width_range=cfg.width_range,
+            bn=cfg.bn,
+            channel_divisor=cfg.channel_divisor,
+            channel_order=cfg.channel_order,
+            name=cfg.module,
+        )
     classes = net.arch_kwargs["graph"]["outputs"]
     if classes != cfg.num_classes:
         raise UserError(f"{cfg.module} outputs {classes} classes but --model.num-classes is {cfg.num_classes}: set "

@@ -122,8 +122,10 @@ def module_args(m: nn.Module, where: str) -> dict:
     """The constructor arguments of an allowed parameter-free module, as JSON values."""
     names = _MODULE_ARGS.get(type(m))
     if names is None:
-        raise UserError(f"{where}: dslim cannot store a {type(m).__module__}.{type(m).__name__} as data; use standard "
-                        f"layers (Conv2d, Linear, BatchNorm, LayerNorm, activations, pooling) or torch functions")  # fmt: skip
+        raise UserError(
+            f"{where}: dslim cannot store a {type(m).__module__}.{type(m).__name__} as data; use standard "
+            f"layers (Conv2d, Linear, BatchNorm, LayerNorm, activations, pooling) or torch functions"
+        )
     return {n: encode(getattr(m, n)) for n in names}
 
 

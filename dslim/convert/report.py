@@ -40,8 +40,15 @@ def report(an: Analysis, sol: Solution) -> dict:
         why: list[str] = []
         for c in np.unique(alone[layer.origin[~free]]).tolist():
             why += [w for w in reasons.get(c, []) if w not in why]
-        fixed.append({"layer": path, "type": layer.spec["type"], "channels": int(len(free)),
-                      "fixed": int((~free).sum()), "why": why[:3] or ["tied to nothing that can change width"]})  # fmt: skip
+        fixed.append(
+            {
+                "layer": path,
+                "type": layer.spec["type"],
+                "channels": int(len(free)),
+                "fixed": int((~free).sum()),
+                "why": why[:3] or ["tied to nothing that can change width"],
+            }
+        )
     return {"groups": groups, "fixed": fixed}
 
 

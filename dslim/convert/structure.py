@@ -143,7 +143,7 @@ def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> obj
     spec = {"type": "Split", "args": {"dim": dim, "parts": [list(p) for p in parts], "mode": mode}}
     w.an.layers.setdefault(path, Layer(path, spec, {"in": w.an.site(line)}, {}))
     pieces = [full.narrow(dim, a, b - a) for a, b in parts]
-    name = (lambda n: n.name if isinstance(n, fx.Node) else None)  # noqa: E731
+    name = lambda n: n.name if isinstance(n, fx.Node) else None  # noqa: E731
     if rest is None:
         w.emit(node, "module", path, (node.args[0],))
         w.skip.add(node.name)
@@ -208,8 +208,11 @@ def _index_parts(x: torch.Tensor, index: object) -> tuple[int | None, list, str 
             continue
         dims.append((d, item))
         d += 1
-    cut = [(k, it) for k, it in dims if isinstance(it, int) or (isinstance(it, slice) and
-                                                                 it.indices(x.shape[k]) != (0, x.shape[k], 1))]  # fmt: skip
+    cut = [
+        (k, it)
+        for k, it in dims
+        if isinstance(it, int) or (isinstance(it, slice) and it.indices(x.shape[k]) != (0, x.shape[k], 1))
+    ]
     if len(cut) != 1:
         return (None, [], "several") if cut else (None, [], None)
     k, it = cut[0]

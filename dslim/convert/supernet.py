@@ -21,8 +21,16 @@ from dslim.convert.ops import FUNCTIONS, build_plain, decode
 from dslim.errors import UserError
 from dslim.models.registry import register
 from dslim.models.width import WidthSupernet
-from dslim.nn.indexed import GraphBatchNorm, GraphConv, GraphConvTranspose, GraphLayerNorm, GraphLinear, GraphOp
-from dslim.nn.indexed import GraphParam, GraphSplit
+from dslim.nn.indexed import (
+    GraphBatchNorm,
+    GraphConv,
+    GraphConvTranspose,
+    GraphLayerNorm,
+    GraphLinear,
+    GraphOp,
+    GraphParam,
+    GraphSplit,
+)
 from dslim.nn.layouts import Layouts
 from dslim.subnet import ChannelGroup, Subnet, make_divisible
 

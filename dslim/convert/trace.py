@@ -49,8 +49,10 @@ def _trace(model: nn.Module, name: str) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many types for code it cannot follow symbolically
         detail = " ".join(str(e).split())[:200]
-        raise UserError(f"{name} cannot be traced by torch.fx ({type(e).__name__}: {detail}); control flow on tensor "
-                        f"values or sizes must be rewritten as torch operations (see docs/your-model.md)") from None  # fmt: skip
+        raise UserError(
+            f"{name} cannot be traced by torch.fx ({type(e).__name__}: {detail}); control flow on tensor "
+            f"values or sizes must be rewritten as torch operations (see docs/your-model.md)"
+        ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 

@@ -37,9 +37,19 @@ class LayerCost:
 
     def at(self, channels: Mapping) -> tuple:
         """`(c_in, c_out)` at the channel counts `channels` (group -> count)."""
-        c_in = self.in_count(channels) if self.in_count else self.c_in if self.in_group is None else channels[self.in_group]
+        c_in = (
+            self.in_count(channels)
+            if self.in_count
+            else self.c_in
+            if self.in_group is None
+            else channels[self.in_group]
+        )
         c_out = (
-            self.out_count(channels) if self.out_count else self.c_out if self.out_group is None else channels[self.out_group]
+            self.out_count(channels)
+            if self.out_count
+            else self.c_out
+            if self.out_group is None
+            else channels[self.out_group]
         )
         return c_in, c_out
 

@@ -132,7 +132,9 @@ class SlimBatchNorm2d(SlimModule):
         if self.mask is not None:
             m = self.mask
             spatial = [1] * (y.dim() - 2)
-            y = y * (self.front(m, c).view(1, -1, *spatial) if m.dim() == 1 else m[:, :c].view(*m.shape[:1], c, *spatial))
+            y = y * (
+                self.front(m, c).view(1, -1, *spatial) if m.dim() == 1 else m[:, :c].view(*m.shape[:1], c, *spatial)
+            )
         return y
 
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
