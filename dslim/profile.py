@@ -7,8 +7,7 @@ search's `autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's 
 latency.json` (from `python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate
 (marked `~`) when the table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel
 configurations from files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its
-stem; a file that does
-not fit the model is refused, naming its first offending entry.
+stem; a file that does not fit the model is refused, naming its first offending entry.
 """
 
 from __future__ import annotations
