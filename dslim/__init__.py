@@ -13,7 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loa
 from dslim import stages  # noqa: E402, F401  (registers the built-in stages: `Config.stages` holds their settings)
 from dslim.deploy import extract, load_subnet, save_subnet  # noqa: E402
 from dslim.models import Supernet, create_supernet  # noqa: E402
+from dslim.models.convert import convert  # noqa: E402
 from dslim.subnet import Subnet  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Subnet", "Supernet", "create_supernet", "extract", "load_subnet", "save_subnet"]
+__all__ = ["Subnet", "Supernet", "convert", "create_supernet", "extract", "load_subnet", "save_subnet"]

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from dslim.calibration import recalibrate
-from dslim.convert import convert
 from dslim.data import build_loader
 from dslim.evaluation import evaluate
+from dslim.models.convert import convert
 from dslim.recipes import load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from dslim.config import ModelConfig
-from dslim.convert.load import from_config
+from dslim.models.convert.load import from_config
 from dslim.profile import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ from conftest import PYTHON, subprocess_env  # noqa: E402
 
 EXAMPLE = f"{ROOT / 'examples' / 'my_cnn.py'}:MyCNN"
 
-BROKEN = '''
+BROKEN = """
 import torch
 from torch import nn
 
@@ -55,7 +55,7 @@ class Rolled(nn.Module):
 
 def needs_depth(depth, num_classes=10):
     raise ValueError("depth must be positive")
-'''
+"""
 
 
 def profile(capsys, *args: str) -> tuple[int, str, str]:

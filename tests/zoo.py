@@ -341,6 +341,37 @@ class CustomOp(nn.Module):
         return self.fc(self.tail(x).mean((2, 3)))
 
 
+class Functional(nn.Module):
+    """Layers written as functions of the model's own parameters (`F.conv2d`, `F.linear`) and a transposed conv."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(16, 3, 3, 3) * 0.3), nn.Parameter(torch.zeros(16))
+        self.down, self.up = nn.Conv2d(16, 32, 3, 2, 1), nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.fc = nn.Parameter(torch.randn(num_classes, 16) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))
+        x = x + self.up(F.relu(self.down(x)))
+        return F.linear(x.mean((2, 3)), self.fc)
+
+
+class Attention(nn.Module):
+    """Self-attention over the positions of a feature map, written with einsum: its channels stay whole."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem, self.tail = conv_bn(3, 16, stride=2), conv_bn(16, 32, stride=2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        t = x.flatten(2)
+        attn = torch.einsum("ncp,ncq->npq", t, t).softmax(-1)
+        x = x + torch.einsum("npq,ncq->ncp", attn, t).view_as(x)
+        return self.fc(self.tail(x).mean((2, 3)))
+
+
 ZOO = {
     "vgg": VGG,
     "resnet": ResNet,
@@ -352,6 +383,8 @@ ZOO = {
     "resnext": ResNeXt,
     "convnext": ConvNeXt,
     "custom_op": CustomOp,
+    "functional": Functional,
+    "attention": Attention,
 }
 
 

@@ -11,13 +11,14 @@ layer, so `copy_from` takes exactly those weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslim.errors import UserError
 from dslim.nn.base import LayerCost, SlimModule, copy_
 from dslim.nn.batchnorm import SlimBatchNorm2d
 from dslim.nn.layouts import Layouts, as_index, take
@@ -278,32 +279,50 @@ class GraphOp(_Graph):
     """A call the complexity model must see: average pooling (costed as its input's elements, as every average pool
     here) and products whose channels are fixed (matmul, einsum, a functional conv of computed weights)."""
 
-    def __init__(self, fn: str | None, method: bool, module: nn.Module | None, cost: str) -> None:
+    def __init__(self, fn: str | None, call: Callable | None, method: bool, module: nn.Module | None, cost: str):
         super().__init__()
-        self.fn, self.method, self.kind = fn, method, cost
+        self.fn, self.call, self.method, self.kind = fn, call, method, cost
         self.inner = module
-        self._shapes: list[torch.Size] = []
+        self._args: list = []
 
     def forward(self, *args: object, **kwargs: object) -> object:
-        from dslim.convert.ops import FUNCTIONS
-
-        object.__setattr__(self, "_shapes", [a.shape for a in args if isinstance(a, torch.Tensor)])
+        object.__setattr__(self, "_args", [a.shape if isinstance(a, torch.Tensor) else a for a in args])
         if self.inner is not None:
             return self.inner(*args, **kwargs)
         if self.method:
             return getattr(args[0], self.fn)(*args[1:], **kwargs)  # type: ignore[arg-type]
-        return FUNCTIONS[self.fn](*args, **kwargs)  # type: ignore[index, operator]
+        return self.call(*args, **kwargs)  # type: ignore[misc]
 
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
         if self.kind == "pool":
             c = x.shape[1]
-            return LayerCost("per_input", None, None, c, c, x.shape[2] * x.shape[3],
-                             self.count("in", c), None), 0  # fmt: skip
-        if self.kind == "matmul" and self.fn in ("matmul", "bmm", "mm", "torch.matmul", "torch.bmm", "torch.mm",
-                                                 "operator.matmul"):  # fmt: skip
-            a = self._shapes[0]
-            macs = y.numel() * a[-1] // max(1, x.shape[0] if x.dim() > 2 else 1)
-            return LayerCost("per_input", None, None, macs, macs, 1), 0
-        if self.kind == "matmul":
-            raise NotImplementedError(f"dslim cannot count the MACs of {self.fn}")
-        return None, 0
+            return LayerCost("per_input", None, None, c, c, x.shape[2] * x.shape[3], self.count("in", c), None), 0
+        if self.kind != "matmul":
+            return None, 0
+        macs = _product_macs(str(self.fn).rpartition(".")[2], self._args, y)
+        if macs is None:
+            raise UserError(f"dslim cannot count the MACs of {self.fn} (a layer of a converted model)")
+        batch = next(a for a in self._args if isinstance(a, torch.Size))[0]
+        macs //= max(1, batch)
+        return LayerCost("per_input", None, None, macs, macs, 1), 0
+
+
+def _product_macs(fn: str, args: list, y: torch.Tensor) -> int | None:
+    """Multiply-accumulates of a product of tensors from its operands' shapes, as the layers count theirs."""
+    shapes = [a for a in args if isinstance(a, torch.Size)]
+    if fn in ("matmul", "mm", "bmm"):
+        return y.numel() * shapes[0][-1]
+    if fn in ("addmm", "baddbmm"):
+        return y.numel() * shapes[1][-1]
+    if fn == "linear":
+        return y.numel() * shapes[1][-1]
+    if fn == "conv2d":
+        return y.numel() * int(np.prod(shapes[1][1:]))
+    if fn == "conv_transpose2d":
+        return int(np.prod(shapes[0])) * int(np.prod(shapes[1][1:]))
+    if fn == "einsum" and isinstance(args[0], str) and len(shapes) == 2:
+        sizes: dict[str, int] = {}
+        for letters, shape in zip(args[0].replace(" ", "").split("->")[0].split(","), shapes):
+            sizes.update(zip(letters, shape))
+        return int(np.prod(list(sizes.values())))
+    return None

@@ -21,8 +21,8 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from dslim.convert import atoms as A
-from dslim.convert.channels import Analysis
+from dslim.models.convert import atoms as A
+from dslim.models.convert.channels import Analysis
 
 
 @dataclass

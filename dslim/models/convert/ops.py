@@ -4,7 +4,7 @@ types from fixed allow-lists, and plain argument values.
 A converted model is saved as a list of nodes that name their operation (`torch.cat`, `F.relu`, `Tensor.view`, a
 module path) and encode their arguments as JSON. Loading resolves each name in these tables and nowhere else, so a
 file can only ever call pure tensor operations: no code is stored, executed or unpickled. Each name also has a
-channel rule in `dslim.convert.channels`; a name without one is still runnable but pins the channels it touches.
+channel rule in `dslim.models.convert.channels`; a name without one is still runnable but pins the channels it touches.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""`dslim.convert(model, example)`: any traced CNN becomes a `ConvertedSupernet` holding its weights.
+"""`dslim.models.convert(model, example)`: any traced CNN becomes a `ConvertedSupernet` holding its weights.
 
-1. Trace (`dslim.convert.trace`), then analyse channels on the example input (`dslim.convert.channels`).
-2. Solve groups and ranks (`dslim.convert.groups`) and write the graph as data.
+1. Trace (`dslim.models.convert.trace`), then analyse channels on the example input (`dslim.models.convert.channels`).
+2. Solve groups and ranks (`dslim.models.convert.groups`) and write the graph as data.
 3. Check shapes: run the supernet at its smallest and at random subnets and compare every node's shape with what
    the analysis says it must be; where they differ (a channel count the code fixed in a way no rule saw), pin what
    that node touches and solve again. What remains is safe at every subnet the groups allow.
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.convert import atoms as A
-from dslim.convert.channels import Analysis, Walker
-from dslim.convert.groups import Solution, encode_layout, layout, param_dim, solve
-from dslim.convert.supernet import GRAPH_FORMAT, ConvertedSupernet
-from dslim.convert.trace import run_example, trace
 from dslim.errors import UserError
+from dslim.models.convert import atoms as A
+from dslim.models.convert.channels import Analysis, Walker
+from dslim.models.convert.groups import Solution, encode_layout, layout, param_dim, solve
+from dslim.models.convert.supernet import GRAPH_FORMAT, ConvertedSupernet
+from dslim.models.convert.trace import run_example, trace
 from dslim.nn.indexed import GraphBatchNorm
 from dslim.nn.layouts import as_index, take
 from dslim.subnet import Subnet
@@ -134,7 +134,7 @@ def assemble(an: Analysis, sol: Solution, name: str) -> dict | None:
             g, _ = layout(sol, an.sites[an.layers[path].sites["out"]])
             if set(np.unique(g[g >= 0]).tolist()) - normed:
                 spec["layouts"]["mask"] = out
-    from dslim.convert.report import report
+    from dslim.models.convert.report import report
 
     return {"format": GRAPH_FORMAT, "name": name, "groups": sol.groups, "layouts": layouts, "modules": modules,
             "graphs": an.graphs, "outputs": an.outputs, "report": report(an, sol)}  # fmt: skip
@@ -201,7 +201,7 @@ class _Mismatch(Exception):
 
 
 def _pin_meta(an: Analysis, meta: object, why: str) -> None:
-    from dslim.convert.channels import Size
+    from dslim.models.convert.channels import Size
 
     if isinstance(meta, torch.Tensor):
         an.atoms.pin(meta, why)
@@ -321,7 +321,7 @@ def _importance(an: Analysis, sol: Solution, order: str) -> dict[int, float]:
 
 
 def _summary(an: Analysis, sol: Solution) -> str:
-    from dslim.convert.report import report
+    from dslim.models.convert.report import report
 
     fixed = report(an, sol)["fixed"]
     return "; ".join(f"{f['layer']}: {f['why'][0]}" for f in fixed[:3] if f["why"]) or "no layer makes channels"

@@ -134,7 +134,7 @@ def load_weights(model: nn.Module, path: str, spec: str) -> None:
 def from_config(cfg):  # type: ignore[no-untyped-def]
     """The converted supernet a run's model settings describe. Built on the CPU even where a caller builds models
     on the `meta` device to validate settings: conversion runs the model on an example input."""
-    from dslim.convert.convert import convert
+    from dslim.models.convert.convert import convert
 
     if cfg.max_width != 1.0:
         raise UserError(f"--model.max-width {cfg.max_width}: a converted model is at most its own width; use 1.0")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslim.convert.channels import Analysis
-from dslim.convert.groups import Solution, layout
+from dslim.models.convert.channels import Analysis
+from dslim.models.convert.groups import Solution, layout
 
 
 def report(an: Analysis, sol: Solution) -> dict:

@@ -1,17 +1,17 @@
 """Which channels of a traced model must be sliced together: one pass over its graph with the example input.
 
 Every node runs for real (so shapes and sizes are known) while its channel rule runs on the atoms of its operands
-(`dslim.convert.atoms`): convolutions and linear layers start new atoms; a grouped convolution ties its input and
+(`dslim.models.convert.atoms`): convolutions and linear layers start new atoms; a grouped convolution ties its input and
 output channels block by block (a depthwise one, channel by channel); sums and channel-wise products tie their
 operands; normalization, activations and pooling pass atoms through; concatenation, splits, permutes, flattening
 and channel shuffles are run on the labels themselves; a reshape that splits a channel dimension ties the blocks it
 makes. What has no rule, or breaks one (a reshape to a fixed channel count, a channel index, an unknown operation),
 pins the atoms it touches: those channels stay at full width, and the reason is kept for `describe()`.
 
-At the same time each node is written down as data (`dslim.convert.ops`), with the slimmable layers, channel splits
-and channel parameters it becomes; `dslim.convert.groups` then turns the atoms into channel groups. The rules live in
-`dslim.convert.layers` (modules and layers), `dslim.convert.rules` (functions and methods) and
-`dslim.convert.structure` (reshaping, splitting, joining); this module holds the pass itself.
+At the same time each node is written down as data (`ops`), with the slimmable layers, channel splits and channel
+parameters it becomes; `groups` then turns the atoms into channel groups. The rules live in `layers` (modules and
+layers), `rules` (functions and methods) and `structure` (reshaping, splitting, joining), all in
+`dslim.models.convert`; this module holds the pass itself.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from dslim.convert import atoms as A
-from dslim.convert.ops import METHODS, encode, function_name
 from dslim.errors import UserError
+from dslim.models.convert import atoms as A
+from dslim.models.convert.ops import METHODS, encode, function_name
 
 
 @dataclass
@@ -190,7 +190,8 @@ class Walker:
     def costed(self, node: fx.Node, fn: str, kind: str, atoms: np.ndarray | None) -> None:
         """Run this call through an `Op` module, so the complexity model sees (and costs) it."""
         path = f"dslim_ops.{node.name}"
-        spec = {"type": "Op", "args": {"fn": fn, "method": node.op == "call_method", "cost": kind}}
+        method = node.op == "call_method"
+        spec = {"type": "Op", "args": {"fn": node.target if method else fn, "method": method, "cost": kind}}
         sites = {} if atoms is None else {"in": self.an.site(atoms)}
         self.an.layers.setdefault(path, Layer(path, spec, sites, {}))
         self.emit(node, "module", path, node.args, node.kwargs)
@@ -235,4 +236,4 @@ def _line(labels: object, dim: int, value: object) -> np.ndarray:
     return np.zeros(0, np.int64)
 
 
-from dslim.convert import layers, rules  # noqa: E402  (their rules use the types above)
+from dslim.models.convert import layers, rules  # noqa: E402  (their rules use the types above)

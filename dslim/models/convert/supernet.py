@@ -2,7 +2,7 @@
 
 It is a width-multiplier supernet like the built-in ones (named `widths`, a universally slimmable `width_range`,
 BatchNorm `private` / `switchable` / `calibrated`, AutoSlim bins and DMCP chains over its groups), and everything it
-is made of is in its constructor arguments: the graph (`dslim.convert.ops` names), the channel groups and the
+is made of is in its constructor arguments: the graph (`dslim.models.convert.ops` names), the channel groups and the
 layouts. So a saved converted supernet, or a subnet exported from it, reloads with `dslim.load_supernet` /
 `dslim.load_subnet` without the user's source file. Built with `channels=`, it is that subnet as a network of its
 own, each layer knowing where its channels are in the supernet's (`source`), which is how `dslim.extract` exports.
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.convert.groups import decode_layout
-from dslim.convert.ops import FUNCTIONS, build_plain, decode
 from dslim.errors import UserError
+from dslim.models.convert.groups import decode_layout
+from dslim.models.convert.ops import FUNCTIONS, METHODS, build_plain, decode
 from dslim.models.registry import register
 from dslim.models.width import WidthSupernet
 from dslim.nn.indexed import (
@@ -130,10 +130,10 @@ class ConvertedSupernet(WidthSupernet):
             m = GraphSplit(args["dim"], parts, args["mode"])
         elif kind == "Op":
             inner = None if args.get("module") is None else build_plain(args["module"]["type"], args["module"]["args"])
-            fn = args.get("fn")
-            if fn is not None and not args.get("method") and fn not in FUNCTIONS:
+            fn, method = args.get("fn"), bool(args.get("method"))
+            if fn is not None and fn not in (METHODS if method else FUNCTIONS):
                 raise UserError(f"unknown function {fn!r} in a stored graph")
-            m = GraphOp(fn, bool(args.get("method")), inner, args.get("cost", "none"))
+            m = GraphOp(fn, None if method or fn is None else FUNCTIONS[fn], method, inner, args.get("cost", "none"))
         else:
             return build_plain(kind, args)
         m.setup(self.book, lay, src)
@@ -164,7 +164,7 @@ class ConvertedSupernet(WidthSupernet):
 
     @classmethod
     def from_config(cls, cfg):  # type: ignore[no-untyped-def]
-        from dslim.convert.load import from_config
+        from dslim.models.convert.load import from_config
 
         return from_config(cfg)
 
@@ -181,7 +181,7 @@ class ConvertedSupernet(WidthSupernet):
 
     def describe(self) -> str:
         """The channel groups (max channels, step, layers) and what stays at full width, and why."""
-        from dslim.convert.report import describe
+        from dslim.models.convert.report import describe
 
         return describe(self)
 
@@ -212,8 +212,6 @@ class _Program:
 
 def _compile(nodes: list[dict]) -> _Program:
     """The steps of a stored node list; every name is resolved in the allow-lists (modules: by path)."""
-    from dslim.convert.ops import METHODS
-
     position: dict[str, int] = {}
     steps: list = []
     output = None
@@ -260,7 +258,7 @@ def _module(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
 
 
 def _getter(value: object, position: Mapping[str, int]):  # type: ignore[no-untyped-def]
-    from dslim.convert.ops import Ref
+    from dslim.models.convert.ops import Ref
 
     if isinstance(value, Ref):
         if value.name not in position:

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from dslim.convert import atoms as A
-from dslim.convert.ops import encode
+from dslim.models.convert import atoms as A
+from dslim.models.convert.ops import encode
 
 FLATTEN = ("flatten",)
 RESHAPE = ("view", "reshape", "unflatten", "view_as", "reshape_as")
 
 
 def structure(w, node: fx.Node, kind: str, module, args, kwargs, value, margs, mkwargs) -> object:  # type: ignore[no-untyped-def]
-    from dslim.convert.channels import _none_like, _where
+    from dslim.models.convert.channels import _none_like, _where
 
     if kind in ("cat", "concat", "concatenate", "stack"):
         return join(w, node, kind, args, kwargs, margs, value)
@@ -70,7 +70,7 @@ def _real_of(a: object) -> object:
 
 def _varying_dims(w, node, kind, module, args, kwargs, margs, labels, value) -> set[int]:  # type: ignore[no-untyped-def]
     """Output dimensions whose size changes with the width at run time."""
-    from dslim.convert.channels import Size
+    from dslim.models.convert.channels import Size
 
     x = args[0]
     if kind in ("view_as", "reshape_as"):
@@ -103,7 +103,7 @@ def _varying_dims(w, node, kind, module, args, kwargs, margs, labels, value) -> 
 
 def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> object:  # type: ignore[no-untyped-def]
     """Splitting: along a channel dimension a `Split` module computes the parts at run time."""
-    from dslim.convert.channels import Layer, _where
+    from dslim.models.convert.channels import Layer, _where
 
     x = args[0]
     where = _where(node)
@@ -165,7 +165,7 @@ def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> obj
 
 
 def _apply_index(w, node, labels, full, index, value) -> object:  # type: ignore[no-untyped-def]
-    from dslim.convert.channels import _where
+    from dslim.models.convert.channels import _where
 
     if _advanced(index):
         w.pin(labels, f"{_where(node)}: indexing with tensors")
@@ -226,7 +226,7 @@ def _index_parts(x: torch.Tensor, index: object) -> tuple[int | None, list, str 
 
 def join(w, node: fx.Node, kind: str, args, kwargs, margs, value) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """cat along a channel dimension concatenates atoms; along another (and stack) ties the operands."""
-    from dslim.convert.channels import _where
+    from dslim.models.convert.channels import _where
 
     tensors = list(args[0])
     metas = [m if isinstance(m, torch.Tensor) else A.none(t.dim()) for t, m in zip(tensors, margs[0])]

@@ -15,11 +15,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from dslim.convert import atoms as A
-from dslim.convert import rules
-from dslim.convert.channels import Layer, Walker, _fetch, _line, _where
-from dslim.convert.ops import function_name, module_args
 from dslim.errors import UserError
+from dslim.models.convert import atoms as A
+from dslim.models.convert import rules
+from dslim.models.convert.channels import Layer, Walker, _fetch, _line, _where
+from dslim.models.convert.ops import function_name, module_args
 
 FUNCTIONAL = ("conv2d", "linear", "layer_norm", "batch_norm", "conv_transpose2d")
 SPATIAL_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,

@@ -2,8 +2,8 @@
 depth written as `if self.training:`), one in train mode.
 
 Standard `torch.nn` layers stay whole (leaves); the user's own modules are traced through, so whatever they compute
-is made of torch operations that `dslim.convert.channels` has rules for. Sizes stay symbolic (`x.size(1)` is a node,
-not a number), so a reshape computed from sizes follows the width at run time.
+is made of torch operations that `dslim.models.convert.channels` has rules for. Sizes stay symbolic (`x.size(1)` is
+a node, not a number), so a reshape computed from sizes follows the width at run time.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 `load` reads `--model.module` and `--model.weights` for the commands.
 """
 
-from dslim.convert.convert import convert
-from dslim.convert.supernet import ConvertedSupernet
+from dslim.models.convert.convert import convert
+from dslim.models.convert.supernet import ConvertedSupernet
 
 __all__ = ["ConvertedSupernet", "convert"]

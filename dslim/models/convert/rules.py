@@ -3,7 +3,7 @@ channels drop them, pooling and resizing pass them, sizes carry the atoms they m
 
 Sizes (`x.size(1)`, `x.shape`) are followed as `Size` values: a tensor created with a channel size gets those
 channels' atoms, a reshape whose new sizes come from `x.size()` follows the width at run time
-(`dslim.convert.structure`). Average pooling and products of fixed channels run through an `Op` module so the
+(`dslim.models.convert.structure`). Average pooling and products of fixed channels run through an `Op` module so the
 complexity model costs them.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dslim.convert import atoms as A
-from dslim.convert.channels import Size, Walker, _flat, _line, _none_like, _where
 from dslim.errors import UserError
+from dslim.models.convert import atoms as A
+from dslim.models.convert.channels import Size, Walker, _flat, _line, _none_like, _where
 
 ELEMENTWISE = set(
     """abs acos add addcmul addcdiv asin atan atan2 ceil clamp clamp_ clamp_max clamp_min clip cos cosh
@@ -88,7 +88,7 @@ def rule(w: Walker, node, name, kind, args, kwargs, margs, mkwargs, value) -> ob
 # -- rules --------------------------------------------------------------------------------------------------
 def attribute(w: Walker, args, margs, value, where) -> object:  # type: ignore[no-untyped-def]
     name = args[1]
-    from dslim.convert.ops import ATTRIBUTES
+    from dslim.models.convert.ops import ATTRIBUTES
 
     if name not in ATTRIBUTES:
         raise UserError(f"{where}: dslim cannot store a read of the attribute {name!r}")
@@ -199,6 +199,8 @@ def reduce(w: Walker, node, kind, args, kwargs, margs, value) -> object:  # type
         return A.none(value.dim())
     if channel:
         return A.none(value.dim())
+    if kind == "mean" and x.dim() == 4 and sorted(dims) == [2, 3]:  # global average pooling: costed as a pool
+        w.costed(node, "torch.mean", "pool", A.line(labels, 1, x.shape[1]))
     out = labels
     for d in sorted(dims, reverse=True):
         out = out.narrow(d, 0, 1) if keep else out.select(d, 0)
@@ -251,7 +253,7 @@ def shuffle(w: Walker, labels, x, groups, value) -> torch.Tensor:  # type: ignor
 
 
 def structure(w: Walker, node, kind, module, args, kwargs, value, margs, mkwargs) -> object:  # type: ignore[no-untyped-def]
-    """Reshaping, moving, splitting and joining: `dslim.convert.structure`."""
-    from dslim.convert.structure import structure as rule
+    """Reshaping, moving, splitting and joining: `dslim.models.convert.structure`."""
+    from dslim.models.convert.structure import structure as rule
 
     return rule(w, node, kind, module, args, kwargs, value, margs, mkwargs)
