@@ -2,12 +2,13 @@
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
 `--model.module FILE.py:NAME` profiles a model of your own, converted (no recipe needed; `--model.input-size` is its
-input). `--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a
-search's `autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency
-latency.json` (from `python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate
-(marked `~`) when the table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel
-configurations from files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its
-stem; a file that does not fit the model is refused, naming its first offending entry.
+input), after what its conversion found (channel groups, and what stays at full width and why). `--run D` profiles a
+training run's model instead (its config), so names from its named-subnets files (a search's `autoslim-300M`, a
+sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from `python -m
+dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the table has
+per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from files (dslim
+subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its stem; a file that does not fit the
+model is refused, naming its first offending entry.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         net = from_config(config.model)
         names = list(cmd.widths) or ([] if cmd.channels else list(net.named_subnets()))
         subnets = {name: net.resolve(name) for name in names}  # all errors before any work
+        if config.model.module and not cmd.json:
+            print(net.describe())  # type: ignore[attr-defined]
         title = f"{cmd.recipe or 'profile'}: {model_name(config.model)} at {config.model.input_size}px"
     subnets |= read_named(cmd.channels, net)
     rows = profile_subnets(net, subnets, config.model.input_size)
