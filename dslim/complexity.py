@@ -1,8 +1,11 @@
 """One complexity model: exact MACs/params from the executed shapes, and its differentiable expectation.
 
 Conventions (those of the slimmable-networks and DS-Net tables): a conv costs `C_in * C_out * k * k * H_out * W_out
-/ groups`, a linear `in * out`, an average pool the number of its input elements; BatchNorm, activations and
-elementwise products are free. Params are those of the sliced subnet (what an exported module holds).
+/ groups` (grouped and depthwise alike), a transposed conv `C_in * C_out / groups * k * k * H_in * W_in`, a linear
+`in * out` (per position for one applied to a channels-last map), an average pool the number of its input elements;
+BatchNorm, LayerNorm, activations and elementwise products are free. A converted model's matrix products are
+costed by their layers (`dslim.nn.indexed.GraphOp`). Params are those of the sliced subnet (what an exported module
+holds).
 
 `measure` records every costed layer once with its channel groups (each slimmable layer says what it costs:
 `SlimModule.cost`); `MacsModel` re-evaluates those terms for any channel counts, so expected channels (DMCP) or
