@@ -158,3 +158,21 @@ def test_only_what_cannot_be_sliced_stays_at_full_width(name):
     fixed = [f["layer"] for f in net.arch_kwargs["graph"]["report"]["fixed"]]
     assert fixed == FULL_WIDTH.get(name, [fixed[-1]]) and fixed[-1] in ("fc", "head", "classifier", "classifier.1",
                                                                          "classifier.3"), net.describe()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["convnext", "resnext", "densenet", "shufflenet_v2"])
+def test_dmcp_soft_masks_reach_every_group(name):
+    """DMCP's architecture pass: every chain's alphas get a gradient from the loss through its soft masks (after a
+    BatchNorm, or a LayerNorm, or the layers' outputs of a group without normalization: ConvNeXt's 4x expansion)."""
+    from dslim.methods.dmcp import MarkovChannels, make_chains, soft_masks
+
+    _, net = converted(name)
+    chains = MarkovChannels(make_chains(net, 0.3, 1.0, 0.1))  # ShuffleNet's split groups keep a few channels
+    with torch.no_grad():
+        chains.alpha.copy_(torch.randn(chains.alpha.shape, generator=torch.Generator().manual_seed(0)))
+    with net.using(net.largest(), train=True), soft_masks(net, chains.masks()):
+        net(images(4, 9)).square().sum().backward()
+    grads = chains.alpha.grad.split([c.bins for c in chains.chains])
+    silent = [c.group for c, g in zip(chains.chains, grads) if c.bins and not g.abs().sum() > 0]
+    assert not silent, f"{name}: no gradient for {silent}"
+    assert all(c.size % net.groups[c.group].step == 0 for c in chains.chains)  # grouped convs keep whole groups
