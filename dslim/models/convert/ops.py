@@ -42,6 +42,7 @@ FUNCTIONS: dict[str, object] = {
     "math.ceil": math.ceil,
     "math.floor": math.floor,
     "builtins.getattr": getattr,
+    "torch._assert": torch._assert,  # torchvision's traceable assertions
     "builtins.int": int,
     "builtins.float": float,
 }
