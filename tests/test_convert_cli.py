@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from dslim.config import ModelConfig
-from dslim.models.convert.load import from_config
+from dslim.models.convert import ConvertedSupernet
 from dslim.profile import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_pretrained_weights_are_the_largest_subnet(tmp_path, kind):
         torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     cfg = ModelConfig(module=EXAMPLE, weights=str(path), num_classes=10, input_size=32, bn="switchable",
                       widths=(0.5, 1.0))  # fmt: skip
-    net = from_config(cfg)
+    net = ConvertedSupernet.from_config(cfg)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad(), net.using(net.largest(), train=False):
         torch.testing.assert_close(net(x), model.eval()(x), atol=1e-5, rtol=1e-5)

@@ -2,10 +2,9 @@
 
 `trace` (torch.fx) -> `channels` (which channels must be sliced together, on the example input) -> `groups`
 (channel groups, ranks, layouts) -> `supernet` (`ConvertedSupernet`, rebuilt from the stored graph alone);
-`load` reads `--model.module` and `--model.weights` for the commands.
+`load` reads `--model.module` and `--model.weights` for the commands; `convert` and `report` hold the steps between.
 """
 
-from dslim.models.convert.convert import convert
-from dslim.models.convert.supernet import ConvertedSupernet
+from dslim.models.convert.supernet import ConvertedSupernet, convert
 
 __all__ = ["ConvertedSupernet", "convert"]

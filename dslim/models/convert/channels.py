@@ -16,77 +16,17 @@ layers), `rules` (functions and methods) and `structure` (reshaping, splitting, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.fx as fx
 
 from dslim.errors import UserError
 from dslim.models.convert import atoms as A
+from dslim.models.convert import layers, rules
+from dslim.models.convert.analysis import Analysis, Layer, Size, shapes_of, source_of
 from dslim.models.convert.ops import METHODS, encode, function_name
 
-
-@dataclass
-class Size:
-    """An integer that is a size: `atoms` when it is the size of a channel dimension, `deps` the atoms it depends on
-    (a size derived from channel counts changes with the width)."""
-
-    atoms: np.ndarray | None
-    deps: np.ndarray
-
-
-@dataclass
-class Layer:
-    """A slimmable layer found in the graph: its module spec and the atoms of its channel dimensions."""
-
-    path: str
-    spec: dict
-    sites: dict[str, int]
-    """Layout name (`in`, `out`) -> index into `Analysis.sites`."""
-    source: dict[str, torch.Tensor]
-    """The user's tensors it starts from (weight, bias, running statistics, ...)."""
-    origin: np.ndarray | None = None
-    """Its output atoms, if it makes channels (conv, linear)."""
-
-
-@dataclass
-class Analysis:
-    """What one pass over the graph(s) found."""
-
-    atoms: A.Atoms = field(default_factory=A.Atoms)
-    sites: list[object] = field(default_factory=list)
-    """Atom arrays (or, for a channel parameter, its label tensor) that become stored layouts."""
-    layers: dict[str, Layer] = field(default_factory=dict)
-    graphs: dict[str, list[dict]] = field(default_factory=dict)
-    """Stored nodes per mode (`eval`, `train`)."""
-    labels: dict[str, dict[str, object]] = field(default_factory=dict)
-    """Per mode, the channel meta of each node's value (for the shape check)."""
-    shapes: dict[str, dict[str, object]] = field(default_factory=dict)
-    """Per mode, each node's value shapes at the example input."""
-    split_parts: list[np.ndarray] = field(default_factory=list)
-    """Atoms of every part a channel split makes (ranks keep the parts balanced)."""
-    where: dict[str, str] = field(default_factory=dict)
-    """Node name -> where it comes from in the user's code."""
-    inputs: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    """Per mode, the nodes each node reads."""
-    outputs: int = 0
-    """Size of the last dimension of the model's output (its classes)."""
-
-    def site(self, atoms: object) -> int:
-        self.sites.append(atoms)
-        return len(self.sites) - 1
-
-
-def _where(node: fx.Node) -> str:
-    """`file:line` of the user's code that made `node` (its last frame outside torch and dslim)."""
-    trace = (node.stack_trace or "").strip().splitlines()
-    for line in reversed(trace):
-        line = line.strip()
-        if line.startswith("File ") and "/torch/" not in line and "/dslim/" not in line:
-            path, _, rest = line.removeprefix("File ").partition(", line ")
-            return f"{path.strip(chr(34)).rsplit('/', 1)[-1]}:{rest.split(',')[0]}"
-    return node.name
+__all__ = ["Analysis", "Layer", "Size", "Walker"]
 
 
 class Walker:
@@ -128,7 +68,7 @@ class Walker:
     def run(self, example: torch.Tensor) -> object:
         inputs = self.an.inputs.setdefault(self.mode, {})
         for node in self.gm.graph.nodes:
-            self.an.where[node.name] = _where(node)
+            self.an.where[node.name] = source_of(node)
             inputs[node.name] = [n.name for n in node.all_input_nodes]
             if node.op == "placeholder":
                 if self.real:
@@ -144,7 +84,7 @@ class Walker:
                     self.an.outputs = int(out.shape[-1])
                 self.an.graphs[self.mode] = self.nodes
                 self.an.labels[self.mode] = self.meta
-                self.an.shapes[self.mode] = {k: _shapes(v) for k, v in self.real.items()}
+                self.an.shapes[self.mode] = {k: shapes_of(v) for k, v in self.real.items()}
                 return out
             elif node.op == "get_attr":
                 layers.get_attr(self, node)
@@ -166,15 +106,15 @@ class Walker:
     def call(self, node: fx.Node) -> None:
         if node.op == "call_method":
             if node.target not in METHODS:
-                raise UserError(f"{_where(node)}: dslim has no rule for the tensor method .{node.target}(); "
+                raise UserError(f"{source_of(node)}: dslim has no rule for the tensor method .{node.target}(); "
                                 f"rewrite it with supported torch operations")  # fmt: skip
             name = f"Tensor.{node.target}"
         else:
             name = function_name(node.target)
             if name is None:
                 label = getattr(node.target, "__qualname__", str(node.target))
-                raise UserError(f"{_where(node)}: dslim cannot store a call to {label} as data; use torch operations "
-                                f"(the model must reload without your source file)")  # fmt: skip
+                raise UserError(f"{source_of(node)}: dslim cannot store a call to {label} as data; use torch "
+                                f"operations (the model must reload without your source file)")  # fmt: skip
         kind = name.split(".")[-1]
         if kind in layers.FUNCTIONAL and layers.lifted(self, node, kind):
             return
@@ -196,44 +136,3 @@ class Walker:
         self.an.layers.setdefault(path, Layer(path, spec, sites, {}))
         self.emit(node, "module", path, node.args, node.kwargs)
         self.skip.add(node.name)
-
-
-# -- small helpers -------------------------------------------------------------------------------------------------
-def _fetch(gm: fx.GraphModule, target: str) -> object:
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _flat(x: object) -> list:
-    if isinstance(x, dict):
-        return [v for item in x.values() for v in _flat(item)]
-    if isinstance(x, (tuple, list)):
-        return [v for item in x for v in _flat(item)]
-    return [x]
-
-
-def _none_like(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return A.none(value.dim())
-    if isinstance(value, (tuple, list)):
-        return type(value)(_none_like(v) for v in value)
-    return None
-
-
-def _shapes(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
-        return [_shapes(v) for v in value]
-    return None
-
-
-def _line(labels: object, dim: int, value: object) -> np.ndarray:
-    if isinstance(labels, torch.Tensor) and isinstance(value, torch.Tensor):
-        return A.line(labels, dim, value.shape[dim])
-    return np.zeros(0, np.int64)
-
-
-from dslim.models.convert import layers, rules  # noqa: E402  (their rules use the types above)

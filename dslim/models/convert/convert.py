@@ -11,18 +11,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from dslim.errors import UserError
+from dslim.models.base import Supernet
 from dslim.models.convert import atoms as A
-from dslim.models.convert.channels import Analysis, Walker
+from dslim.models.convert.analysis import Analysis
+from dslim.models.convert.channels import Walker
 from dslim.models.convert.groups import Solution, encode_layout, layout, param_dim, solve
-from dslim.models.convert.supernet import GRAPH_FORMAT, ConvertedSupernet
-from dslim.models.convert.trace import run_example, trace
+from dslim.models.convert.trace import trace
 from dslim.nn.indexed import GraphBatchNorm
 from dslim.nn.layouts import as_index, take
 from dslim.subnet import Subnet
@@ -31,26 +32,11 @@ NORMS = ("BatchNorm", "LayerNorm")
 PRODUCERS = ("Conv2d", "ConvTranspose2d", "Linear")
 
 
-def convert(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
-    width_range: tuple[float, float] | None = None,
-    bn: str = "calibrated",
-    channel_divisor: int = 1,
-    channel_order: str = "original",
-    name: str | None = None,
-) -> ConvertedSupernet:
-    """`model` as a supernet whose largest subnet computes `model` (weights and BatchNorm statistics included).
-
-    `example` is an input batch (two images or more, so BatchNorm can run in train mode); `widths`, `width_range`
-    and `bn` are those of the built-in width-multiplier supernets; `channel_order` `bn` or `l1` makes narrower
-    subnets keep the most important channels first. `describe()` says what was found.
-    """
-    name = name or type(model).__name__
+def analyse(
+    model: nn.Module, example: torch.Tensor, make: Callable[[dict], Supernet], channel_order: str, name: str
+) -> tuple[dict, Analysis]:
+    """The stored graph of `model` (and the analysis behind it), shape-checked on networks `make(graph)` builds."""
     meta = example.device.type == "meta" or any(p.device.type == "meta" for p in model.parameters())
-    reference = run_example(model, example, name)
     an = Analysis()
     was_training = model.training
     try:
@@ -63,7 +49,6 @@ def convert(
     importance = None
     if channel_order != "original" and not meta:
         importance = _importance(an, solve(an), channel_order)
-    kwargs = dict(widths=widths, width_range=width_range, bn=bn, channel_divisor=channel_divisor)
     for _ in range(64):
         sol = solve(an, importance)
         spec = assemble(an, sol, name)
@@ -72,18 +57,10 @@ def convert(
         if not sol.groups:
             raise UserError(f"{name} has no channel that dslim can slice (every layer stays at full width): "
                             f"{_summary(an, sol)}")  # fmt: skip
-        # shapes do not depend on BatchNorm's mode; calibrated BatchNorm runs any subnet without allocating it
-        checked = ConvertedSupernet(spec, widths=(), width_range=None, bn="calibrated", channel_divisor=channel_divisor)
-        if not shape_check(checked, an, sol, example):
-            break
-    else:
-        raise RuntimeError(f"converting {name}: channel analysis did not settle (a dslim bug; please report): "
-                           f"{an.atoms.pins[-1][1]}")  # fmt: skip
-    net = ConvertedSupernet(spec, **kwargs)  # type: ignore[arg-type]
-    if not meta:
-        load_weights(net, an)
-        verify(net, reference, example, name)
-    return net
+        if not shape_check(make(spec), an, sol, example):
+            return spec, an
+    raise RuntimeError(f"converting {name}: channel analysis did not settle (a dslim bug; please report): "
+                       f"{an.atoms.pins[-1][1]}")  # fmt: skip
 
 
 # -- the graph as data ---------------------------------------------------------------------------------------------
@@ -136,12 +113,12 @@ def assemble(an: Analysis, sol: Solution, name: str) -> dict | None:
                 spec["layouts"]["mask"] = out
     from dslim.models.convert.report import report
 
-    return {"format": GRAPH_FORMAT, "name": name, "groups": sol.groups, "layouts": layouts, "modules": modules,
+    return {"format": "dslim.graph/1", "name": name, "groups": sol.groups, "layouts": layouts, "modules": modules,
             "graphs": an.graphs, "outputs": an.outputs, "report": report(an, sol)}  # fmt: skip
 
 
 # -- the shape check -----------------------------------------------------------------------------------------------
-def _check_subnets(net: ConvertedSupernet, seed: int = 0) -> list[Subnet]:
+def _check_subnets(net: Supernet, seed: int = 0) -> list[Subnet]:
     choices = net.group_choices()
     rng = np.random.default_rng(seed)
     out = [Subnet.of({g: c[0] for g, c in choices.items()})]
@@ -149,7 +126,7 @@ def _check_subnets(net: ConvertedSupernet, seed: int = 0) -> list[Subnet]:
     return out
 
 
-def shape_check(net: ConvertedSupernet, an: Analysis, sol: Solution, example: torch.Tensor) -> bool:
+def shape_check(net: Supernet, an: Analysis, sol: Solution, example: torch.Tensor) -> bool:
     """Run `net` at a few subnets; pin what a node touches where its shape differs from the analysis. Returns
     whether anything was pinned."""
     active_class = _active_classes(sol)
@@ -201,7 +178,7 @@ class _Mismatch(Exception):
 
 
 def _pin_meta(an: Analysis, meta: object, why: str) -> None:
-    from dslim.models.convert.channels import Size
+    from dslim.models.convert.analysis import Size
 
     if isinstance(meta, torch.Tensor):
         an.atoms.pin(meta, why)
@@ -251,7 +228,7 @@ def _shapes(value: object) -> object:
 
 
 # -- weights -------------------------------------------------------------------------------------------------------
-def load_weights(net: ConvertedSupernet, an: Analysis) -> None:
+def load_weights(net: Supernet, an: Analysis) -> None:
     """The user's tensors into the supernet; BatchNorm statistics to the largest subnet (and every named one)."""
     modules = dict(net.model.named_modules())
     named = list(dict.fromkeys([net.largest(), *net.named_subnets().values()]))
@@ -266,7 +243,7 @@ def load_weights(net: ConvertedSupernet, an: Analysis) -> None:
                 _load_bn(net, m, layer.source, named)
 
 
-def _load_bn(net: ConvertedSupernet, bn: GraphBatchNorm, source: Mapping, named: list[Subnet]) -> None:
+def _load_bn(net: Supernet, bn: GraphBatchNorm, source: Mapping, named: list[Subnet]) -> None:
     for subnet in named if bn.mode != "calibrated" else named[:1]:
         index = as_index(net.book.indices(subnet)[bn.layouts["in"]] if bn.layouts.get("in") is not None else None)
 
@@ -285,7 +262,7 @@ def _load_bn(net: ConvertedSupernet, bn: GraphBatchNorm, source: Mapping, named:
                 affine.bias.copy_(pick(source["bias"]))
 
 
-def verify(net: ConvertedSupernet, reference: torch.Tensor, example: torch.Tensor, name: str) -> None:
+def verify(net: Supernet, reference: torch.Tensor, example: torch.Tensor, name: str) -> None:
     """The largest subnet must compute the user's model."""
     with torch.no_grad(), net.using(net.largest(), train=False):
         out = net(example)

@@ -22,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from dslim.models.convert import atoms as A
-from dslim.models.convert.channels import Analysis
+from dslim.models.convert.analysis import Analysis
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 from dslim.errors import UserError
 from dslim.models.convert import atoms as A
 from dslim.models.convert import rules
-from dslim.models.convert.channels import Layer, Walker, _fetch, _line, _where
+from dslim.models.convert.analysis import Layer, Pass, fetch, line_of, source_of
 from dslim.models.convert.ops import function_name, module_args
 
 FUNCTIONAL = ("conv2d", "linear", "layer_norm", "batch_norm", "conv_transpose2d")
@@ -31,11 +31,11 @@ SHUFFLE_MODULES = (nn.ChannelShuffle,)
 
 
 # -- parameters ---------------------------------------------------------------------------------------------
-def get_attr(w: Walker, node: fx.Node) -> None:
-    value = _fetch(w.gm, node.target)
+def get_attr(w: Pass, node: fx.Node) -> None:
+    value = fetch(w.gm, node.target)
     w.real[node.name] = value
     if not isinstance(value, torch.Tensor):
-        raise UserError(f"{_where(node)}: attribute {node.target} is not a tensor; dslim cannot store it")
+        raise UserError(f"{source_of(node)}: attribute {node.target} is not a tensor; dslim cannot store it")
     lifted = lift_layer(w, node)
     if lifted:
         w.meta[node.name] = None
@@ -54,7 +54,7 @@ def get_attr(w: Walker, node: fx.Node) -> None:
     w.emit(node, "module", path)
 
 
-def lift_layer(w: Walker, node: fx.Node) -> bool:
+def lift_layer(w: Pass, node: fx.Node) -> bool:
     """Whether this parameter is the weight or bias of a functional conv/linear/norm that becomes a layer."""
     users = list(node.users)
     if len(users) != 1 or users[0].op != "call_function":
@@ -68,14 +68,14 @@ def lift_layer(w: Walker, node: fx.Node) -> bool:
 
 
 # -- modules ------------------------------------------------------------------------------------------------
-def call_module(w: Walker, node: fx.Node) -> None:
+def call_module(w: Pass, node: fx.Node) -> None:
     m = w.gm.get_submodule(node.target)
     value = w.execute(node)
     w.real[node.name] = value
     _, _, margs, _ = w.args_of(node)
     x = margs[0] if margs else None
     path = str(node.target)
-    where = f"{_where(node)} ({path}: {type(m).__name__})"
+    where = f"{source_of(node)} ({path}: {type(m).__name__})"
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         w.meta[node.name] = conv(w, path, m, x, m.weight, m.bias, _conv_args(m), node)
     elif isinstance(m, nn.Linear):
@@ -95,13 +95,13 @@ def call_module(w: Walker, node: fx.Node) -> None:
     w.emit(node, "module", path, node.args, node.kwargs)
 
 
-def plain_module(w: Walker, m: nn.Module, node: fx.Node, x: object, value: object, spec: dict) -> object:
+def plain_module(w: Pass, m: nn.Module, node: fx.Node, x: object, value: object, spec: dict) -> object:
     path = str(node.target)
     real_x = w.real[node.args[0].name] if node.args and isinstance(node.args[0], fx.Node) else None
     if isinstance(m, POOL_MODULES) or isinstance(m, SPATIAL_MODULES):
         meta = rules.spatial(w, x, real_x, value, type(m).__name__)
         if isinstance(m, POOL_MODULES):
-            site = w.an.site(_line(meta, 1, value))
+            site = w.an.site(line_of(meta, 1, value))
             spec = {"type": "Op", "args": {"module": spec, "cost": "pool"}}
             w.an.layers.setdefault(path, Layer(path, spec, {"in": site}, {}))
         else:
@@ -116,13 +116,13 @@ def plain_module(w: Walker, m: nn.Module, node: fx.Node, x: object, value: objec
     if isinstance(m, SHUFFLE_MODULES):
         return rules.shuffle(w, x, real_x, m.groups, value)
     if isinstance(m, MIXING_MODULES):
-        w.pin(x, f"{_where(node)}: {type(m).__name__} moves channels into space")
+        w.pin(x, f"{source_of(node)}: {type(m).__name__} moves channels into space")
         return A.none(value.dim())
     return x if isinstance(x, torch.Tensor) else None  # activations, dropout, identity, softmax
 
 
 # -- layers -------------------------------------------------------------------------------------------------
-def layer_at(w: Walker, path: str, spec: dict, source: dict, node: fx.Node, x_in: np.ndarray | None,
+def layer_at(w: Pass, path: str, spec: dict, source: dict, node: fx.Node, x_in: np.ndarray | None,
           n_out: int | None) -> Layer:  # fmt: skip
     """The layer at `path`, made on first use; a later call ties its input to the first one's."""
     found = w.an.layers.get(path)
@@ -138,18 +138,18 @@ def layer_at(w: Walker, path: str, spec: dict, source: dict, node: fx.Node, x_in
     return found
 
 
-def channel_input(w: Walker, x: object, dim: int, size: int, node: fx.Node) -> np.ndarray:
+def channel_input(w: Pass, x: object, dim: int, size: int, node: fx.Node) -> np.ndarray:
     """A layer's input atoms along `dim`; atoms along any other dimension are pinned (not representable)."""
     if not isinstance(x, torch.Tensor):
         return np.full(size, -1, np.int64)
     d = dim % x.dim()
     others = [k for k in A.dims(x) if k != d]
     if others:
-        w.pin(x, f"{_where(node)}: a layer's input holds channels along several dimensions")
+        w.pin(x, f"{source_of(node)}: a layer's input holds channels along several dimensions")
     return A.line(x, d, size)
 
 
-def conv(w: Walker, path, m, x, weight, bias, args: dict, node: fx.Node) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def conv(w: Pass, path, m, x, weight, bias, args: dict, node: fx.Node) -> torch.Tensor:  # type: ignore[no-untyped-def]
     transposed = args.pop("transposed")
     c_in, c_out = args["in_channels"], args["out_channels"]
     g = args["groups"]
@@ -163,12 +163,12 @@ def conv(w: Walker, path, m, x, weight, bias, args: dict, node: fx.Node) -> torc
         for j in range(g):
             block_in, block_out = x_in[j * ci : (j + 1) * ci], out[j * co : (j + 1) * co]
             if (block_in < 0).any():
-                w.an.atoms.pin(block_out, f"{_where(node)} ({path}): a grouped conv on fixed channels")
+                w.an.atoms.pin(block_out, f"{source_of(node)} ({path}): a grouped conv on fixed channels")
             w.an.atoms.tie_all(np.concatenate([block_in, block_out]))
     return A.along(out, 4, 1)
 
 
-def linear(w: Walker, path, x, weight, bias, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def linear(w: Pass, path, x, weight, bias, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
     c_out, c_in = weight.shape
     spec = {"type": "Linear", "args": {"in_features": c_in, "out_features": c_out, "bias": bias is not None}}
     source = {"weight": weight.detach(), "bias": None if bias is None else bias.detach()}
@@ -178,10 +178,10 @@ def linear(w: Walker, path, x, weight, bias, node) -> torch.Tensor:  # type: ign
     return A.along(layer.origin, ndim, ndim - 1)
 
 
-def batchnorm(w: Walker, path, m, x, weight, bias, stats, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def batchnorm(w: Pass, path, m, x, weight, bias, stats, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
     c = stats["running_mean"].numel() if stats["running_mean"] is not None else weight.numel()
     if stats["running_mean"] is None:
-        raise UserError(f"{_where(node)} ({path}): BatchNorm without running statistics is not supported")
+        raise UserError(f"{source_of(node)} ({path}): BatchNorm without running statistics is not supported")
     x_in = channel_input(w, x, 1, c, node)
     ndim = x.dim() if isinstance(x, torch.Tensor) else 4
     spec = {"type": "BatchNorm", "args": {"num_features": c, "eps": m.eps, "momentum": m.momentum,
@@ -193,7 +193,7 @@ def batchnorm(w: Walker, path, m, x, weight, bias, stats, node) -> torch.Tensor:
     return x
 
 
-def layernorm(w: Walker, path, x, shape, eps, weight, bias, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def layernorm(w: Pass, path, x, shape, eps, weight, bias, node) -> torch.Tensor:  # type: ignore[no-untyped-def]
     shape = tuple(shape)
     spec = {"type": "LayerNorm", "args": {"normalized_shape": list(shape), "eps": eps,
                                           "affine": weight is not None, "bias": bias is not None}}  # fmt: skip
@@ -204,13 +204,13 @@ def layernorm(w: Walker, path, x, shape, eps, weight, bias, node) -> torch.Tenso
     else:
         normed = list(range(x.dim() - len(shape), x.dim())) if isinstance(x, torch.Tensor) else []
         if isinstance(x, torch.Tensor) and any(d in normed for d in A.dims(x)):
-            w.pin(x, f"{_where(node)} ({path}): LayerNorm over channels and other dimensions")
+            w.pin(x, f"{source_of(node)} ({path}): LayerNorm over channels and other dimensions")
         x_in = None
     layer_at(w, path, spec, source, node, x_in, None)
     return x
 
 
-def lifted(w: Walker, node: fx.Node, kind: str) -> bool:
+def lifted(w: Pass, node: fx.Node, kind: str) -> bool:
     """A functional conv/linear/norm whose weights are parameters: run and analysed as a layer."""
     params = _layer_params(node, kind)
     if not all(p is None or (p.op == "get_attr" and len(p.users) == 1) for p in params):

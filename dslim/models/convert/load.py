@@ -1,4 +1,5 @@
-"""`--model.module FILE.py:NAME` and `--model.weights PATH`: the user's model, built, loaded and converted.
+"""`--model.module FILE.py:NAME` and `--model.weights PATH`: the user's model, built and loaded (then converted by
+`ConvertedSupernet.from_config`).
 
 Importing the user's file runs the user's code, as timm or torch.hub would; it happens only when a command is given
 `--model.module`. Everything dslim writes afterwards (stage artifacts, exported subnets) holds the converted graph
@@ -119,7 +120,8 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     return state  # type: ignore[return-value]
 
 
-def load_weights(model: nn.Module, path: str, spec: str) -> None:
+def load_state(model: nn.Module, path: str, spec: str) -> None:
+    """`--model.weights` into the user's model (before it is converted)."""
     state = read_weights(path)
     try:
         model.load_state_dict(state)
@@ -129,32 +131,3 @@ def load_weights(model: nn.Module, path: str, spec: str) -> None:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else \
             " ".join(str(e).split())[:200]  # fmt: skip
         raise UserError(f"--model.weights {path} does not fit {spec}: {detail}") from None
-
-
-def from_config(cfg):  # type: ignore[no-untyped-def]
-    """The converted supernet a run's model settings describe. Built on the CPU even where a caller builds models
-    on the `meta` device to validate settings: conversion runs the model on an example input."""
-    from dslim.models.convert.convert import convert
-
-    if cfg.max_width != 1.0:
-        raise UserError(f"--model.max-width {cfg.max_width}: a converted model is at most its own width; use 1.0")
-    with torch.device("cpu"):
-        model = build_module(cfg.module, parse_args(cfg.module_args), cfg.num_classes)
-        if cfg.weights:
-            load_weights(model, cfg.weights, cfg.module)
-        example = torch.randn(2, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(0))
-        net = convert(
-            model,
-            example,
-            widths=cfg.widths,
-            width_range=cfg.width_range,
-            bn=cfg.bn,
-            channel_divisor=cfg.channel_divisor,
-            channel_order=cfg.channel_order,
-            name=cfg.module,
-        )
-    classes = net.arch_kwargs["graph"]["outputs"]
-    if classes != cfg.num_classes:
-        raise UserError(f"{cfg.module} outputs {classes} classes but --model.num-classes is {cfg.num_classes}: set "
-                        f"--model.num-classes {classes}, or build the model for {cfg.num_classes} classes")  # fmt: skip
-    return net

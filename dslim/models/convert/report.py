@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dslim.models.convert.channels import Analysis
+from dslim.models.convert.analysis import Analysis
 from dslim.models.convert.groups import Solution, layout
 
 

@@ -14,7 +14,7 @@ import torch
 
 from dslim.errors import UserError
 from dslim.models.convert import atoms as A
-from dslim.models.convert.channels import Size, Walker, _flat, _line, _none_like, _where
+from dslim.models.convert.analysis import Pass, Size, flat, line_of, none_like, source_of
 
 ELEMENTWISE = set(
     """abs acos add addcmul addcdiv asin atan atan2 ceil clamp clamp_ clamp_max clamp_min clip cos cosh
@@ -38,9 +38,9 @@ SPATIAL = set("max_pool2d adaptive_max_pool2d interpolate upsample pad".split())
 MATMUL = set("matmul bmm mm einsum baddbmm addmm conv2d conv_transpose2d linear".split())
 
 
-def rule(w: Walker, node, name, kind, args, kwargs, margs, mkwargs, value) -> object:  # type: ignore[no-untyped-def]
-    where = _where(node)
-    tensors = [m for m in _flat((margs, mkwargs)) if isinstance(m, torch.Tensor)]
+def rule(w: Pass, node, name, kind, args, kwargs, margs, mkwargs, value) -> object:  # type: ignore[no-untyped-def]
+    where = source_of(node)
+    tensors = [m for m in flat((margs, mkwargs)) if isinstance(m, torch.Tensor)]
     if kind == "getattr" and name == "builtins.getattr":
         return attribute(w, args, margs, value, where)
     if kind == "getitem" and not isinstance(args[0], torch.Tensor):
@@ -75,18 +75,18 @@ def rule(w: Walker, node, name, kind, args, kwargs, margs, mkwargs, value) -> ob
     if kind in POOLS or kind in SPATIAL:
         meta = spatial(w, margs[0], args[0], value, name)
         if kind in POOLS:
-            w.costed(node, name, "pool", _line(meta, 1, value))
+            w.costed(node, name, "pool", line_of(meta, 1, value))
         return meta
     if kind in MATMUL:
         w.pin(tensors, f"{where}: {name} (no channel rule)")
         w.costed(node, name, "matmul", None)
         return A.none(value.dim()) if isinstance(value, torch.Tensor) else None
     w.pin(tensors, f"{where}: {name} (no channel rule)")
-    return _none_like(value)
+    return none_like(value)
 
 
 # -- rules --------------------------------------------------------------------------------------------------
-def attribute(w: Walker, args, margs, value, where) -> object:  # type: ignore[no-untyped-def]
+def attribute(w: Pass, args, margs, value, where) -> object:  # type: ignore[no-untyped-def]
     name = args[1]
     from dslim.models.convert.ops import ATTRIBUTES
 
@@ -99,7 +99,7 @@ def attribute(w: Walker, args, margs, value, where) -> object:  # type: ignore[n
     return None
 
 
-def size_of(w: Walker, labels: object, x: torch.Tensor, d: int) -> Size | None:
+def size_of(w: Pass, labels: object, x: torch.Tensor, d: int) -> Size | None:
     if not isinstance(labels, torch.Tensor):
         return None
     line = A.line(labels, d, x.shape[d])
@@ -108,7 +108,7 @@ def size_of(w: Walker, labels: object, x: torch.Tensor, d: int) -> Size | None:
     return Size(line, line[line >= 0])
 
 
-def scalar(w: Walker, node, kind, args, margs, value) -> object:  # type: ignore[no-untyped-def]
+def scalar(w: Pass, node, kind, args, margs, value) -> object:  # type: ignore[no-untyped-def]
     if kind == "size" and isinstance(args[0], torch.Tensor):
         x = args[0]
         if len(args) > 1 or "dim" in node.kwargs:
@@ -118,11 +118,11 @@ def scalar(w: Walker, node, kind, args, margs, value) -> object:  # type: ignore
     if kind == "numel" and isinstance(args[0], torch.Tensor):
         deps = margs[0][margs[0] >= 0].numpy() if isinstance(margs[0], torch.Tensor) else np.zeros(0, np.int64)
         return Size(None, deps) if deps.size else None
-    deps = [m.deps for m in _flat(margs) if isinstance(m, Size)]
-    deps += [t[t >= 0].numpy() for t in _flat(margs) if isinstance(t, torch.Tensor)]
+    deps = [m.deps for m in flat(margs) if isinstance(m, Size)]
+    deps += [t[t >= 0].numpy() for t in flat(margs) if isinstance(t, torch.Tensor)]
     deps = [d for d in deps if d.size]
     if not deps:
-        return _none_like(value)
+        return none_like(value)
     if isinstance(value, (tuple, list)):
         return type(value)(Size(None, np.concatenate(deps)) for _ in value)
     if kind in ("int", "float", "floor", "ceil") and len(margs) == 1 and isinstance(margs[0], Size):
@@ -130,7 +130,7 @@ def scalar(w: Walker, node, kind, args, margs, value) -> object:  # type: ignore
     return Size(None, np.concatenate(deps))
 
 
-def sequence_op(w: Walker, kind, args, margs, value) -> object:  # type: ignore[no-untyped-def]
+def sequence_op(w: Pass, kind, args, margs, value) -> object:  # type: ignore[no-untyped-def]
     def seq(real, meta):  # type: ignore[no-untyped-def]
         return list(meta) if isinstance(meta, (tuple, list)) else [None] * len(real)
 
@@ -145,10 +145,10 @@ def sequence_op(w: Walker, kind, args, margs, value) -> object:  # type: ignore[
     return type(value)(out)
 
 
-def elementwise(w: Walker, node, args, kwargs, margs, mkwargs, value) -> object:  # type: ignore[no-untyped-def]
+def elementwise(w: Pass, node, args, kwargs, margs, mkwargs, value) -> object:  # type: ignore[no-untyped-def]
     if not isinstance(value, torch.Tensor):
         return None
-    pairs = [(a, m) for a, m in zip(_flat((args, kwargs)), _flat((margs, mkwargs))) if isinstance(a, torch.Tensor)]
+    pairs = [(a, m) for a, m in zip(flat((args, kwargs)), flat((margs, mkwargs))) if isinstance(a, torch.Tensor)]
     out_shape = value.shape
     out: torch.Tensor | None = None
     for real, labels in pairs:
@@ -172,21 +172,21 @@ def elementwise(w: Walker, node, args, kwargs, margs, mkwargs, value) -> object:
     return A.compress(out)
 
 
-def _check_full(w: Walker, out, shape, out_shape, node, labels=None) -> None:  # type: ignore[no-untyped-def]
+def _check_full(w: Pass, out, shape, out_shape, node, labels=None) -> None:  # type: ignore[no-untyped-def]
     """An operand without atoms along a channel dimension of the result has a fixed size there: pin."""
     if labels is None:
         return
     lab = labels.view((1,) * (len(shape) - labels.dim()) + tuple(labels.shape))
     for d in A.dims(out):
         if shape[d] == out_shape[d] > 1 and lab.shape[d] == 1 and not (lab >= 0).any():
-            w.pin(out, f"{_where(node)}: an operand of fixed size meets channels")
+            w.pin(out, f"{source_of(node)}: an operand of fixed size meets channels")
             return
 
 
-def reduce(w: Walker, node, kind, args, kwargs, margs, value) -> object:  # type: ignore[no-untyped-def]
+def reduce(w: Pass, node, kind, args, kwargs, margs, value) -> object:  # type: ignore[no-untyped-def]
     x, labels = args[0], margs[0]
     if not isinstance(value, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        return _none_like(value)
+        return none_like(value)
     dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
     keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
     if dims is None:
@@ -195,7 +195,7 @@ def reduce(w: Walker, node, kind, args, kwargs, margs, value) -> object:  # type
     channel = [d for d in A.dims(labels) if d in dims]
     rest = [d for d in A.dims(labels) if d not in dims]
     if channel and rest:
-        w.pin(labels, f"{_where(node)}: a reduction over some of several channel dimensions")
+        w.pin(labels, f"{source_of(node)}: a reduction over some of several channel dimensions")
         return A.none(value.dim())
     if channel:
         return A.none(value.dim())
@@ -207,20 +207,20 @@ def reduce(w: Walker, node, kind, args, kwargs, margs, value) -> object:  # type
     return out.contiguous()
 
 
-def positional(w: Walker, node, name, args, kwargs, margs, value) -> object:  # type: ignore[no-untyped-def]
+def positional(w: Pass, node, name, args, kwargs, margs, value) -> object:  # type: ignore[no-untyped-def]
     labels = margs[0]
     dims = kwargs.get("dims", kwargs.get("dim", args[-1] if len(args) > 1 else None))
     if not isinstance(labels, torch.Tensor):
-        return _none_like(value)
+        return none_like(value)
     dims = [d % args[0].dim() for d in (dims if isinstance(dims, (tuple, list)) else [dims])] if dims is not None \
         else list(range(args[0].dim()))  # fmt: skip
     if any(d in A.dims(labels) for d in dims):
-        w.pin(labels, f"{_where(node)}: {name} along channels (no channel rule)")
+        w.pin(labels, f"{source_of(node)}: {name} along channels (no channel rule)")
         return A.none(value.dim()) if isinstance(value, torch.Tensor) else None
-    return labels if isinstance(value, torch.Tensor) and value.dim() == labels.dim() else _none_like(value)
+    return labels if isinstance(value, torch.Tensor) and value.dim() == labels.dim() else none_like(value)
 
 
-def spatial(w: Walker, labels, x, value, name) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def spatial(w: Pass, labels, x, value, name) -> torch.Tensor:  # type: ignore[no-untyped-def]
     if not isinstance(labels, torch.Tensor) or not isinstance(x, torch.Tensor):
         return A.none(value.dim())
     if any(d >= x.dim() - 2 for d in A.dims(labels)) or labels.dim() != value.dim():
@@ -229,20 +229,20 @@ def spatial(w: Walker, labels, x, value, name) -> torch.Tensor:  # type: ignore[
     return labels
 
 
-def create(w: Walker, node, args, margs, value) -> object:  # type: ignore[no-untyped-def]
+def create(w: Pass, node, args, margs, value) -> object:  # type: ignore[no-untyped-def]
     if not isinstance(value, torch.Tensor):
         return None
-    sizes = [m for m in _flat(margs) if isinstance(m, Size)]
+    sizes = [m for m in flat(margs) if isinstance(m, Size)]
     if not sizes:
         return A.none(value.dim())
     if len(sizes) == 1 and sizes[0].atoms is not None and len(sizes[0].atoms) in value.shape:
         dims = [d for d in range(value.dim()) if value.shape[d] == len(sizes[0].atoms)]
         return A.along(sizes[0].atoms, value.dim(), dims[-1])
-    w.pin(sizes, f"{_where(node)}: a tensor made with a size computed from a channel count")
+    w.pin(sizes, f"{source_of(node)}: a tensor made with a size computed from a channel count")
     return A.none(value.dim())
 
 
-def shuffle(w: Walker, labels, x, groups, value) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def shuffle(w: Pass, labels, x, groups, value) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Channel shuffle: the `groups` blocks of channels are tied position by position, then interleaved."""
     if not isinstance(labels, torch.Tensor):
         return A.none(value.dim())
@@ -252,7 +252,7 @@ def shuffle(w: Walker, labels, x, groups, value) -> torch.Tensor:  # type: ignor
     return A.along(line.T.reshape(-1), value.dim(), 1)
 
 
-def structure(w: Walker, node, kind, module, args, kwargs, value, margs, mkwargs) -> object:  # type: ignore[no-untyped-def]
+def structure(w: Pass, node, kind, module, args, kwargs, value, margs, mkwargs) -> object:  # type: ignore[no-untyped-def]
     """Reshaping, moving, splitting and joining: `dslim.models.convert.structure`."""
     from dslim.models.convert.structure import structure as rule
 

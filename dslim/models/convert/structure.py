@@ -25,17 +25,17 @@ RESHAPE = ("view", "reshape", "unflatten", "view_as", "reshape_as")
 
 
 def structure(w, node: fx.Node, kind: str, module, args, kwargs, value, margs, mkwargs) -> object:  # type: ignore[no-untyped-def]
-    from dslim.models.convert.channels import _none_like, _where
+    from dslim.models.convert.analysis import none_like, source_of
 
     if kind in ("cat", "concat", "concatenate", "stack"):
         return join(w, node, kind, args, kwargs, margs, value)
     x, labels = args[0], margs[0]
     if not isinstance(x, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        return _none_like(value)
-    where = _where(node)
+        return none_like(value)
+    where = source_of(node)
     if A.has_atoms(labels) and not A.dims(labels) and x.numel() > 1:
         w.pin(labels, f"{where}: {kind} of a single channel")
-        return _none_like(value)
+        return none_like(value)
     full = A.expand(labels, x.shape)
     if kind in ("chunk", "split", "tensor_split", "narrow", "getitem", "unbind"):
         return split(w, node, kind, args, kwargs, labels, full, value)
@@ -70,7 +70,7 @@ def _real_of(a: object) -> object:
 
 def _varying_dims(w, node, kind, module, args, kwargs, margs, labels, value) -> set[int]:  # type: ignore[no-untyped-def]
     """Output dimensions whose size changes with the width at run time."""
-    from dslim.models.convert.channels import Size
+    from dslim.models.convert.analysis import Size
 
     x = args[0]
     if kind in ("view_as", "reshape_as"):
@@ -103,10 +103,10 @@ def _varying_dims(w, node, kind, module, args, kwargs, margs, labels, value) -> 
 
 def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> object:  # type: ignore[no-untyped-def]
     """Splitting: along a channel dimension a `Split` module computes the parts at run time."""
-    from dslim.models.convert.channels import Layer, _where
+    from dslim.models.convert.analysis import Layer, source_of
 
     x = args[0]
-    where = _where(node)
+    where = source_of(node)
     index = None
     if kind == "getitem":
         dim, parts, index = _index_parts(x, args[1])
@@ -165,10 +165,10 @@ def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> obj
 
 
 def _apply_index(w, node, labels, full, index, value) -> object:  # type: ignore[no-untyped-def]
-    from dslim.models.convert.channels import _where
+    from dslim.models.convert.analysis import source_of
 
     if _advanced(index):
-        w.pin(labels, f"{_where(node)}: indexing with tensors")
+        w.pin(labels, f"{source_of(node)}: indexing with tensors")
         return A.none(value.dim())
     return A.compress(full[index])
 
@@ -226,7 +226,7 @@ def _index_parts(x: torch.Tensor, index: object) -> tuple[int | None, list, str 
 
 def join(w, node: fx.Node, kind: str, args, kwargs, margs, value) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """cat along a channel dimension concatenates atoms; along another (and stack) ties the operands."""
-    from dslim.models.convert.channels import _where
+    from dslim.models.convert.analysis import source_of
 
     tensors = list(args[0])
     metas = [m if isinstance(m, torch.Tensor) else A.none(t.dim()) for t, m in zip(tensors, margs[0])]
@@ -242,7 +242,7 @@ def join(w, node: fx.Node, kind: str, args, kwargs, margs, value) -> torch.Tenso
     if any(dim in A.dims(m) for m in metas):
         others = {d for m in metas for d in A.dims(m) if d != dim}
         if others:
-            w.pin(metas, f"{_where(node)}: concatenation of tensors with channels along several dimensions")
+            w.pin(metas, f"{source_of(node)}: concatenation of tensors with channels along several dimensions")
             return A.none(value.dim())
         target = [max(m.shape[d] for m in metas) for d in range(value.dim())]
         parts = []

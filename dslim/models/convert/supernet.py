@@ -10,15 +10,17 @@ own, each layer knowing where its channels are in the supernet's (`source`), whi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 from torch import nn
 
 from dslim.errors import UserError
+from dslim.models.convert.convert import analyse, load_weights, verify
 from dslim.models.convert.groups import decode_layout
-from dslim.models.convert.ops import FUNCTIONS, METHODS, build_plain, decode
+from dslim.models.convert.load import build_module, load_state, parse_args
+from dslim.models.convert.ops import FUNCTIONS, METHODS, build_plain
+from dslim.models.convert.program import compile_graph
+from dslim.models.convert.trace import run_example
 from dslim.models.registry import register
 from dslim.models.width import WidthSupernet
 from dslim.nn.indexed import (
@@ -37,6 +39,37 @@ from dslim.subnet import ChannelGroup, Subnet, make_divisible
 GRAPH_FORMAT = "dslim.graph/1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
            "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}  # fmt: skip
+
+
+def convert(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+    width_range: tuple[float, float] | None = None,
+    bn: str = "calibrated",
+    channel_divisor: int = 1,
+    channel_order: str = "original",
+    name: str | None = None,
+) -> ConvertedSupernet:
+    """`model` as a supernet whose largest subnet computes `model` (weights and BatchNorm statistics included).
+
+    `example` is an input batch (two images or more, so BatchNorm can run in train mode); `widths`, `width_range`
+    and `bn` are those of the built-in width-multiplier supernets; `channel_order` `bn` or `l1` makes narrower
+    subnets keep the most important channels first. `describe()` says what was found (`dslim.models.convert`).
+    """
+    name = name or type(model).__name__
+    reference = run_example(model, example, name)
+
+    def checked(graph: dict) -> ConvertedSupernet:  # shapes do not depend on BatchNorm's mode
+        return ConvertedSupernet(graph, widths=(), width_range=None, bn="calibrated", channel_divisor=channel_divisor)
+
+    graph, an = analyse(model, example, checked, channel_order, name)
+    net = ConvertedSupernet(graph, widths=widths, width_range=width_range, bn=bn, channel_divisor=channel_divisor)
+    if reference.device.type != "meta" and all(p.device.type != "meta" for p in model.parameters()):
+        load_weights(net, an)
+        verify(net, reference, example, name)
+    return net
 
 
 @register("converted", listed=False)
@@ -85,7 +118,7 @@ class ConvertedSupernet(WidthSupernet):
         self.model = nn.Module()
         for path, spec in graph["modules"].items():
             self._place(path, self._build(spec, source))
-        self._programs = {mode: _compile(nodes) for mode, nodes in graph["graphs"].items()}
+        self._programs = {mode: compile_graph(nodes) for mode, nodes in graph["graphs"].items()}
         for program in self._programs.values():
             program.check(self.model)
         self.finish(allocate=channels is None)
@@ -164,9 +197,24 @@ class ConvertedSupernet(WidthSupernet):
 
     @classmethod
     def from_config(cls, cfg):  # type: ignore[no-untyped-def]
-        from dslim.models.convert.load import from_config
-
-        return from_config(cfg)
+        """The user's `--model.module`, built (with `--model.weights`) and converted. On the CPU even where a caller
+        builds models on the `meta` device to validate settings: conversion runs the model on an example input."""
+        if cfg.max_width != 1.0:
+            raise UserError(f"--model.max-width {cfg.max_width}: a converted model is at most its own width; use 1.0")
+        with torch.device("cpu"):
+            model = build_module(cfg.module, parse_args(cfg.module_args), cfg.num_classes)
+            if cfg.weights:
+                load_state(model, cfg.weights, cfg.module)
+            example = torch.randn(2, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(0))
+            net = convert(model, example, widths=cfg.widths, width_range=cfg.width_range, bn=cfg.bn,
+                          channel_divisor=cfg.channel_divisor, channel_order=cfg.channel_order,
+                          name=cfg.module)  # fmt: skip
+        classes = net.arch_kwargs["graph"]["outputs"]
+        if classes != cfg.num_classes:
+            raise UserError(f"{cfg.module} outputs {classes} classes but --model.num-classes is {cfg.num_classes}: "
+                            f"set --model.num-classes {classes}, or build the model for "
+                            f"{cfg.num_classes} classes")  # fmt: skip
+        return net
 
     # -- running ----------------------------------------------------------------------------------------------
     def set_subnet(self, subnet: Subnet) -> None:
@@ -184,92 +232,3 @@ class ConvertedSupernet(WidthSupernet):
         from dslim.models.convert.report import describe
 
         return describe(self)
-
-
-class _Program:
-    """A stored graph compiled for running: one step per node, arguments resolved from earlier results. Modules
-    are looked up by path at each call (a copy of the network, an export swapping layers, runs its own)."""
-
-    def __init__(self, steps: list, output: object) -> None:
-        self.steps, self.output = steps, output
-
-    def check(self, root: nn.Module) -> None:
-        for call, _, _ in self.steps:
-            if isinstance(call, tuple):
-                _module(root, call)
-
-    def run(self, root: nn.Module, x: torch.Tensor, observe=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        env: list = [x]
-        for i, (call, args, kwargs) in enumerate(self.steps):
-            if isinstance(call, tuple):
-                call = _module(root, call)
-            value = call(*[a(env) for a in args], **{k: v(env) for k, v in kwargs.items()})
-            env.append(value)
-            if observe is not None:
-                observe(i + 1, value)
-        return self.output(env)
-
-
-def _compile(nodes: list[dict]) -> _Program:
-    """The steps of a stored node list; every name is resolved in the allow-lists (modules: by path)."""
-    position: dict[str, int] = {}
-    steps: list = []
-    output = None
-    for node in nodes:
-        op, name = node["op"], node["name"]
-        if op == "input":
-            if position:
-                raise UserError("a stored graph has more than one input")
-            position[name] = 0
-            continue
-        if op == "output":
-            output = _getter(decode(node["args"]), position)
-            break
-        args = [_getter(decode(a), position) for a in node.get("args", [])]
-        kwargs = {k: _getter(decode(v), position) for k, v in node.get("kwargs", {}).items()}
-        target = node["target"]
-        if op == "module":
-            call: object = tuple(target.split("."))
-        elif op == "function" and target in FUNCTIONS:
-            call = FUNCTIONS[target]
-        elif op == "method" and target in METHODS:
-            call = _method(target)
-        else:
-            raise UserError(f"unknown {op} {target!r} in a stored graph")
-        position[name] = len(steps) + 1
-        steps.append((call, args, kwargs))
-    if output is None:
-        raise UserError("a stored graph has no output")
-    return _Program(steps, output)
-
-
-def _method(name: str):  # type: ignore[no-untyped-def]
-    return lambda self, *a, **k: getattr(self, name)(*a, **k)
-
-
-def _module(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
-    m = root
-    for part in path:
-        found = m._modules.get(part)
-        if found is None:
-            raise UserError(f"a stored graph calls {'.'.join(path)}, which it does not define")
-        m = found
-    return m
-
-
-def _getter(value: object, position: Mapping[str, int]):  # type: ignore[no-untyped-def]
-    from dslim.models.convert.ops import Ref
-
-    if isinstance(value, Ref):
-        if value.name not in position:
-            raise UserError(f"a stored graph uses {value.name} before computing it")
-        i = position[value.name]
-        return lambda env: env[i]
-    if isinstance(value, (list, tuple)):
-        parts = [_getter(v, position) for v in value]
-        kind = type(value)
-        return lambda env: kind(p(env) for p in parts)
-    if isinstance(value, slice):
-        parts = [_getter(v, position) for v in (value.start, value.stop, value.step)]
-        return lambda env: slice(*(p(env) for p in parts))
-    return lambda env: value
