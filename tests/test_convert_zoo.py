@@ -27,7 +27,7 @@ from dslim.checkpoint import load_supernet, save_supernet
 from dslim.complexity import MacsModel, measure
 from dslim.methods.sandwich import Sandwich, SandwichConfig
 from dslim.models.convert import convert
-from dslim.nn.indexed import GraphOp
+from dslim.nn.graph_ops import GraphOp
 from dslim.onnx_export import export_static
 from dslim.sampling import per_group
 from dslim.training import MetricsLog, Trainer, make_accelerator

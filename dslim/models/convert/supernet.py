@@ -23,16 +23,8 @@ from dslim.models.convert.program import compile_graph
 from dslim.models.convert.trace import run_example
 from dslim.models.registry import register
 from dslim.models.width import WidthSupernet
-from dslim.nn.indexed import (
-    GraphBatchNorm,
-    GraphConv,
-    GraphConvTranspose,
-    GraphLayerNorm,
-    GraphLinear,
-    GraphOp,
-    GraphParam,
-    GraphSplit,
-)
+from dslim.nn.graph_ops import GraphOp, GraphParam, GraphSplit
+from dslim.nn.indexed import GraphBatchNorm, GraphConv, GraphConvTranspose, GraphLayerNorm, GraphLinear
 from dslim.nn.layouts import Layouts
 from dslim.subnet import ChannelGroup, Subnet, make_divisible
 
