@@ -62,7 +62,36 @@ def _dense_cost(kind: str, coef: int, c_in: int, c_out: int, in_count, out_count
     return LayerCost(kind, None, None, c_in, c_out, coef, in_count, out_count)
 
 
-class GraphConv(nn.Conv2d, _Graph):
+class _Conv(_Graph):
+    """Cost and copying shared by convolutions and transposed ones. `rows` names the channels along the weight's
+    first dimension (`out` for a conv, `in` for a transposed conv): a grouped conv runs whole groups of them."""
+
+    rows = "out"
+
+    def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost, int]:
+        kk = self.kernel_size[0] * self.kernel_size[1]  # type: ignore[attr-defined]
+        spatial = y.shape[2] * y.shape[3] if self.rows == "out" else x.shape[2] * x.shape[3]  # transposed: scattered
+        c_in, c_out = x.shape[1], y.shape[1]
+        bias = c_out if self.bias is not None else 0  # type: ignore[attr-defined]
+        full = {"in": self.in_channels, "out": self.out_channels}  # type: ignore[attr-defined]
+        if self.groups == 1:  # type: ignore[attr-defined]
+            cost = _dense_cost("dense", kk * spatial, c_in, c_out, self.count("in", full["in"]),
+                               self.count("out", full["out"]))  # fmt: skip
+            return cost, c_in * c_out * kk + bias
+        width = self.weight.shape[1]  # type: ignore[attr-defined]
+        c = c_out if self.rows == "out" else c_in
+        cost = _dense_cost("per_input", kk * spatial * width, c, c, self.count(self.rows, full[self.rows]), None)
+        return cost, c * width * kk + bias
+
+    def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
+        cols = "in" if self.rows == "out" else "out"
+        w = take(source.weight, 0, self.src(self.rows, source.weight))  # type: ignore[arg-type]
+        if source.groups == 1:  # type: ignore[attr-defined]
+            w = take(w, 1, self.src(cols, w))
+        copy_(self, weight=w, bias=take(source.bias, 0, self.src("out", w)))  # type: ignore[arg-type]
+
+
+class GraphConv(nn.Conv2d, _Conv):
     """Conv2d over layouts; a grouped conv runs as many groups of its width as its active input holds."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,24 +107,6 @@ class GraphConv(nn.Conv2d, _Graph):
             return self.masked(F.conv2d(x, w, b, self.stride, 0, self.dilation, groups), 1)
         return self.masked(F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups), 1)
 
-    def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost, int]:
-        k = self.kernel_size[0] * self.kernel_size[1] * y.shape[2] * y.shape[3]
-        c_in, c_out = x.shape[1], y.shape[1]
-        bias = c_out if self.bias is not None else 0
-        if self.groups == 1:
-            cost = _dense_cost("dense", k, c_in, c_out, self.count("in", self.in_channels),
-                               self.count("out", self.out_channels))  # fmt: skip
-            return cost, c_in * c_out * self.kernel_size[0] * self.kernel_size[1] + bias
-        width = self.weight.shape[1]
-        cost = _dense_cost("per_input", k * width, c_out, c_out, self.count("out", self.out_channels), None)
-        return cost, c_out * width * self.kernel_size[0] * self.kernel_size[1] + bias
-
-    def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
-        w = take(source.weight, 0, self.src("out", source.weight))  # type: ignore[arg-type]
-        if source.groups == 1:  # type: ignore[attr-defined]
-            w = take(w, 1, self.src("in", w))
-        copy_(self, weight=w, bias=take(source.bias, 0, self.src("out", w)))  # type: ignore[arg-type]
-
     def to_plain(self, key: str | None) -> nn.Module:
         out = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                         self.dilation, self.groups, self.bias is not None, self.padding_mode)  # fmt: skip
@@ -103,8 +114,10 @@ class GraphConv(nn.Conv2d, _Graph):
         return out
 
 
-class GraphConvTranspose(nn.ConvTranspose2d, _Graph):
+class GraphConvTranspose(nn.ConvTranspose2d, _Conv):
     """ConvTranspose2d over layouts (weight `in x out/groups x k x k`)."""
+
+    rows = "in"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ii, oi = self.index("in", x), self.index("out", x)
@@ -117,24 +130,6 @@ class GraphConvTranspose(nn.ConvTranspose2d, _Graph):
         y = F.conv_transpose2d(x, w, take(self.bias, 0, oi), self.stride, self.padding, self.output_padding, groups,
                                self.dilation)  # fmt: skip
         return self.masked(y, 1)
-
-    def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost, int]:
-        k = self.kernel_size[0] * self.kernel_size[1] * x.shape[2] * x.shape[3]
-        c_in, c_out = x.shape[1], y.shape[1]
-        bias = c_out if self.bias is not None else 0
-        if self.groups == 1:
-            cost = _dense_cost("dense", k, c_in, c_out, self.count("in", self.in_channels),
-                               self.count("out", self.out_channels))  # fmt: skip
-            return cost, c_in * c_out * self.kernel_size[0] * self.kernel_size[1] + bias
-        width = self.weight.shape[1]
-        cost = _dense_cost("per_input", k * width, c_in, c_in, self.count("in", self.in_channels), None)
-        return cost, c_in * width * self.kernel_size[0] * self.kernel_size[1] + bias
-
-    def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
-        w = take(source.weight, 0, self.src("in", source.weight))  # type: ignore[arg-type]
-        if source.groups == 1:  # type: ignore[attr-defined]
-            w = take(w, 1, self.src("out", w))
-        copy_(self, weight=w, bias=take(source.bias, 0, self.src("out", w)))  # type: ignore[arg-type]
 
     def to_plain(self, key: str | None) -> nn.Module:
         out = nn.ConvTranspose2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,

@@ -20,7 +20,7 @@ from torch import nn
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.models.convert import atoms as A
-from dslim.models.convert.analysis import Analysis
+from dslim.models.convert.analysis import Analysis, shapes_of
 from dslim.models.convert.channels import Walker
 from dslim.models.convert.groups import Solution, encode_layout, layout, param_dim, solve
 from dslim.models.convert.trace import trace
@@ -145,7 +145,7 @@ def shape_check(net: Supernet, an: Analysis, sol: Solution, example: torch.Tenso
                 if labels is None:
                     return
                 want = _expected(labels, an.shapes[mode][name], sol, active_class, limits)
-                if want is not None and _shapes(value) != want:
+                if want is not None and shapes_of(value) != want:
                     bad.append(name)
                     raise _Mismatch
 
@@ -217,14 +217,6 @@ def _expected(labels, shape, sol: Solution, active_class, limits) -> object:  # 
             other = [k for k in range(labels.dim()) if k != d]
             out.append(int(mask.permute(d, *other).reshape(labels.shape[d], -1).any(1).sum()))
     return tuple(out)
-
-
-def _shapes(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
-        return [_shapes(v) for v in value]
-    return None
 
 
 # -- weights -------------------------------------------------------------------------------------------------------
