@@ -87,6 +87,8 @@ class Pass(Protocol):
 
     def costed(self, node: fx.Node, fn: str, kind: str, atoms: np.ndarray | None) -> None: ...
 
+    def op_path(self, node: fx.Node) -> str: ...
+
 
 def source_of(node: fx.Node) -> str:
     """`file:line` of the user's code that made `node` (its last frame outside torch and dslim)."""

@@ -37,7 +37,6 @@ class Walker:
         self.real: dict[str, object] = {}
         self.meta: dict[str, object] = {}
         self.nodes: list[dict] = []
-        self.users: dict[str, int] = {n.name: len(n.users) for n in gm.graph.nodes}
         self.skip: set[str] = set()
 
     # -- helpers ------------------------------------------------------------------------------------------------
@@ -127,9 +126,13 @@ class Walker:
             op, target = ("method", node.target) if node.op == "call_method" else ("function", name)
             self.emit(node, op, target, node.args, node.kwargs)
 
+    def op_path(self, node: fx.Node) -> str:
+        """Where a module made for one call of this graph lives (each traced mode has its own)."""
+        return f"dslim_ops.{self.mode}.{node.name}"
+
     def costed(self, node: fx.Node, fn: str, kind: str, atoms: np.ndarray | None) -> None:
         """Run this call through an `Op` module, so the complexity model sees (and costs) it."""
-        path = f"dslim_ops.{node.name}"
+        path = self.op_path(node)
         method = node.op == "call_method"
         spec = {"type": "Op", "args": {"fn": node.target if method else fn, "method": method, "cost": kind}}
         sites = {} if atoms is None else {"in": self.an.site(atoms)}

@@ -139,7 +139,7 @@ def split(w, node: fx.Node, kind: str, args, kwargs, labels, full, value) -> obj
     if kind == "getitem":
         rest = list(args[1]) if isinstance(args[1], tuple) else [args[1]]
     mode = "narrow" if kind in ("narrow", "getitem") else "split"
-    path = f"dslim_ops.{node.name}"
+    path = w.op_path(node)
     spec = {"type": "Split", "args": {"dim": dim, "parts": [list(p) for p in parts], "mode": mode}}
     w.an.layers.setdefault(path, Layer(path, spec, {"in": w.an.site(line)}, {}))
     pieces = [full.narrow(dim, a, b - a) for a, b in parts]
