@@ -128,7 +128,7 @@ class Walker:
 
     def op_path(self, node: fx.Node) -> str:
         """Where a module made for one call of this graph lives (each traced mode has its own)."""
-        return f"dslim_ops.{self.mode}.{node.name}"
+        return f"dslim_ops.{self.mode}_{node.name}"
 
     def costed(self, node: fx.Node, fn: str, kind: str, atoms: np.ndarray | None) -> None:
         """Run this call through an `Op` module, so the complexity model sees (and costs) it."""
