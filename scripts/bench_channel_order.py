@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dslim.calibration import recalibrate
 from dslim.data import build_loader
-from dslim.evaluation import evaluate
+from dslim.evaluation.accuracy import evaluate
+from dslim.evaluation.calibration import recalibrate
 from dslim.models.convert import convert
 from dslim.recipes import load
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from dslim.cli.profile import main
 from dslim.config import ModelConfig
 from dslim.models.convert import ConvertedSupernet
-from dslim.profile import main
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,7 +10,7 @@ import torch
 from conftest import PYTHON, ROOT, subprocess_env
 
 import dslim
-from dslim.checkpoint import load_supernet
+from dslim.io.artifacts import load_supernet
 from dslim.subnet import Subnet
 
 MODEL = f"{ROOT / 'examples' / 'my_cnn.py'}:MyCNN"

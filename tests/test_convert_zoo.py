@@ -21,15 +21,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import dslim
-from dslim import onnx_runtime
-from dslim.calibration import recalibrate
-from dslim.checkpoint import load_supernet, save_supernet
-from dslim.complexity import MacsModel, measure
+from dslim.deploy import runtime as onnx_runtime
+from dslim.deploy.onnx import export_static
+from dslim.evaluation.calibration import recalibrate
+from dslim.io.artifacts import load_supernet, save_supernet
 from dslim.methods.sandwich import Sandwich, SandwichConfig
+from dslim.models.complexity import MacsModel, measure
 from dslim.models.convert import convert
+from dslim.models.sampling import per_group
 from dslim.nn.graph_ops import GraphOp
-from dslim.onnx_export import export_static
-from dslim.sampling import per_group
 from dslim.training import MetricsLog, Trainer, make_accelerator
 
 sys.path.insert(0, str(Path(__file__).parent))

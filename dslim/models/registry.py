@@ -5,37 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dslim.errors import UserError
+from dslim.registry import Registry
 
 if TYPE_CHECKING:
     from dslim.config import ModelConfig
     from dslim.models.base import Supernet
 
-_REGISTRY: dict[str, type] = {}
+ARCHITECTURES: Registry[type] = Registry("architecture", sort_names=True)
 _UNLISTED: set[str] = set()
 
 
 def register(name: str, listed: bool = True) -> Callable[[type], type]:
     """Register a supernet class; `listed=False` for one that is made, not chosen (a converted model)."""
-
-    def add(cls: type) -> type:
-        _REGISTRY[name] = cls
-        if not listed:
-            _UNLISTED.add(name)
-        return cls
-
-    return add
+    if not listed:
+        _UNLISTED.add(name)
+    return ARCHITECTURES.decorator(name)
 
 
 def names() -> list[str]:
     """The architectures `--model.arch` chooses from."""
-    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
+    return [n for n in ARCHITECTURES.names() if n not in _UNLISTED]
 
 
 def supernet_class(name: str) -> type:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown architecture {name!r}; available: {', '.join(names())}")
-    return _REGISTRY[name]
+    return ARCHITECTURES.get(name)
 
 
 def create_supernet(name: str, **kwargs: object) -> Supernet:

@@ -1,4 +1,7 @@
-"""Shared command-line parsing: `--recipe` picks the defaults, tyro parses every override on top of them."""
+"""Shared command-line parsing: `--recipe` picks the defaults, tyro parses every override on top of them.
+
+Importing `dslim.recipes` registers the built-in stages, so `Config()` has their settings.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +38,10 @@ def parse(command: type[C], argv: Sequence[str] | None, description: str, requir
     parsed = tyro.cli(command, default=default, args=argv, description=description)
     recipes.validate(parsed.config)  # type: ignore[attr-defined]
     return parsed
+
+
+def names_model(argv: Sequence[str] | None) -> bool:
+    """Whether the command line gives `--run D` (the run recorded its config) or `--model.module M` (a model of the
+    user's own): then a recipe is not needed."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return any(a == o or a.startswith(o + "=") for a in args for o in ("--run", "--model.module"))
