@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from dslim.cli.args import has_run, parse
+from dslim.cli.args import names_model, parse
 from dslim.config import Config, NonNegative, Positive, at_least, in_range, validate_fields
 from dslim.errors import UserError, exits_cleanly
 
@@ -60,7 +60,7 @@ class LatencyCommand:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not has_run(argv))
+    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not names_model(argv))
     validate_fields(cmd)
     if argv is None:  # as a program (an in-process call keeps the environment it has)
         use_wait_policy(cmd.wait_policy)
@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.io import write_json
     from dslim.io.outputs import check_output
     from dslim.models import from_config
+    from dslim.models.registry import model_name
 
     if cmd.run is not None:
         from dslim.stages.run import open_run
@@ -95,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     warn_if_busy(cmd.device)
     table = measure_table(net, subnets, model.input_size, cmd.batch, torch.device(cmd.device), cmd.warmup,
                           cmd.repeats, cmd.layers, model.channel_bins or 12, model.min_bin, config.seed)  # fmt: skip
-    write_json(out, table)
-    print_latency(table, f"{model.arch} at {model.input_size}px")
+    write_json(out, table)  # (a failed write is one line: the writer says which file and why)
+    print_latency(table, f"{model_name(model)} at {model.input_size}px")
     print(f"wrote {out}")
 
 

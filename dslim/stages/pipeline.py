@@ -30,6 +30,7 @@ from dslim.errors import Stopped, Terminated, UserError, signal_name
 from dslim.io.artifacts import load_supernet
 from dslim.io.outputs import MARKER, check_run_dir, mark, sweep
 from dslim.models import from_config
+from dslim.models.registry import arch_of
 from dslim.stages.context import StageContext
 from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
@@ -140,7 +141,7 @@ def _run_stage(name: str, config: Config, layout: RunLayout, acc: Accelerator, r
     net, meta, source = start if start is not None else (None, {}, None)
     if start is None and "supernet" in stage.reads:
         source = layout.supernet_before(order, name)
-        net, meta = load_supernet(source, config.model.arch) if source is not None else (None, {})
+        net, meta = load_supernet(source, arch_of(config.model)) if source is not None else (None, {})
     if source is not None:
         acc.print(f"{name}: starting from {source}")
     ctx = StageContext(

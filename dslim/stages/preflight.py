@@ -26,6 +26,7 @@ from dslim.errors import UserError
 from dslim.io.artifacts import load_supernet
 from dslim.models import from_config
 from dslim.models.base import Supernet
+from dslim.models.registry import arch_of
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.stages.registry import STAGES
 
@@ -76,7 +77,7 @@ def start_from(
     if not Path(path).is_file():
         raise UserError(f"--from {path}: no such file (give a stage's model.safetensors)")
     try:
-        net, meta = load_supernet(path, config.model.arch)
+        net, meta = load_supernet(path, arch_of(config.model))
     except UserError as e:
         raise UserError(f"--from {e}") from None
     with torch.device("meta"):
