@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_bad_inputs import TINY, assert_user_error, run, snapshot
 
@@ -54,6 +55,24 @@ AUTOSLIM = ("--recipe", "autoslim_digits", "--model.max-width", "0.25", "--model
             "--data.holdout", "60")  # fmt: skip
 
 
+MINE = f"{Path(dslim.__file__).parents[1] / 'examples' / 'my_cnn.py'}:MyCNN"
+"""The user's own model of docs/your-model.md."""
+CONVERTED = (*TINY, "--model.module", MINE, "--model.max-width", "1.0")
+
+
+def _converted_file(path: Path, classes: int) -> Path:
+    """A supernet artifact of the user's model converted (built for `classes` classes)."""
+    return supernet_file(path, module=MINE, module_args=("width=4",), num_classes=classes, max_width=1.0,
+                         widths=(0.25, 1.0), width_range=(0.25, 1.0))  # fmt: skip
+
+
+def _weights(tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({"stem.0.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "other.safetensors")
+    return tmp_path / "other.safetensors"
+
+
 def _garbage(tmp_path: Path) -> Path:
     path = tmp_path / "garbage.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
@@ -86,6 +105,16 @@ CASES = {
     "a corrupt JPEG, found while decoding": (
         TINY, lambda t: ("--data.root", str(images(t / "jpeg", bad={"a/bad.jpg": b"\xff\xd8\xff\xe0" + b"cut" * 20})),
                          "--data.batch-size", "4", "--data.loader", "pil"), ("bad.jpg",)),
+    # the user's own model (--model.module, --model.weights): refused as early, leaving as little
+    "--model.module with no such file": (
+        (*TINY, "--model.max-width", "1.0"), lambda t: ("--model.module", "nowhere.py:Net"), ("no such file",)),
+    "--model.module built for other classes": (
+        CONVERTED, lambda t: ("--model.module-args", "num_classes=5"), ("5 classes", "--model.num-classes")),
+    "--model.weights that do not fit": (
+        CONVERTED, lambda t: ("--model.weights", str(_weights(t))), ("--model.weights", "does not fit")),
+    "--from a converted model with fewer classes": (
+        CONVERTED, lambda t: ("--model.module-args", "width=4", "--from", str(_converted_file(t / "c5.safetensors", 5)),
+                              "--from-new-classifier"), ("converted model", "10-class")),
 }  # fmt: skip
 
 

@@ -33,6 +33,7 @@ class Supernet(nn.Module):
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
             raise UserError(f"num_classes {classes!r}: a network needs a whole number of classes, at least 1")
         super().__init__()
+        self.num_classes = classes
         self.groups = {g.name: g for g in groups}
         self.bn_mode = bn
         self.arch_kwargs = arch_kwargs

@@ -91,7 +91,7 @@ def start_from(
                             "start from an artifact of this model, or set --model.* as it was made")  # fmt: skip
     if len(net.blocks) != len(want.blocks):
         raise UserError(f"--from {path} has {len(net.blocks)} blocks, this run's model {len(want.blocks)}")
-    have, need = net.arch_kwargs["num_classes"], config.model.num_classes
+    have, need = net.num_classes, config.model.num_classes
     if have != need and not new_classifier:
         raise UserError(f"--from {path} has {have} classes, this run's model {need} (--model.num-classes): "
                         f"give --from-new-classifier to start from it with a new {need}-class classifier")  # fmt: skip

@@ -40,7 +40,8 @@ def _import(where: str, spec: str) -> object:
             if not path.is_file():
                 raise UserError(f"--model.module {spec!r}: no such file {where}")
             module_spec = importlib.util.spec_from_file_location(f"dslim_user_{path.stem}", path)
-            assert module_spec is not None and module_spec.loader is not None
+            if module_spec is None or module_spec.loader is None:
+                raise UserError(f"--model.module {spec!r}: {where} is not a Python file (give FILE.py:NAME)")
             module = importlib.util.module_from_spec(module_spec)
             sys.path.insert(0, str(path.parent))  # the file may import its neighbours
             try:

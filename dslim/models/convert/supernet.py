@@ -81,12 +81,16 @@ class ConvertedSupernet(WidthSupernet):
     ) -> None:
         if not isinstance(graph, dict) or graph.get("format") != GRAPH_FORMAT:
             raise UserError(f"not a converted model's graph (format {GRAPH_FORMAT!r} expected)")
+        classes = graph.get("outputs")
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise UserError(f"{graph.get('name', 'the model')} outputs no classes (its output is {classes!r} wide): "
+                            "a converted model must end in a (batch, classes) output")  # fmt: skip
         groups = graph["groups"]
         self.units = {g["name"]: int(g["unit"]) for g in groups}
         self.minimum = {g["name"]: int(g.get("min", 1)) * int(g["unit"]) for g in groups}
         self.divisor = int(channel_divisor)
         self.base = {g["name"]: int(g["classes"]) * int(g["unit"]) for g in groups}
-        super().__init__(self.base, num_classes=0, max_width=1.0, widths=tuple(widths),
+        super().__init__(self.base, num_classes=classes, max_width=1.0, widths=tuple(widths),
                          width_range=None if width_range is None else tuple(width_range), bn=bn, dropout=0.0,
                          channels=channels)  # fmt: skip
         built = channels if channels is not None else self.base
@@ -207,6 +211,11 @@ class ConvertedSupernet(WidthSupernet):
                             f"set --model.num-classes {classes}, or build the model for "
                             f"{cfg.num_classes} classes")  # fmt: skip
         return net
+
+    def with_classes(self, num_classes: int) -> ConvertedSupernet:
+        """Refused: a converted model's classifier is a layer of the user's graph, not one dslim can rebuild."""
+        raise UserError(f"{self.graph_name} is a converted model: dslim cannot give it a new {num_classes}-class "
+                        "classifier; build your model for that many classes and convert it again")  # fmt: skip
 
     # -- running ----------------------------------------------------------------------------------------------
     def set_subnet(self, subnet: Subnet) -> None:
