@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,4 +40,8 @@ def create_supernet(name: str, **kwargs: object) -> Supernet:
 
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
-    return supernet_class(cfg.arch).from_config(cfg)
+    cls = supernet_class(cfg.arch)
+    if cfg.prune_head and "prune_head" not in inspect.signature(cls).parameters:
+        raise UserError(f"--model.prune-head: {cfg.arch} keeps no layer at a fixed width (its classifier's input is "
+                        "a channel group already); leave it out")  # fmt: skip
+    return cls.from_config(cfg)
