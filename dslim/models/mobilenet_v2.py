@@ -8,7 +8,7 @@ from torch import nn
 
 from dslim.models.base import resolve_channels
 from dslim.models.registry import register
-from dslim.models.width import WidthSupernet, check_named
+from dslim.models.width import WidthSupernet
 from dslim.nn import GlobalAvgPool, SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import make_divisible
 
@@ -114,10 +114,8 @@ class MobileNetV2(WidthSupernet):
         self.finish(allocate=channels is None)
 
     @classmethod
-    def from_config(cls, cfg):  # type: ignore[no-untyped-def]
-        check_named(cfg)
-        return cls(num_classes=cfg.num_classes, max_width=cfg.max_width, widths=cfg.widths, width_range=cfg.width_range,
-                   bn=cfg.bn, dropout=cfg.dropout, prune_head=cfg.prune_head)  # fmt: skip
+    def own_options(cls, cfg) -> dict:  # type: ignore[no-untyped-def]
+        return {"prune_head": cfg.prune_head}
 
     def last_channels(self) -> int:
         """The last 1x1 conv's channels: 1280, or 1280 x `max_width` above width 1 (the zoo's rule)."""
