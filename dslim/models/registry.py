@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dslim.errors import UserError
 from dslim.registry import Registry
 
 if TYPE_CHECKING:
