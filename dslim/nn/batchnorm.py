@@ -42,9 +42,7 @@ class _Affine(nn.Module):
 class SlimBatchNorm2d(SlimModule):
     """BatchNorm2d over the first `C` channels of whatever arrives, with per-subnet statistics.
 
-    `key` (the active subnet's key) and `track` are set by the supernet. `mask`, when set, multiplies the
-    normalized output per channel (shape `[C]` or `[N, C]`): soft channel masks for DMCP and per-sample
-    routing masks for gate training, applied where a BatchNorm would otherwise undo them.
+    `key` (the active subnet's key) and `track` are set by the supernet.
     """
 
     def __init__(
@@ -63,7 +61,6 @@ class SlimBatchNorm2d(SlimModule):
         self.stats = nn.ModuleDict()
         self.key: str | None = None
         self.track = mode != "calibrated"
-        self.mask: torch.Tensor | None = None
 
     def follow(self, subnet: Subnet) -> None:
         object.__setattr__(self, "key", subnet.key)
@@ -113,9 +110,6 @@ class SlimBatchNorm2d(SlimModule):
                     "(or evaluate with --widths that were calibrated)"
                 )
             y = F.batch_norm(x, stats.running_mean, stats.running_var, weight, bias, False, 0.0, self.eps)
-        if self.mask is not None:
-            m = self.mask
-            y = y * (m[:c].view(1, -1, 1, 1) if m.dim() == 1 else m[:, :c, None, None])
         return y
 
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
