@@ -41,22 +41,24 @@ def alpha(state: dict, name: str, value: torch.Tensor) -> None:
     state[f"{name}.alpha0"] = torch.ones(1)
 
 
-def mbv2_file(gen: torch.Generator, classes: int = 12) -> tuple[dict, list]:
-    """The original's DMCP MobileNet v2 x1.5 state and its blocks (c_in, c_out, stride, t)."""
+def mbv2_file(gen: torch.Generator, classes: int = 12, width: float = 1.5) -> tuple[dict, list]:
+    """The original's DMCP MobileNet v2 state at max width `width` (its configs: 1.5; chains of [0.1, width, 0.1])
+    and its blocks (c_in, c_out, stride, t)."""
     state: dict = {}
-    stem = make_divisible(32 * 1.5)
+    bins, last = int((width - 0.1) / 0.1 + 1e-4), make_divisible(1280 * width) if width > 1 else 1280
+    stem = make_divisible(32 * width)
     conv(state, "conv1", (stem, 3, 3, 3), gen)
     bn(state, "bn1", stem, gen)
-    alpha(state, "alpha1", torch.randn(14, generator=gen))
+    alpha(state, "alpha1", torch.randn(bins, generator=gen))
     plan, c_in, stream = [], stem, state["alpha1.alpha"]
     for t, c, n, s in MBV2:
-        c_out = make_divisible(c * 1.5)
+        c_out = make_divisible(c * width)
         for j in range(n):
             hidden, p = c_in * t, f"blocks.{len(plan)}"
             if t != 1:
                 conv(state, f"{p}.conv1", (hidden, c_in, 1, 1), gen)
                 bn(state, f"{p}.bn1", hidden, gen)
-                alpha(state, f"{p}.alpha1", torch.randn(14, generator=gen))
+                alpha(state, f"{p}.alpha1", torch.randn(bins, generator=gen))
             else:
                 alpha(state, f"{p}.alpha1", stream)  # tied to its input's
             conv(state, f"{p}.conv2", (hidden, 1, 3, 3), gen)
@@ -64,14 +66,14 @@ def mbv2_file(gen: torch.Generator, classes: int = 12) -> tuple[dict, list]:
             conv(state, f"{p}.conv3", (c_out, hidden, 1, 1), gen)
             bn(state, f"{p}.bn3", c_out, gen)
             residual = (s if j == 0 else 1) == 1 and c_in == c_out
-            stream = stream if residual else torch.randn(14, generator=gen)
+            stream = stream if residual else torch.randn(bins, generator=gen)
             alpha(state, f"{p}.alpha2", stream)
             plan.append((c_in, c_out, s if j == 0 else 1, t))
             c_in = c_out
-    conv(state, "conv_last", (1920, c_in, 1, 1), gen)
-    bn(state, "bn_last", 1920, gen)
-    alpha(state, "alpha_last", torch.randn(14, generator=gen))
-    conv(state, "fc", (classes, 1920, 1, 1), gen)
+    conv(state, "conv_last", (last, c_in, 1, 1), gen)
+    bn(state, "bn_last", last, gen)
+    alpha(state, "alpha_last", torch.randn(bins, generator=gen))
+    conv(state, "fc", (classes, last, 1, 1), gen)
     state["fc.bias"] = 0.1 * torch.randn(classes, generator=gen)
     return state, plan
 
@@ -236,6 +238,17 @@ def test_refusals(tmp_path):
     state["layer2.0.alpha1.alpha"] = torch.zeros(5)
     with pytest.raises(UserError, match=r"layer2.0.alpha1.alpha has shape \(5,\), expected \(9,\)"):
         imported(save(tmp_path, state), tmp_path)
+    # a structure the original builds and dslim does not have says so: its 10-class (CIFAR-10) MobileNet v2
+    with pytest.raises(UserError, match="CIFAR-10 DMCP MobileNet v2 .* not supported"):
+        imported(save(tmp_path, mbv2_file(gen, classes=10)[0]), tmp_path)
+    # another max width than the shipped configs' is read when given
+    state, plan = mbv2_file(gen, width=1.0)
+    with pytest.raises(UserError, match="a stem of 32 channels, not the 48 .* give .* --max-width"):
+        imported(save(tmp_path, state), tmp_path)
+    net, _ = import_checkpoint("dmcp", importer.Options(str(save(tmp_path, state)), "x.safetensors", max_width=1.0))
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad(), net.using(net.largest(), train=True):
+        torch.testing.assert_close(net(x), mbv2_forward(state, plan, x), atol=1e-4, rtol=1e-4)
 
 
 def test_command_then_sample_from_the_import(tmp_path):
