@@ -52,6 +52,7 @@ from dslim.methods.dmcp_chains import Chain, MarkovChannels
 from dslim.methods.sandwich import sandwich_pass
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
+from dslim.nn import SlimModule
 from dslim.subnet import Subnet, make_divisible
 from dslim.training import Batch, Method, ParamSet, StepContext, Update, Where
 
@@ -147,17 +148,23 @@ class WidthGrid:
 
 @contextlib.contextmanager
 def soft_masks(net: Supernet, masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Inside the block, each group's mask scales its activations at the sites the architecture declares."""
+    """Inside the block, each group's mask scales its activations at the sites the architecture declares; a
+    converted model's layers mask their own outputs (their channels are layouts over several groups)."""
 
     def scale(group: str, module: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor:
         return y * masks[group][: y.shape[1]].view(1, -1, 1, 1)
 
     hooks = [m.register_forward_hook(functools.partial(scale, g)) for m, g in net.soft_mask_sites() if g in masks]
+    layers = [m for m in net.modules() if isinstance(m, SlimModule)]
+    for m in layers:
+        m.mask_channels(masks)
     try:
         yield
     finally:
         for h in hooks:
             h.remove()
+        for m in layers:
+            m.mask_channels(None)
 
 
 def flops_loss(expected_macs: torch.Tensor, target_macs: float) -> torch.Tensor:

@@ -49,7 +49,7 @@ def make_chains(net: Supernet, min_width: float, max_width: float, step: float) 
     for name, g in net.groups.items():
         if g.choices is not None:
             raise UserError(f"{net.arch}'s group {name!r} has fixed choices; DMCP needs width-multiplier groups")
-        size = int(step * g.max / max_width)
+        size = int(step * g.max / max_width) // g.step * g.step  # a group moving in steps keeps whole steps
         n = bins if size > 0 else 0  # a group too narrow for one bin keeps its width
         keep = g.max - size * n
         if keep < g.min:

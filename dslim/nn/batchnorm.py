@@ -62,8 +62,23 @@ class SlimBatchNorm2d(SlimModule):
         self.key: str | None = None
         self.track = mode != "calibrated"
 
+    plain_type: type = nn.BatchNorm2d
+    """The standard module it exports as."""
+
     def follow(self, subnet: Subnet) -> None:
         object.__setattr__(self, "key", subnet.key)
+
+    def channels(self, subnet: Subnet) -> int:
+        """Its channels at `subnet`."""
+        return self.num_features if self.group is None else subnet[self.group]
+
+    def front(self, t: torch.Tensor, channels: int) -> torch.Tensor:
+        """The entries of a per-channel vector (an affine) for the `channels` that arrive."""
+        return t if channels == t.shape[0] else t[:channels]
+
+    def pick(self, t: torch.Tensor) -> torch.Tensor:
+        """The entries of a wider supernet's per-channel vector this layer (built at a subnet's widths) holds."""
+        return t[: self.num_features]
 
     def add_subnet(self, key: str, channels: int) -> None:
         """Allocate statistics (and, if switchable, an affine) for a subnet ahead of training."""
@@ -81,9 +96,7 @@ class SlimBatchNorm2d(SlimModule):
                 )
             a = self.affine[key]
             return a.weight, a.bias
-        if channels == self.num_features:
-            return self.weight, self.bias
-        return self.weight[:channels], self.bias[:channels]
+        return self.front(self.weight, channels), self.front(self.bias, channels)
 
     def stats_for(self, key: str | None) -> _Stats | None:
         return self.stats[key] if key is not None and key in self.stats else None
@@ -117,9 +130,8 @@ class SlimBatchNorm2d(SlimModule):
 
     def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
         assert isinstance(source, SlimBatchNorm2d)
-        c = self.num_features
         if self.mode != "switchable":
-            copy_(self, weight=source.weight[:c], bias=source.bias[:c])
+            copy_(self, weight=self.pick(source.weight), bias=self.pick(source.bias))
         for key in keys:
             stats = source.stats_for(key)
             if stats is None:
@@ -130,7 +142,7 @@ class SlimBatchNorm2d(SlimModule):
                 self.affine[key].load_state_dict(source.affine[key].state_dict())
 
     def to_plain(self, key: str | None) -> nn.Module:
-        out = nn.BatchNorm2d(self.num_features, eps=self.eps)
+        out = self.plain_type(self.num_features, eps=self.eps)
         stats = self.stats_for(key)
         if stats is not None:
             weight, bias = self.affine_params(key, self.num_features)
