@@ -10,7 +10,7 @@ import torch
 from dslim.config import ModelConfig
 from dslim.errors import UserError
 from dslim.methods.dmcp import Dmcp, DmcpConfig, WidthGrid, flops_loss, soft_masks
-from dslim.methods.dmcp_chains import MarkovChannels, make_chains, marginals
+from dslim.methods.dmcp_chains import Chain, MarkovChannels, make_chains, marginals
 from dslim.models import from_config
 from dslim.models.complexity import MacsModel, measure
 from dslim.subnet import Subnet
@@ -178,6 +178,22 @@ def test_smallest_and_random_subnets_on_the_original_width_grid():
     assert seen["head"] == set(range(128, 1921, 128))
     r18, r18_chains = build("resnet18")  # the same rule on a ResNet (int widths otherwise): 64 * 0.1 -> 8
     assert WidthGrid.of(0.1, 1.0, 0.1).smallest(r18_chains.chains)["stem"] == 8
+
+
+def test_counts_off_the_bins_respect_a_converted_groups_steps():
+    """A converted grouped conv runs whole groups (here 4 channels, at least 8): expected and grid counts snap to its
+    nearest allowed count, where the built-in rule (any count) would name a width it cannot run."""
+    chain = Chain("g", keep=36, size=4, bins=7, step=4, least=8)
+    chains = MarkovChannels([chain])
+    with torch.no_grad():
+        chains.alpha.copy_(torch.tensor([0.0] + [-1e4] * 6))  # E = 36 + 4 * 0.5 = 38: half way between 36 and 40
+    assert chains.expected_subnet()["g"] == 36
+    with torch.no_grad():
+        chains.alpha[0] = 1.0  # E = 36 + 4 * 0.731 = 38.9
+    assert chains.expected_subnet()["g"] == 40
+    grid = WidthGrid.of(0.1, 1.0, 0.1)
+    assert grid.smallest([chain])["g"] == 8  # 64 * 0.1 = 6.4 -> 8 (at least 8)
+    assert grid.channels(Chain("h", 42, 6, 7, step=6, least=12), 0.1) == 12  # 8 is no multiple of 6; 6 < least
 
 
 def test_scheduled_random_probability_decays_at_every_draw():

@@ -125,7 +125,7 @@ class WidthGrid:
     """The original's widths for the smallest and the random subnets of a weight update: a group of `C` channels at
     the supernet's `max_width` runs `make_divisible(C * w / max_width)` channels (divisor 8, at least 8, at most
     `C`) for a width `w` of `[min_width, max_width, step]`; not the chains' bins (the smallest MobileNet v2 x1.5 stem
-    has 8 channels, its chain's prefix 6)."""
+    has 8 channels, its chain's prefix 6). A converted model's group takes the nearest count it allows."""
 
     widths: tuple[float, ...]
     max_width: float
@@ -136,7 +136,7 @@ class WidthGrid:
         return cls((*(round(min_width + i * step, 3) for i in range(n)), max_width), max_width)
 
     def channels(self, chain: Chain, width: float) -> int:
-        return min(chain.widest, make_divisible(chain.widest * width / self.max_width, 8, 8))
+        return chain.nearest(make_divisible(chain.widest * width / self.max_width, 8, 8))
 
     def smallest(self, chains: list[Chain]) -> Subnet:
         return Subnet.of({c.group: self.channels(c, self.widths[0]) for c in chains})

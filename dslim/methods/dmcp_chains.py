@@ -24,12 +24,16 @@ from dslim.subnet import Subnet
 
 @dataclass(frozen=True)
 class Chain:
-    """The Markov chain of one channel group: `keep` channels always, then `bins` bins of `size` channels."""
+    """The Markov chain of one channel group: `keep` channels always, then `bins` bins of `size` channels. `step`
+    and `least` are the group's own rules (a converted grouped conv runs whole groups of `step` channels; built-in
+    groups: any count), which counts off the bins respect."""
 
     group: str
     keep: int
     size: int
     bins: int
+    step: int = 1
+    least: int = 1
 
     def channels(self, kept_bins: int) -> int:
         return self.keep + self.size * kept_bins
@@ -37,6 +41,10 @@ class Chain:
     @property
     def widest(self) -> int:
         return self.channels(self.bins)
+
+    def nearest(self, channels: float) -> int:
+        """The count the group runs nearest to `channels` (a half rounds down: the original's `round(E - 1e-4)`)."""
+        return min(self.widest, max(self.least, self.step * round((channels - 1e-4) / self.step)))
 
 
 def make_chains(net: Supernet, min_width: float, max_width: float, step: float) -> list[Chain]:
@@ -56,7 +64,7 @@ def make_chains(net: Supernet, min_width: float, max_width: float, step: float) 
             raise UserError(
                 f"DMCP widths: group {name!r} ({g.max} channels) would keep {keep}; raise --stages.dmcp.min-width"
             )
-        chains.append(Chain(name, keep, size, n))
+        chains.append(Chain(name, keep, size, n, g.step, g.min))
     return chains
 
 
@@ -92,11 +100,10 @@ class MarkovChannels(nn.Module):
                 for c in self.chains}  # fmt: skip
 
     def expected_subnet(self) -> Subnet:
-        """Expected sampling: every group at `round(E[c])` channels, off the bins (a half rounds down: the
-        original's `round(E - 1e-4)`)."""
+        """Expected sampling: every group at `round(E[c])` channels, off the bins (`Chain.nearest`)."""
         with torch.no_grad():
             e = {g: float(v) for g, v in self.expected_channels().items()}
-        return Subnet.of({c.group: round(e[c.group] - 1e-4) for c in self.chains})
+        return Subnet.of({c.group: c.nearest(e[c.group]) for c in self.chains})
 
     def sample_bins(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         """Kept bins of `n` walks of every chain: bin `i` is kept while `U < sigmoid(alpha_i)`."""
@@ -131,7 +138,7 @@ class MarkovChannels(nn.Module):
                 raise UserError(f"{where}: DMCP chain {g!r} is not {{keep, size, alpha: [...]}}") from None
             if keep < net.groups[g].min or keep + size * len(alpha) != net.groups[g].max or size < 0:
                 raise UserError(f"{where}: DMCP chain {g!r} does not cover the group's {net.groups[g].max} channels")
-            chains.append(Chain(g, keep, size, len(alpha)))
+            chains.append(Chain(g, keep, size, len(alpha), net.groups[g].step, net.groups[g].min))
             values += alpha
         out = cls(chains)
         with torch.no_grad():
