@@ -51,7 +51,7 @@ def model_name(cfg: ModelConfig) -> str:
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
     cls = supernet_class(arch_of(cfg))
-    if cfg.prune_head and "prune_head" not in inspect.signature(cls).parameters:
+    if cfg.prune_head and not cfg.module and "prune_head" not in inspect.signature(cls).parameters:
         raise UserError(f"--model.prune-head: {model_name(cfg)} keeps no layer at a fixed width (its classifier's "
                         "input is a channel group already); leave it out")  # fmt: skip
     return cls.from_config(cfg)
