@@ -110,6 +110,41 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RandAugmentConfig:
+    """RandAugment as timm 0.3 draws it (`rand-m9-mstd0.5`: DS-Net): per image, `layers` ops chosen uniformly with
+    replacement among 15 (auto-contrast, equalize, invert, rotate, posterize, solarize, solarize-add, colour,
+    contrast, brightness, sharpness, shear x/y, translate x/y), each applied with probability `prob` at a magnitude
+    drawn from N(`magnitude`, `magnitude_std`) clipped to [0, 10]."""
+
+    layers: Annotated[int, in_range(0, 16)] = 0
+    """Ops per image (timm's `n`; 0: no RandAugment)."""
+    magnitude: Annotated[float, in_range(0.0, 10.0)] = 9.0
+    """Mean magnitude, on timm's scale of 0 to 10 (`m`)."""
+    magnitude_std: NonNegativeFloat = 0.5
+    """Standard deviation of each op's magnitude (`mstd`)."""
+    prob: Fraction = 0.5
+    """Probability that a chosen op is applied."""
+
+
+@dataclass(frozen=True)
+class ErasingConfig:
+    """Random erasing (Zhong et al.) as timm draws it, on the normalized image: with probability `prob`, `count`
+    rectangles of area uniform in `area` (split among them) and log-uniform aspect ratio in [`min_aspect`,
+    1 / `min_aspect`], ten attempts each to fit."""
+
+    prob: Fraction = 0.0
+    """Probability that an image is erased (0: never)."""
+    mode: Literal["pixel", "rand", "const"] = "pixel"
+    """Fill: per-pixel standard normal noise (`pixel`), one normal colour per rectangle (`rand`), or zeros."""
+    area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.02, 1 / 3)
+    """Range of the erased fraction of the image."""
+    min_aspect: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.3
+    """Smallest aspect ratio of a rectangle (the largest is its inverse)."""
+    count: Annotated[int, in_range(1, 100)] = 1
+    """Rectangles per erased image."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are decoded and augmented."""
 
@@ -132,19 +167,34 @@ class DataConfig:
     """Images per process per step (evaluation)."""
     workers: Annotated[int, in_range(0, 1024)] = 2
     """DALI threads / DataLoader workers per process."""
-    augment: Literal["random_resized_crop", "pad_crop"] = "random_resized_crop"
-    """Training crop: `random_resized_crop` (ImageNet: a random area and aspect ratio, resized to `input_size`) or
-    `pad_crop` (CIFAR: zero-pad by `pad` on each side, then a random `input_size` window, no resizing)."""
+    augment: Literal["random_resized_crop", "pad_crop", "resize_crop"] = "random_resized_crop"
+    """Training crop: `random_resized_crop` (ImageNet: a random area and aspect ratio, resized to `input_size`),
+    `pad_crop` (CIFAR: zero-pad by `pad` on each side, then a random `input_size` window, no resizing) or
+    `resize_crop` (the shorter side resized as for evaluation, then a random `input_size` window: BlockDrop's
+    ImageNet crop)."""
     random_area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.08, 1.0)
-    """RandomResizedCrop area range."""
+    """RandomResizedCrop area range (the slimmable networks' "mobile" transform: 0.25 to 1)."""
     random_aspect_ratio: Annotated[tuple[float, float], in_range(0.0, 100.0, open_low=True)] = (0.75, 4.0 / 3.0)
     """RandomResizedCrop aspect-ratio range."""
     pad: Annotated[int, in_range(0, 1024)] = 4
     """Zero padding on each side before the `pad_crop` window is drawn."""
     flip: bool = True
     """Random horizontal flip in training (off for digits, whose mirror images are other shapes)."""
+    interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
+    """Resampling of the training crop (and of RandAugment's geometric ops): `random` picks bilinear or bicubic per
+    image (timm's `random`)."""
+    color_jitter: Annotated[tuple[float, float, float, float], in_range(0.0, 1.0)] = (0.0, 0.0, 0.0, 0.0)
+    """Brightness, contrast, saturation and hue jitter, drawn as torchvision's `ColorJitter`: factors uniform in
+    [1 - v, 1 + v], hue a rotation uniform in [-v, v] turns (at most 0.5). All four are applied as one affine map of
+    the colours (hue rotates the chroma in YIQ space, where torchvision shifts HSV hue), clipped once."""
+    lighting: Annotated[float, in_range(0.0, 10.0)] = 0.0
+    """Standard deviation of AlexNet's PCA lighting noise (ImageNet eigenvectors, on pixel values in [0, 1])."""
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    erasing: ErasingConfig = field(default_factory=ErasingConfig)
     crop_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.875
     """Evaluation: resize the shorter side to `input_size / crop_fraction`, then center-crop `input_size`."""
+    eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    """Resampling of the evaluation resize (DS-Net's timm pipeline: bicubic)."""
     mean: Annotated[tuple[float, float, float], FINITE] = (0.485, 0.456, 0.406)
     """Per-channel mean (of pixel values in [0, 1])."""
     std: Annotated[tuple[float, float, float], in_range(0.0, 1e6, open_low=True)] = (0.229, 0.224, 0.225)

@@ -123,6 +123,11 @@ def _check(cfg: DataConfig) -> None:
     low, high = cfg.random_aspect_ratio
     if not 0 < low <= high:
         raise UserError(f"--data.random-aspect-ratio is {cfg.random_aspect_ratio}; it needs 0 < min <= max")
+    if cfg.color_jitter[3] > 0.5:
+        raise UserError(f"--data.color-jitter hue {cfg.color_jitter[3]}: a hue rotation is at most 0.5 turn")
+    low, high = cfg.erasing.area
+    if not low <= high:
+        raise UserError(f"--data.erasing.area is {cfg.erasing.area}; it needs min <= max")
     if not all(s > 0 for s in cfg.std):
         raise UserError(f"--data.std is {cfg.std}; every channel's standard deviation must be positive")
     if cfg.holdout and cfg.format == "webdataset":
