@@ -83,6 +83,8 @@ def _op(images: DataNode, index: int, level: DataNode, affine: DataNode, fill: n
         return images
     name = OPS[index]
     x = fn.cast(images, dtype=types.FLOAT)
+    kernel = level * IDENTITY + (1.0 - level) * SMOOTH if name == "sharpness" else None
+    level = _beside(level, x)
     if index == WARP:  # filled with the normalization mean: warp the difference from it, filled with 0
         out = fn.warp_affine(x - fill, matrix=affine, fill_value=0.0, interp_type=types.INTERP_LINEAR) + fill
     elif name == "auto_contrast":
@@ -104,13 +106,18 @@ def _op(images: DataNode, index: int, level: DataNode, affine: DataNode, fill: n
         below = fn.cast(x < 128.0, dtype=types.FLOAT)
         out = below * dmath.min(x + level, 255.0) + (1.0 - below) * x
     elif name == "sharpness":  # blend with PIL's smoothing filter: one filter of the blended kernel
-        out = fn.filter(x, level * IDENTITY + (1.0 - level) * SMOOTH, border="clamp")
+        out = fn.filter(x, kernel, border="clamp")
     else:
         centre = 0.0 if name == "brightness" else _luma(x)
         if name == "contrast":
             centre = dmath.floor(fn.reductions.mean(centre, axes=[0, 1, 2], keep_dims=True) + 0.5)
         out = dmath.floor(centre + level * (x - centre))  # PIL's blend truncates
     return fn.cast(dmath.clamp(dmath.floor(out + 0.5), 0.0, 255.0), dtype=types.UINT8)
+
+
+def _beside(parameter: DataNode, images: DataNode) -> DataNode:
+    """A drawn (CPU) parameter where arithmetic with `images` can use it: on the GPU with GPU-decoded images."""
+    return parameter.gpu() if images.device == "gpu" else parameter
 
 
 def _luma(x: DataNode) -> DataNode:
@@ -122,7 +129,7 @@ def colour(images: DataNode, draws: dict) -> DataNode:
     """The colour map `M x + k m + t` (m: the image's mean luma), rounded and clipped once; uint8 HWC."""
     x = fn.cast(images, dtype=types.FLOAT)
     mean_luma = fn.reductions.mean(_luma(x), axes=[0, 1, 2], keep_dims=True)
-    weight = fn.reshape(draws["color_mean"], shape=[1, 1, 3])
+    weight = _beside(fn.reshape(draws["color_mean"], shape=[1, 1, 3]), x)
     out = fn.coord_transform(x, M=draws["color"], T=draws["color_shift"]) + mean_luma * weight
     return fn.cast(dmath.clamp(dmath.floor(out + 0.5), 0.0, 255.0), dtype=types.UINT8)
 
@@ -136,7 +143,7 @@ def erase(images: DataNode, draws: dict, count: int, mode: str) -> DataNode:
     if mode == "pixel":
         noise = fn.random.normal(images)
     elif mode == "rand":
-        noise = fn.random.normal(shape=[3, 1, 1])
+        noise = _beside(fn.random.normal(shape=[3, 1, 1]), images)
     else:
         noise = 0.0
     return images * kept + noise * (1.0 - kept)
