@@ -7,7 +7,8 @@ the offending option as the user typed it.
 
 Here live the settings every run shares (model, data, optimizer, schedule, the training loop); each stage's own
 settings live with the stage or method that reads them (`dslim.stages`, `dslim.methods`) and register here, so that
-`Config.stages` holds one of each registered stage (importing `dslim` registers the built-in stages).
+`Config.stages` holds one of each registered stage (importing `dslim.stages`, which `dslim.recipes` and every
+command do, registers the built-in stages).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from dslim.errors import UserError
+from dslim.registry import Registry
 
 BnMode = Literal["private", "switchable", "calibrated"]
 
@@ -279,14 +281,15 @@ class StagesConfig:
     """Settings of every stage a recipe may run: one field per registered stage (`stages_config`)."""
 
 
-_STAGE_SETTINGS: dict[str, tuple[type, str]] = {}
+STAGE_SETTINGS: Registry[tuple[type, str]] = Registry("stage")
+"""Each registered stage's settings class and one-line description."""
 _stages_class: type | None = None
 
 
 def register_settings(name: str, settings: type, doc: str) -> None:
     """Add a stage's settings class as `Config.stages.<name>` (`dslim.stages.register_stage` calls this)."""
     global _stages_class
-    _STAGE_SETTINGS[name] = (settings, doc)
+    STAGE_SETTINGS.register(name, (settings, doc))
     _stages_class = None  # rebuilt with the new stage on next use
 
 
@@ -294,12 +297,14 @@ def stages_config_class() -> type:
     """The dataclass holding one settings object per registered stage (a subclass of `StagesConfig`); tyro shows
     each stage's one-line description above its options."""
     global _stages_class
+    if not STAGE_SETTINGS.names():  # a Config built now would silently lack every stage's settings
+        raise RuntimeError("no stage is registered: import dslim.stages (or dslim.recipes) before building a Config")
     if _stages_class is None:
         import tyro
 
         fields = [
             (name, Annotated[cls, tyro.conf.arg(help=doc)], field(default_factory=cls))
-            for name, (cls, doc) in _STAGE_SETTINGS.items()
+            for name, (cls, doc) in STAGE_SETTINGS.items()
         ]
         _stages_class = dataclasses.make_dataclass("StagesConfig", fields, bases=(StagesConfig,), frozen=True)
     return _stages_class
@@ -308,10 +313,9 @@ def stages_config_class() -> type:
 def stages_config(**settings: object) -> StagesConfig:
     """Settings of every registered stage: the given ones, the others at their defaults."""
     for name, value in settings.items():
-        if name not in _STAGE_SETTINGS:
-            raise UserError(f"unknown stage {name!r}; available: {', '.join(_STAGE_SETTINGS)}")
-        if not isinstance(value, _STAGE_SETTINGS[name][0]):
-            raise UserError(f"stage {name} takes {_STAGE_SETTINGS[name][0].__name__}, not {type(value).__name__}")
+        cls = STAGE_SETTINGS.get(name)[0]
+        if not isinstance(value, cls):
+            raise UserError(f"stage {name} takes {cls.__name__}, not {type(value).__name__}")
     return stages_config_class()(**settings)
 
 

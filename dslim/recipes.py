@@ -1,7 +1,8 @@
 """Recipes: small Python files whose `recipe()` returns a `Config`, found by name or by path.
 
 Shipped recipes live in the repository's `recipes/` folder, installed as the package `dslim._recipes`, so they
-are found after a normal install from any working directory.
+are found after a normal install from any working directory. Importing this module imports `dslim.stages` (which
+registers the built-in stages), so a recipe's `Config` holds every stage's settings.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from dslim.config import Config
 from dslim.errors import UserError
+from dslim.stages import validate as validate_stages
 
 
 def recipe_dir() -> Path:
@@ -72,6 +74,4 @@ def load(name_or_path: str) -> Config:
 
 def validate(config: Config, where: str = "config") -> None:
     """Check what the types cannot, before any work: bounds, the model, and each pipeline stage's settings."""
-    from dslim.stages import validate as validate_stages
-
     validate_stages(config, where=where)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dslim.deploy import extract_dynamic
+from dslim.deploy.extraction import extract_dynamic
 from dslim.models import create_supernet
 
 
@@ -53,7 +53,7 @@ def synthetic(arch: str, keep_fraction: float, images: int) -> tuple[torch.nn.Mo
 def from_run(run: Path, images: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
     """The run's exported dynamic model and full ResNet, and its first validation images."""
     from dslim.data import build_loader
-    from dslim.stages.layout import open_run
+    from dslim.stages.run import open_run
 
     config = open_run(run).config
     routed = dslim.load_subnet(run / "export" / "dynamic.safetensors")

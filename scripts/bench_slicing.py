@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslim.deploy import extract
+from dslim.deploy.extraction import extract
 from dslim.models import create_supernet
 from dslim.training import tune_allocator
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import subprocess_env
 
-from dslim.complexity import MacsModel, measure
 from dslim.methods.autoslim import Score, Step, greedy_slim, greedy_step, one_bin_less, reached, target_name
 from dslim.methods.sandwich import SandwichConfig, step_subnets
 from dslim.models import create_supernet
+from dslim.models.complexity import MacsModel, measure
 from dslim.models.mobilenet_v2 import InvertedResidual
 from dslim.models.resnet import Block
+from dslim.models.sampling import in_bins
 from dslim.nn import SlimConv2d
-from dslim.sampling import in_bins
 from dslim.subnet import Subnet, make_divisible
 
 CHOICES = {"a": (8, 16, 24), "b": (4, 8), "c": (10, 20, 30)}
@@ -197,7 +197,7 @@ def _channels(net, values):
 @pytest.mark.parametrize(("recipe", "lists"), [("autoslim_mbv2", MBV2), ("autoslim_mbv1", MBV1),
                                                ("autoslim_resnet50", R50)])  # fmt: skip
 def test_published_autoslim_configs_profile_to_the_published_macs(tmp_path, recipe, lists):
-    from dslim.channels import write_channels
+    from dslim.io.channels import write_channels
     from dslim.models import from_config
     from dslim.recipes import load
 

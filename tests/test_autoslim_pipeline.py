@@ -10,7 +10,7 @@ import torch
 from conftest import PYTHON, subprocess_env
 
 import dslim
-from dslim.checkpoint import load_supernet
+from dslim.io.artifacts import load_supernet
 from dslim.subnet import Subnet
 
 TARGETS = {"autoslim-6M": 6e6, "autoslim-3M": 3e6, "autoslim-1.5M": 1.5e6}

@@ -86,8 +86,8 @@ def _artifact(path: Path, meta: object, tensors: dict[str, torch.Tensor] | None 
 
 
 def _static_file(tmp_path: Path) -> tuple[Path, dict, dict]:
-    from dslim.calibration import recalibrate
-    from dslim.deploy import save_subnet
+    from dslim.deploy.extraction import save_subnet
+    from dslim.evaluation.calibration import recalibrate
     from dslim.models import create_supernet
 
     net = create_supernet("mobilenet_v1", num_classes=10, max_width=0.25, widths=(0.25,), bn="calibrated")
@@ -133,7 +133,7 @@ def test_a_file_claiming_two_million_classes_allocates_nothing(tmp_path):
     from dslim.models import create_supernet
 
     net = create_supernet("ds_mobilenet_v1", num_classes=10, gate_routes=0)
-    from dslim.checkpoint import save_supernet
+    from dslim.io.artifacts import save_supernet
 
     save_supernet(net, tmp_path / "net.safetensors")
     from safetensors import safe_open
@@ -143,7 +143,7 @@ def test_a_file_claiming_two_million_classes_allocates_nothing(tmp_path):
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta["arch_kwargs"]["num_classes"] = 2_000_000
     bad = _artifact(tmp_path / "huge.safetensors", meta, tensors)
-    script = "import sys; from dslim.checkpoint import load_supernet; load_supernet(sys.argv[1])"
+    script = "import sys; from dslim.io.artifacts import load_supernet; load_supernet(sys.argv[1])"
     cap = 3 * 2**30
 
     def limit() -> None:
@@ -170,7 +170,7 @@ def test_evaluate_and_export_refuse_a_damaged_run_artifact(tmp_path):
 def test_evaluating_more_subnets_adds_to_the_report(tmp_path, monkeypatch, capsys):
     from test_export_cli import batches, fake_loader, make_run
 
-    from dslim.evaluate import main
+    from dslim.cli.evaluate import main
 
     run_dir, _ = make_run(tmp_path / "run", bn="calibrated")
     fake_loader(monkeypatch, {"train": batches(3, seed=1), "val": batches(2, seed=2)})

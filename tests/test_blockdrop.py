@@ -17,14 +17,14 @@ from conftest import ROOT, subprocess_env
 from torch import nn
 
 import dslim
-from dslim.complexity import measure
 from dslim.config import Config, replace
-from dslim.deploy import RoutedNet, extract_dynamic
+from dslim.deploy.extraction import RoutedNet, extract_dynamic
 from dslim.errors import UserError
+from dslim.evaluation.report import write_report
 from dslim.methods.blockdrop import PolicyConfig, PolicyLearning, held_on, reinforce_loss, reward
 from dslim.models import create_supernet
+from dslim.models.complexity import measure
 from dslim.recipes import load
-from dslim.report import write_report
 from dslim.stages.blockdrop import check_policy, with_policy
 from dslim.subnet import Subnet
 from dslim.training.method import StepContext, Where

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dslim.calibration import has_statistics, recalibrate
 from dslim.errors import UserError
-from dslim.evaluation import evaluate
+from dslim.evaluation.accuracy import evaluate
+from dslim.evaluation.calibration import has_statistics, recalibrate
 from dslim.models import create_supernet
 from dslim.nn import SlimBatchNorm2d
 
@@ -117,8 +117,8 @@ WORKER = """
 import sys
 import torch
 from accelerate import Accelerator
-from dslim.calibration import recalibrate
-from dslim.evaluation import evaluate
+from dslim.evaluation.calibration import recalibrate
+from dslim.evaluation.accuracy import evaluate
 from test_calibration import _batches, _usnet, _labelled
 
 acc = Accelerator(cpu=True)

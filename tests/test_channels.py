@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from dslim.channels import read_channels, to_yaml, write_channels
 from dslim.errors import UserError
+from dslim.io.channels import read_channels, to_yaml, write_channels
 from dslim.models import create_supernet
-from dslim.sampling import in_bins
+from dslim.models.sampling import in_bins
 
 
 def mbv2():

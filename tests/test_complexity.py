@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dslim.complexity import MacsModel, measure, route_macs
 from dslim.models import create_supernet
+from dslim.models.complexity import MacsModel, measure, route_macs
 from dslim.subnet import Subnet
 
 # reference/dsnet.md: the 14 uniform subnets of ds_mobilenet_v1, millions of MAdds

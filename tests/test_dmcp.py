@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dslim.complexity import MacsModel, measure
 from dslim.config import ModelConfig
 from dslim.errors import UserError
 from dslim.methods.dmcp import MarkovChannels, flops_loss, make_chains, marginals, soft_masks
 from dslim.models import from_config
+from dslim.models.complexity import MacsModel, measure
 from dslim.subnet import Subnet
 
 SIZE = 32

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from conftest import PYTHON, ROOT, subprocess_env
 
-from dslim.checkpoint import load_supernet
-from dslim.complexity import MacsModel
 from dslim.errors import UserError
 from dslim.importers import dmcp as importer
 from dslim.importers import import_checkpoint
+from dslim.io.artifacts import load_supernet
 from dslim.methods.dmcp import MarkovChannels
+from dslim.models.complexity import MacsModel
 from dslim.subnet import make_divisible
 
 MBV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]

@@ -12,9 +12,9 @@ from conftest import PYTHON, ROOT, subprocess_env
 from safetensors.torch import load_file
 
 import dslim
-from dslim.checkpoint import load_supernet
-from dslim.complexity import MacsModel, measure
+from dslim.io.artifacts import load_supernet
 from dslim.methods.dmcp import MarkovChannels
+from dslim.models.complexity import MacsModel, measure
 from dslim.subnet import Subnet
 
 RECIPE = str(ROOT / "recipes" / "dmcp_digits.py")

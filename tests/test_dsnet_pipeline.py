@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dslim
-from dslim.deploy import RoutedNet
+from dslim.deploy.extraction import RoutedNet
 
 
 def _cmd(out, cache):

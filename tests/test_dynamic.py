@@ -62,7 +62,7 @@ def test_dynamic_runs_narrower_tensors():
 
 def test_dynamic_export_routes_per_input(tmp_path):
     import dslim
-    from dslim.deploy import RoutedNet, extract_dynamic
+    from dslim.deploy.extraction import RoutedNet, extract_dynamic
 
     net = _dsnet_with_mixed_routes()
     x = torch.randn(8, 3, 64, 64, dtype=torch.float64)
@@ -84,7 +84,7 @@ def test_dynamic_export_routes_per_input(tmp_path):
 
 def test_per_image_block_masks_equal_each_image_alone():
     """BlockDrop's routing on a ResNet: each block runs only on the images that keep it (grouped per block)."""
-    from dslim.calibration import recalibrate
+    from dslim.evaluation.calibration import recalibrate
 
     torch.manual_seed(0)
     net = create_supernet("resnet18", num_classes=10, widths=(1.0,), bn="calibrated")

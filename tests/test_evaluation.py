@@ -11,14 +11,16 @@ import torch
 from test_export_cli import ROOT, batches, fake_loader, make_run
 
 from dslim import recipes
-from dslim.checkpoint import save_supernet
-from dslim.complexity import measure
+from dslim.cli.evaluate import main
 from dslim.config import Config, ModelConfig
 from dslim.errors import UserError
-from dslim.evaluate import main
-from dslim.evaluation import evaluate
-from dslim.report import plot_pareto, write_report
-from dslim.stages.layout import RunLayout, config_from_json, load_config, stage_order
+from dslim.evaluation.accuracy import evaluate
+from dslim.evaluation.plots import plot_pareto
+from dslim.evaluation.report import write_report
+from dslim.io.artifacts import save_supernet
+from dslim.models.complexity import measure
+from dslim.stages.layout import RunLayout, stage_order
+from dslim.stages.run import config_from_json, load_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

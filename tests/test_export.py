@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import dslim
-from dslim.complexity import measure
 from dslim.models import create_supernet, names
+from dslim.models.complexity import measure
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import Subnet
 

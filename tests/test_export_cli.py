@@ -12,10 +12,10 @@ import torch
 
 import dslim
 import dslim.data
-from dslim.calibration import recalibrate
-from dslim.checkpoint import save_supernet
+from dslim.cli.export import main
 from dslim.config import Config, ModelConfig
-from dslim.export import main
+from dslim.evaluation.calibration import recalibrate
+from dslim.io.artifacts import save_supernet
 from dslim.models import from_config
 from dslim.stages import stages_config
 from dslim.stages.evaluate import EvalConfig

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from test_autoslim import MBV1, MBV2, PUBLISHED, R50
 from test_import_slimmable import Original, _refused, original_file
 
-from dslim.checkpoint import load_supernet, save_supernet
 from dslim.importers import autoslim, import_checkpoint
+from dslim.io.artifacts import load_supernet, save_supernet
 
 V1_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
 V2_STRIDES = [1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
@@ -120,7 +120,7 @@ def test_released_autoslim_models_import_with_their_configurations(tmp_path, arc
             got = loaded(x)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     # the published MACs (and params) of each configuration, as dslim counts them
-    from dslim.complexity import measure
+    from dslim.models.complexity import measure
 
     for name, (macs_m, params_m) in zip(names, PUBLISHED[arch].values()):
         cost = measure(loaded, 224, loaded.resolve(name))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from test_import_slimmable import Original as SlimOriginal
 from test_import_slimmable import _refused, original_file
 
-from dslim.checkpoint import load_supernet
-from dslim.import_checkpoint import main
+from dslim.cli.import_checkpoint import main
+from dslim.io.artifacts import load_supernet
 
 CASES = {  # arch: (cifar, blocks per stage, bottleneck, classes, image size)
     "cifar_resnet32": (True, (5, 5, 5), False, 10, 32),

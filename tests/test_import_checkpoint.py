@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from dslim.checkpoint import load_supernet
+from dslim.io.artifacts import load_supernet
 from dslim.models.ds_mobilenet_v1 import CHOICES
 
 STAGES = [("s0", 1), ("s1", 2), ("s2", 2), ("s3", 6), ("s4", 2)]

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dslim.cli.import_checkpoint import main
 from dslim.errors import UserError
-from dslim.import_checkpoint import main
 from dslim.importers import import_checkpoint, slimmable
 from dslim.models.width import width_name
 
@@ -243,7 +243,7 @@ def test_latest_checkpoint_with_meters_through_the_command(tmp_path, monkeypatch
     _latest(path, prefixed, meters.ScalarMeter)
     main(["slimmable", str(path), "--out", str(out)])
     assert "S-MobileNet v1, widths 0.25, 0.5, 0.75, 1.0" in capsys.readouterr().out
-    from dslim.checkpoint import load_supernet
+    from dslim.io.artifacts import load_supernet
 
     net, meta = load_supernet(out)
     x = torch.randn(2, 3, SIZE, SIZE)

@@ -114,7 +114,7 @@ def test_sigkill_anywhere_then_rerun_ends_as_an_uninterrupted_run(tmp_path, digi
         assert done.returncode == 0, done.stderr[-3000:]
 
     import dslim
-    from dslim.checkpoint import load_supernet
+    from dslim.io.artifacts import load_supernet
 
     assert _temporaries(soaked) == []
     for line in (soaked / "metrics.jsonl").read_text().splitlines():

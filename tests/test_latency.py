@@ -15,11 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export_cli import make_run  # noqa: E402
 
-from dslim import export, latency, profile  # noqa: E402
-from dslim.deploy import extract  # noqa: E402
+from dslim.cli import export, latency, profile  # noqa: E402
+from dslim.deploy.extraction import extract  # noqa: E402
+from dslim.deploy.latency import measure_table, time_module
+from dslim.deploy.latency_table import LatencyTable  # noqa: E402
 from dslim.errors import UserError  # noqa: E402
 from dslim.models import create_supernet  # noqa: E402
-from dslim.timing import LatencyTable, measure_table, time_module  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,10 @@ The per-architecture matrix uses the TorchScript exporter (a fraction of a secon
 """
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_dynamic import _dsnet_with_mixed_routes, _spread_routes  # noqa: E402
 from test_export_cli import make_run  # noqa: E402
 
-from dslim import onnx_runtime  # noqa: E402
+from dslim.cli.export import main  # noqa: E402
 from dslim.config import ModelConfig  # noqa: E402
+from dslim.deploy import runtime as onnx_runtime  # noqa: E402
+from dslim.deploy.onnx import export_dynamic, export_static  # noqa: E402
 from dslim.errors import UserError  # noqa: E402
-from dslim.export import main  # noqa: E402
 from dslim.models import create_supernet  # noqa: E402
-from dslim.onnx_export import export_dynamic, export_static  # noqa: E402
 
 ARCHS = [
     ("mobilenet_v1", dict(widths=(0.25, 0.5, 1.0)), "0.5", 32),
@@ -131,12 +134,64 @@ def test_routing_program_is_checked(tmp_path):
         onnx_runtime.load(tmp_path / "bad.onnx")
 
 
+NO_TORCH = textwrap.dedent(
+    """
+    import sys
+    from importlib.abc import MetaPathFinder
+
+
+    class NoTorch(MetaPathFinder):  # a machine without torch: importing it fails
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"{name} is not installed here")
+
+
+    sys.meta_path.insert(0, NoTorch())
+    import numpy as np
+
+    from dslim.deploy import runtime
+
+    folder, static = sys.argv[1], sys.argv[2]
+    x = np.load(f"{folder}/x.npy")
+    logits, decisions = runtime.load(folder)(x)
+    np.testing.assert_array_equal(decisions, np.load(f"{folder}/decisions.npy"))
+    np.testing.assert_allclose(logits, np.load(f"{folder}/logits.npy"), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(runtime.load(static)(x), np.load(f"{folder}/static.npy"), atol=1e-4, rtol=1e-4)
+    assert "torch" not in sys.modules
+    print("ran without torch")
+    """
+)
+
+
+def test_the_runner_runs_without_torch(tmp_path):
+    """`dslim.deploy.runtime` on a deployment machine: onnxruntime and numpy, torch not importable at all."""
+    net, x = _routed_dsnet()
+    folder, static = tmp_path / "dsnet", tmp_path / "uniform-2.onnx"
+    export_dynamic(net, folder, 64, exporter="torchscript")
+    export_static(net, net.resolve("uniform-2"), static, 64, exporter="torchscript")
+    logits, decisions = net.forward_routed(x)
+    with torch.no_grad(), net.using(net.resolve("uniform-2")):
+        expected_static = net(x)
+    for name, array in (("x", x), ("logits", logits), ("decisions", decisions), ("static", expected_static)):
+        np.save(folder / f"{name}.npy", array.numpy())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, str(folder), str(static)], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    done = run(NO_TORCH)
+    assert done.returncode == 0 and "ran without torch" in done.stdout, done.stderr[-3000:]
+    blocked = run(NO_TORCH.replace("from dslim.deploy import runtime", "import dslim.models"))
+    assert blocked.returncode != 0 and "torch is not installed here" in blocked.stderr  # the blocker does block
+
+
 def _dsnet_run(tmp_path):
     """A run whose gate stage finished: a DS-Net with every route's statistics and a gate spreading images."""
     model = ModelConfig(arch="ds_mobilenet_v1", num_classes=10, input_size=64, bn="private", gate_routes=4)
     run, _ = make_run(tmp_path / "run", stage="gate", model=model)
     net, x = _routed_dsnet()
-    from dslim.checkpoint import save_supernet
+    from dslim.io.artifacts import save_supernet
 
     net.router_trained = True
     save_supernet(net, run / "gate" / "model.safetensors", stage="gate")
@@ -157,7 +212,7 @@ def test_export_command_onnx_and_cards(tmp_path, capsys):
     assert card["architecture"] == "ds_mobilenet_v1" and card["channels"] == dict(u2.items())
     assert card["accuracy"] == {"top1": 81.5, "top5": 99.0, "source": "eval.json"} and card["latency_ms"] is None
     assert card["num_classes"] == 10 and card["input_size"] == 64 and card["files"] == {"onnx": "u2.onnx"}
-    from dslim.complexity import measure
+    from dslim.models.complexity import measure
 
     cost = measure(net, 64, u2)
     assert (card["macs"], card["params"]) == (cost.macs, cost.params)
@@ -219,8 +274,8 @@ def test_dynamo_exporter(tmp_path):
 
 def test_export_stage_formats_and_cards(tmp_path):
     from dslim.config import replace
-    from dslim.stages.layout import load_config
     from dslim.stages.pipeline import run_pipeline
+    from dslim.stages.run import load_config
 
     run, net = make_run(tmp_path / "run")
     settings = {"stages.export.subnets": ("0.5",), "stages.export.formats": ("safetensors", "onnx"),
@@ -297,7 +352,7 @@ def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
     model = ModelConfig(arch="cifar_resnet32", num_classes=10, input_size=32, bn="private", block_policy=True)
     run, _ = make_run(tmp_path / "run", stage="finetune", model=model)
     net, x = _blockdrop("cifar_resnet32", 32)
-    from dslim.checkpoint import save_supernet
+    from dslim.io.artifacts import save_supernet
 
     net.router_trained = True
     save_supernet(net, run / "finetune" / "model.safetensors", stage="finetune")
@@ -310,7 +365,7 @@ def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
         and card["architecture"] == "cifar_resnet32"
         and list(card["routes"]) == ["largest", "no-blocks"]
     )
-    from dslim.complexity import measure
+    from dslim.models.complexity import measure
 
     shortcuts = net.largest().with_blocks((False,) * 15)
     assert card["routes"]["no-blocks"]["macs"] == measure(net, 32, shortcuts).macs < card["routes"]["largest"]["macs"]

@@ -53,3 +53,15 @@ def test_help_shows_the_recipe_defaults():
     out = run("--recipe", "usnet_mbv2", "--help")
     assert out.returncode == 0
     assert "mobilenet_v2" in out.stdout and "--model.width-range" in out.stdout
+
+
+def test_the_dslim_console_script_runs_the_same_command(tmp_path):
+    """`dslim profile ...` (the console script, here `python -m dslim.cli`) is `python -m dslim.profile ...`."""
+    args = ["--recipe", "usnet_mbv1", "--widths", "0.5", "1.0", "--json"]
+    script = subprocess.run([sys.executable, "-m", "dslim.cli", "profile", *args], capture_output=True, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    assert script.returncode == 0, script.stderr
+    assert json.loads(script.stdout) == json.loads(run(*args, cwd=tmp_path).stdout)
+    unknown = subprocess.run([sys.executable, "-m", "dslim.cli", "prune"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("dslim: error: unknown command 'prune'")
+    assert "available: train, evaluate, export, profile, latency, import" in unknown.stderr

@@ -10,12 +10,12 @@ import torch
 from conftest import PYTHON, subprocess_env
 
 import dslim
-from dslim.calibration import recalibrate
-from dslim.channels import write_channels
-from dslim.checkpoint import load_supernet, save_supernet
+from dslim.evaluation.calibration import recalibrate
+from dslim.io.artifacts import load_supernet, save_supernet
+from dslim.io.channels import write_channels
 from dslim.methods.sandwich import step_subnets
 from dslim.models import create_supernet
-from dslim.sampling import in_bins
+from dslim.models.sampling import in_bins
 from dslim.stages.retrain import RetrainConfig, sandwich_settings
 
 

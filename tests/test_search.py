@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import PYTHON, subprocess_env
 
-from dslim.checkpoint import save_supernet
-from dslim.complexity import measure
+from dslim.io.artifacts import save_supernet
 from dslim.methods.autoslim import Step, follows
 from dslim.models import create_supernet
+from dslim.models.complexity import measure
 from dslim.subnet import Subnet
 
 # a 0.5x MobileNet v1 (3.0M MACs at 32px) in 12 bins, 60 held-out digits, down to 1M MACs: ~50 greedy steps
@@ -143,9 +143,10 @@ def _latency_table(tmp_path, supernet_path, layers=True):
     Its `0.25` and `0.5` rows are "measured" 10% above the fits' estimate, as real rows differ from estimates."""
     import random
 
-    from dslim.checkpoint import load_supernet
-    from dslim.deploy import extract
-    from dslim.timing import FORMAT, LatencyTable, layer_shapes
+    from dslim.deploy.extraction import extract
+    from dslim.deploy.latency import FORMAT, layer_shapes
+    from dslim.deploy.latency_table import LatencyTable
+    from dslim.io.artifacts import load_supernet
 
     net, _ = load_supernet(supernet_path)
     rng = random.Random(0)
@@ -166,8 +167,8 @@ def _latency_table(tmp_path, supernet_path, layers=True):
 
 
 def test_latency_targets_record_subnets_under_their_latency_by_the_table(tmp_path, supernet, digits_cache):
-    from dslim.sampling import smallest_of
-    from dslim.timing import LatencyTable
+    from dslim.deploy.latency_table import LatencyTable
+    from dslim.models.sampling import smallest_of
 
     net, path = _latency_table(tmp_path, supernet)
     table = LatencyTable.read(path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
+from dslim.cli.train import split_stages
 from dslim.config import Config, OptimConfig, ScheduleConfig, replace
 from dslim.errors import UserError
 from dslim.methods.sandwich import Sandwich, SandwichConfig
@@ -14,7 +15,6 @@ from dslim.models import create_supernet
 from dslim.stages import select_stages
 from dslim.stages.layout import RunLayout
 from dslim.stages.pipeline import write_config
-from dslim.train import split_stages
 from dslim.training import MetricsLog, Trainer, lr_at, make_accelerator, param_groups, update_ema
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dslim.complexity import measure
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers
 from dslim.importers.slimmable import (
@@ -35,6 +34,7 @@ from dslim.importers.slimmable import (
     state_of,
 )
 from dslim.models.base import Supernet
+from dslim.models.complexity import measure
 from dslim.models.registry import supernet_class
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import Subnet

@@ -27,8 +27,9 @@ import torch
 from dslim.config import in_range
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
-from dslim.methods.dmcp import MarkovChannels, make_chains
+from dslim.methods.dmcp import DmcpRecord, MarkovChannels, make_chains
 from dslim.models.base import Supernet
+from dslim.models.complexity import MacsModel
 from dslim.models.registry import supernet_class
 from dslim.nn import SlimBatchNorm2d, SlimConv2d
 
@@ -134,12 +135,10 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     no_leftovers(state, used, path)
     with torch.no_grad():
         chains.alpha.copy_(torch.cat([values[c.group].float() for c in chains.chains]))
-    from dslim.complexity import MacsModel
-
     with torch.no_grad():
         expected = float(MacsModel(net, 224).macs(chains.expected_channels()))
     note = f"DMCP {arch} x{width:g}, epoch {ckpt.get('epoch', '?')}, expected {expected / 1e6:,.1f}M MACs at 224px"
     if dropped:
         note += "; alpha_last left out (dslim keeps the last 1x1 conv whole)"
-    record = {"target_macs": 0.0, "expected_macs": expected, "chains": chains.to_json()}
-    return net, {"source": str(path), "weights": "model", "dmcp": record, "note": note}
+    record = DmcpRecord(0.0, expected, chains)  # no target: the sample stage asks for one
+    return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note}

@@ -7,15 +7,21 @@ target device) pass below a target, the subnet reached is that target's configur
 are one channel group, so they always move together.
 
 The supernet's training is the sandwich rule with per-group random subnets (`dslim.methods.sandwich`, sampler
-`groups`); scoring, data and files are the `search` stage's (`dslim.stages.search`); this module is the search
-itself, for any supernet whose groups have choices (AutoSlim's bins, DS-Net's stage widths).
+`groups`); scoring is held-out scoring (`dslim.evaluation.heldout`), data and files are the `search` stage's
+(`dslim.stages.search`); this module is the search itself, for any supernet whose groups have choices (AutoSlim's
+bins, DS-Net's stage widths), and its record: the trace, one `Step` per line, the search's checkpoint.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from dslim.errors import UserError
+from dslim.io import write_text
 from dslim.subnet import Subnet
 
 
@@ -132,3 +138,40 @@ def target_name(prefix: str, macs: float) -> str:
         if macs >= scale:
             return f"{prefix}-{macs / scale:g}{unit}"
     return f"{prefix}-{macs:g}"
+
+
+# -- the trace: the search's checkpoint ---------------------------------------------------------------------------
+def read_trace(path: Path, start: Subnet, choices: dict[str, tuple[int, ...]]) -> tuple[list[Step], bool]:
+    """The steps a killed search recorded, checked to follow one another; and whether its last line was torn (a
+    kill in the middle of a write: that step is dropped and recomputed)."""
+    if not path.is_file():
+        return [], False
+    lines = path.read_text().splitlines()
+    steps, torn = [], False
+    for i, line in enumerate(lines):
+        try:
+            step = Step.from_json(json.loads(line))
+        except (ValueError, KeyError, TypeError, UserError):
+            if i == len(lines) - 1:
+                torn = True
+                break
+            raise UserError(f"{path}: line {i + 1} is damaged; delete {path.parent} to search again") from None
+        ok = step.subnet == start if i == 0 else follows(steps[-1], step, choices)
+        if not ok:
+            raise UserError(f"{path}: step {i} does not follow from the one before with this model and its channel "
+                            f"bins; delete {path.parent} to search again")  # fmt: skip
+        steps.append(step)
+    return steps, torn
+
+
+def append_step(path: Path, step: Step, index: int) -> None:
+    """Add step `index` to the trace at `path`, on disk before the search goes on."""
+    with open(path, "a") as f:
+        f.write(json.dumps(step.to_json(index)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_trace(path: Path, steps: Sequence[Step]) -> None:
+    """The trace holding exactly `steps` (after a torn last line was dropped)."""
+    write_text(path, "".join(json.dumps(s.to_json(i)) + "\n" for i, s in enumerate(steps)))

@@ -12,6 +12,9 @@ applied after each BatchNorm of the group (`SlimBatchNorm2d.mask`), where normal
 MACs are dslim's one complexity polynomial (`MacsModel`) at the expected channels, differentiable in the alphas, and
 the `log_l1` FLOPs loss pulls them into `[0.95 T, T]` for a target `T`.
 
+What the `dmcp` stage hands to the `sample` stage is a `DmcpRecord` (target, expected MACs, the chains and their
+alphas), stored as JSON in the metadata of the stage's artifact.
+
 Training (`Dmcp`): a warm-up of the weights alone (the first `warmup` share of the stage), then each step one
 weight update and one architecture update, each with its own optimizer and schedule. The weight update trains the
 largest, the smallest and `num_random` random subnets (per-group uniform bins in the warm-up; then "scheduled
@@ -34,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslim.complexity import MacsModel
 from dslim.config import (
     Fraction,
     NonNegative,
@@ -48,6 +50,7 @@ from dslim.config import (
 from dslim.errors import UserError
 from dslim.methods.sandwich import sandwich_pass
 from dslim.models.base import Supernet
+from dslim.models.complexity import MacsModel
 from dslim.nn import SlimBatchNorm2d
 from dslim.subnet import Subnet
 from dslim.training import Batch, Method, ParamSet, StepContext, Update, Where
@@ -203,6 +206,31 @@ class MarkovChannels(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class DmcpRecord:
+    """What DMCP's training leaves for sampling: the artifact's `"dmcp"` metadata (an imported checkpoint's too)."""
+
+    target_macs: float
+    """The MACs target it trained towards (0: unknown, an imported checkpoint)."""
+    expected_macs: float
+    """The chains' expected MACs at the end of training."""
+    chains: MarkovChannels
+
+    def to_json(self) -> dict:
+        return {"target_macs": self.target_macs, "expected_macs": self.expected_macs, "chains": self.chains.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: object, net: Supernet, where: str) -> DmcpRecord:
+        """A record written by `to_json`, its chains checked against `net`'s groups."""
+        if not isinstance(obj, dict):
+            raise UserError(f"{where} holds no DMCP record (target, expected MACs, chains)")
+        chains = MarkovChannels.from_json(obj.get("chains"), net, where)
+        try:
+            return cls(float(obj.get("target_macs", 0)), float(obj.get("expected_macs", 0)), chains)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: its DMCP target or expected MACs is not a number") from None
+
+
 def smallest(chains: list[Chain]) -> Subnet:
     return Subnet.of({c.group: c.keep for c in chains})
 
@@ -240,13 +268,29 @@ def flops_loss(expected_macs: torch.Tensor, target_macs: float) -> torch.Tensor:
 
 # -- training ----------------------------------------------------------------------------------------------------
 class Dmcp(Method):
-    """Alternating weight and architecture updates of a supernet holding `MarkovChannels` as `net.dmcp`."""
+    """Alternating weight and architecture updates of `net` and `chains`.
 
-    def __init__(self, cfg: DmcpConfig, net: Supernet, macs: MacsModel) -> None:
-        self.cfg, self.macs = cfg, macs
-        self.chains: MarkovChannels = net.dmcp  # type: ignore[assignment]
+    The method attaches the chains to the network (`net.dmcp`), so that the alphas are trained, reduced across
+    processes and checkpointed with it, until `finish` takes them off again and returns them as a `DmcpRecord`.
+    """
+
+    def __init__(self, cfg: DmcpConfig, net: Supernet, macs: MacsModel, chains: MarkovChannels) -> None:
+        self.cfg, self.macs, self.chains = cfg, macs, chains
+        net.dmcp = chains
         self.start_epoch = cfg.warmup * cfg.epochs
         self.largest = net.largest()
+
+    def expected_macs(self) -> float:
+        """The chains' expected MACs now."""
+        with torch.no_grad():
+            return float(self.macs.macs(self.chains.expected_channels()))
+
+    def finish(self, net: Supernet) -> DmcpRecord:
+        """The chains taken off `net` (its artifact holds the architecture's own tensors only) as the record the
+        sample stage reads."""
+        record = DmcpRecord(self.cfg.target_macs, self.expected_macs(), self.chains)
+        del net.dmcp
+        return record
 
     def param_sets(self, net: Supernet) -> dict[str, ParamSet]:
         arch = {id(p) for p in self.chains.parameters()}

@@ -3,8 +3,8 @@ AutoSlim's supernet).
 
 Subnets of a step (`SandwichConfig.rule`):
 - `sandwich` (US-Net, DS-Net, AutoSlim): the largest, `num_random` random subnets and the smallest. Random subnets
-  are drawn by `sampler` (see `dslim.sampling`); the draws depend only on (seed, step), so every process makes the
-  same ones. With the `groups` sampler the smallest is every group at its smallest bin.
+  are drawn by `sampler` (see `dslim.models.sampling`); the draws depend only on (seed, step), so every process makes
+  the same ones. With the `groups` sampler the smallest is every group at its smallest bin.
 - `all_widths` (S-Net): every named subnet (each distinct one once), largest first.
 - `single`: the largest only (training a fixed network).
 
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslim import sampling
 from dslim.config import Fraction, NonNegative, TrainConfig
+from dslim.models import sampling
 from dslim.models.base import Supernet
 from dslim.nn import SlimBatchNorm2d
 from dslim.subnet import Subnet

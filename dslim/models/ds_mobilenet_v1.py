@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
-from dslim import complexity
 from dslim.config import ModelConfig
+from dslim.models import complexity
 from dslim.models.base import Supernet, resolve_channels
 from dslim.models.registry import register
 from dslim.models.routing import ExportPlan, GraphSpec, dispatch

@@ -9,7 +9,7 @@ A supernet with `block_policy=True` carries the policy as its submodule `policy`
 carry it along); static subnets and exports leave it out. The policy's layers have no channel group (fixed widths)
 and their BatchNorm statistics are filed under the base's subnet key like every other layer's.
 
-Cost conventions: dslim's MACs (`dslim.complexity`), and for the report BlockDrop's own FLOPs, as its `test.py`
+Cost conventions: dslim's MACs (`dslim.models.complexity`), and for the report BlockDrop's own FLOPs, as its `test.py`
 counted them: `2 * C_in * C_out * k * k * H_out * W_out` per conv and `2 * in * out` per linear layer (groups, bias,
 pooling and BatchNorm free), per image the policy network plus the stem, the shortcuts, the executed blocks and the
 classifier. The original also counted its unused value head (`2 * features` FLOPs), which dslim does not have.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dslim import complexity
+from dslim.models import complexity
 from dslim.models.routing import ExportPlan, GraphSpec, run_blocks
 from dslim.nn import GlobalAvgPool, SlimLinear
 from dslim.subnet import Subnet

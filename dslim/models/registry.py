@@ -5,31 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dslim.errors import UserError
+from dslim.registry import Registry
 
 if TYPE_CHECKING:
     from dslim.config import ModelConfig
     from dslim.models.base import Supernet
 
-_REGISTRY: dict[str, type] = {}
+ARCHITECTURES: Registry[type] = Registry("architecture", sort_names=True)
 
 
 def register(name: str) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
+    return ARCHITECTURES.decorator(name)
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return ARCHITECTURES.names()
 
 
 def supernet_class(name: str) -> type:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown architecture {name!r}; available: {', '.join(names())}")
-    return _REGISTRY[name]
+    return ARCHITECTURES.get(name)
 
 
 def create_supernet(name: str, **kwargs: object) -> Supernet:

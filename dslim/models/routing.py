@@ -27,7 +27,7 @@ is at least `value`, e.g. BlockDrop's keep probabilities against 0.5); `dispatch
 the inputs pass through unchanged, a skipped block without a shortcut), scattering the outputs back, as `dispatch`
 does in PyTorch. `routes` names each route with the decisions that make it (one for every `decide` step) and its
 subnet: what a latency table measures.
-`dslim.onnx_runtime` runs this program on onnxruntime.
+`dslim.deploy.runtime` runs this program on onnxruntime.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The slimmable-layer protocol: what a supernet, the complexity model and export ask of every layer kind.
 
 A new layer kind (a zero-padding shortcut, a gate head) implements these four methods and is then handled by
-`Supernet.set_subnet`, `dslim.complexity` and `dslim.deploy` without any of them listing layer types.
+`Supernet.set_subnet`, `dslim.models.complexity` and `dslim.deploy.extraction` without any of them listing layer types.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 
 from dslim.config import Config
 from dslim.errors import UserError
-from dslim.evaluation import evaluate_dynamic
+from dslim.evaluation.accuracy import evaluate_dynamic
 from dslim.methods.blockdrop import (
     FinetuneConfig,
     JointFinetune,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dslim.calibration import recalibrate
 from dslim.config import Config, Positive
+from dslim.evaluation.calibration import recalibrate
 from dslim.models.base import Supernet
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext

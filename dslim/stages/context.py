@@ -10,14 +10,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dslim.checkpoint import save_supernet
-from dslim.complexity import measure
 from dslim.config import Config, TrainConfig
 from dslim.errors import UserError
+from dslim.evaluation.accuracy import evaluate
+from dslim.evaluation.calibration import recalibrate, scratch_statistics
 from dslim.io import write_json
+from dslim.io.artifacts import save_supernet
 from dslim.models import from_config
 from dslim.models.base import Supernet
-from dslim.stages.layout import RunLayout, resolve
+from dslim.models.complexity import measure
+from dslim.stages.layout import RunLayout
+from dslim.stages.registry import Stage
+from dslim.stages.run import resolve
 from dslim.subnet import Subnet
 from dslim.training import Method, MetricsLog, Trainer
 
@@ -26,7 +30,8 @@ from dslim.training import Method, MetricsLog, Trainer
 class StageContext:
     """One stage of one invocation of a pipeline."""
 
-    name: str
+    stage: Stage
+    """The stage running (its name, and whether it may start from scratch)."""
     settings: object
     """This stage's settings (`config.stages.<name>`)."""
     config: Config
@@ -34,12 +39,19 @@ class StageContext:
     layout: RunLayout
     accelerator: Accelerator
     metrics: MetricsLog
+    calibrate_batches: int
+    """Training batches that calibrate a subnet without BatchNorm statistics before it is evaluated or exported:
+    one count for the whole run (`dslim.stages.evaluate.calibration_batches`)."""
     input: Supernet | None = None
     """The supernet this stage starts from (the nearest earlier stage's artifact, or `--from`), if any."""
     input_meta: dict = field(default_factory=dict)
     """The metadata of that artifact (what the stage that wrote it recorded beside the weights: DMCP's alphas)."""
     subnet_files: dict[str, dict] = field(default_factory=dict)
     """Named subnets of the finished stages' `subnets` artifacts."""
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
 
     @property
     def dir(self) -> Path:
@@ -49,11 +61,9 @@ class StageContext:
     def supernet(self) -> Supernet:
         """The supernet to start from; a new one (from the model settings) only for a stage that may start from
         scratch. On the accelerator's device."""
-        from dslim.stages.registry import get
-
         if self.input is not None:
             return self.input.to(self.accelerator.device)
-        if not get(self.name).from_scratch:
+        if not self.stage.from_scratch:
             raise UserError(
                 f"stage {self.name} needs a trained supernet: run the earlier stages first, or give --from PATH"
             )
@@ -83,10 +93,8 @@ class StageContext:
 
     def epoch_evaluator(self, trainer: Trainer, subnets: Mapping[str, Subnet]) -> Callable[[int], dict[str, float]]:
         """Top-1 of `subnets` (of the EMA too) after each epoch, on the validation split. Calibrated BatchNorm gets
-        statistics from a few training batches first, in a throwaway scope (the training model is left as it was)."""
-        from dslim.calibration import recalibrate, scratch_statistics
-        from dslim.evaluation import evaluate
-
+        statistics from `calibrate_batches` training batches first, in a throwaway scope (the training model is left
+        as it was)."""
         config = self.config
 
         def evaluate_epoch(epoch: int) -> dict[str, float]:
@@ -97,7 +105,7 @@ class StageContext:
                 with scratch_statistics(model):
                     if model.bn_mode == "calibrated":
                         batches = self.loader("train", epoch)
-                        recalibrate(model, subnets, batches, config.stages.evaluate.calibrate_batches, self.accelerator)  # type: ignore[attr-defined]
+                        recalibrate(model, subnets, batches, self.calibrate_batches, self.accelerator)
                     rows = evaluate(model, subnets, self.loader("val"), config.model.input_size, self.accelerator)
                 out.update({f"top1/{prefix}{r['subnet']}": round(r["top1"], 3) for r in rows})
             return out

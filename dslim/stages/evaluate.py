@@ -1,23 +1,23 @@
-"""The `evaluate` stage: accuracy and cost of subnets (and of the dynamic model): `eval.json`, `pareto.png`."""
+"""The `evaluate` stage: accuracy and cost of subnets (and of the dynamic model): `eval.json`, `pareto.png`.
+
+Its `calibrate_batches` is how a run calibrates any subnet without BatchNorm statistics, wherever it does: here,
+in each training stage's epoch validation, in the export stage and in the `evaluate` and `export` commands. They
+get it through `calibration_batches` (this module owns `config.stages.evaluate`): the pipeline hands it to every
+stage's context, the commands read it from the run's config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-from accelerate import Accelerator
-
-from dslim.calibration import calibrate_missing, shard_of
 from dslim.config import Config, Positive
-from dslim.evaluation import evaluate, evaluate_dynamic
+from dslim.evaluation.accuracy import run_evaluation
+from dslim.evaluation.report import print_results, write_report
 from dslim.models.base import Supernet
-from dslim.report import print_results, write_report
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
-from dslim.stages.layout import default_names
 from dslim.stages.registry import register_stage
-from dslim.subnet import Subnet
+from dslim.stages.run import default_names
 
 
 @dataclass(frozen=True)
@@ -30,34 +30,18 @@ class EvalConfig:
     """Training batches used to calibrate a subnet that has no BatchNorm statistics yet (calibrated or private BN)."""
 
 
+def calibration_batches(config: Config) -> int:
+    """Training batches that give a subnet without statistics its BatchNorm statistics, in this run."""
+    return config.stages.evaluate.calibrate_batches  # type: ignore[attr-defined]
+
+
+def evaluation_names(config: Config, net: Supernet, subnet_files: dict[str, dict]) -> list[str]:
+    """The subnets a run evaluates unless told: this stage's `subnets`, else every named one (`default_names`)."""
+    return list(config.stages.evaluate.subnets) or default_names(net, subnet_files)  # type: ignore[attr-defined]
+
+
 def check(config: Config, net: Supernet, cfg: EvalConfig) -> None:
     check_names(config, net, cfg.subnets, "stages.evaluate.subnets")
-
-
-def run_evaluation(
-    net: Supernet,
-    config: Config,
-    subnets: Mapping[str, Subnet],
-    accelerator: Accelerator | None = None,
-    max_batches: int | None = None,
-    calibrate_batches: int | None = None,
-    split: Literal["val", "holdout"] = "val",
-) -> tuple[list[dict], dict | None]:
-    """What the stage and `dslim.evaluate` compute: the subnets (calibrated first if they must be) and, for a model
-    whose router has been trained, the dynamic model, on `split`. Returns `(rows, dynamic row or None)`."""
-    from dslim.data import build_loader
-
-    calibrate_missing(net, config, subnets, accelerator=accelerator, num_batches=calibrate_batches)
-    size = config.model.input_size
-
-    def val():  # type: ignore[no-untyped-def]
-        return build_loader(config.data, split, size, seed=config.seed, **shard_of(accelerator))
-
-    rows = evaluate(net, subnets, val(), size, accelerator, max_batches)
-    dynamic = None
-    if net.is_dynamic and net.router_trained:
-        dynamic = evaluate_dynamic(net, val(), size, accelerator, max_batches)
-    return rows, dynamic
 
 
 @register_stage("evaluate", EvalConfig, reads=("supernet", "subnets"), writes=("report",), check=check)
@@ -65,8 +49,8 @@ def evaluate_stage(ctx: StageContext) -> None:
     """Accuracy and cost of the subnets (and the dynamic model): eval.json and pareto.png in the run directory."""
     cfg: EvalConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    names = list(cfg.subnets) or default_names(net, ctx.subnet_files)
-    rows, dynamic = run_evaluation(net, ctx.config, ctx.resolve(net, names), ctx.accelerator)
+    names = evaluation_names(ctx.config, net, ctx.subnet_files)
+    rows, dynamic = run_evaluation(net, ctx.config, ctx.resolve(net, names), cfg.calibrate_batches, ctx.accelerator)
     ctx.metrics.write({"kind": "eval", "stage": ctx.name, "subnets": rows, "dynamic": dynamic})
     if ctx.accelerator.is_main_process:
         write_report(ctx.layout.root, rows, dynamic)

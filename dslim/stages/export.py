@@ -1,23 +1,24 @@
 """The `export` stage: subnets as standalone models with physically sliced weights (`dslim.load_subnet` reads them),
-in each of the chosen formats, each with its card (`<name>.config.json`); a trained dynamic model too."""
+in each of the chosen formats, each with its card (`<name>.config.json`); a trained dynamic model too. Every model
+goes through the one export door, `dslim.deploy.export.export_model`, as `dslim.export` does."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from dslim.calibration import calibrate_missing
-from dslim.card import dynamic_card, subnet_card, write_card
 from dslim.config import Config
-from dslim.deploy import extract_dynamic, save_subnet
+from dslim.deploy.export import export_model, to_calibrate
+from dslim.deploy.onnx import require
 from dslim.errors import UserError
+from dslim.evaluation.calibration import calibrate_missing
 from dslim.io import write_json
 from dslim.models.base import Supernet
-from dslim.onnx_export import export_dynamic, export_static, require
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
-from dslim.stages.layout import default_names
 from dslim.stages.registry import register_stage
+from dslim.stages.run import default_names
+from dslim.subnet import Subnet
 
 
 @dataclass(frozen=True)
@@ -49,25 +50,21 @@ def export_stage(ctx: StageContext) -> None:
     net = ctx.supernet()
     names = list(cfg.subnets) or default_names(net, ctx.subnet_files)
     subnets = ctx.resolve(net, names)
-    calibrate_missing(net, ctx.config, subnets, accelerator=ctx.accelerator)
-    size = ctx.config.model.input_size
+    dynamic = net.is_dynamic and net.router_trained
+    batches = ctx.calibrate_batches
+    # every process calibrates together first; the main process then writes, with nothing left to calibrate
+    calibrate_missing(net, ctx.config, to_calibrate(net, subnets, dynamic), batches, accelerator=ctx.accelerator)
     if ctx.accelerator.is_main_process:
-        root = ctx.layout.root
+
+        def export(name: str, subnet: Subnet | None) -> None:
+            folder = subnet is None  # a dynamic model's ONNX is a folder of graphs
+            outs = {fmt: ctx.dir / (name if folder and fmt == "onnx" else f"{name}.{fmt}") for fmt in cfg.formats}
+            export_model(net, ctx.config, name, subnet, outs, calibrate_batches=batches, run_dir=ctx.layout.root,
+                         exporter=cfg.onnx_exporter)  # fmt: skip
+
         for name, subnet in subnets.items():
-            card = subnet_card(net, ctx.config, name, subnet, root)
-            if "safetensors" in cfg.formats:
-                save_subnet(net, subnet, ctx.dir / f"{name}.safetensors", size)
-                write_card(ctx.dir / f"{name}.safetensors", card, "safetensors")
-            if "onnx" in cfg.formats:
-                export_static(net, subnet, ctx.dir / f"{name}.onnx", size, cfg.onnx_exporter)
-                write_card(ctx.dir / f"{name}.onnx", card, "onnx")
-        if net.is_dynamic and net.router_trained:
-            card = dynamic_card(net, ctx.config, root)
-            if "safetensors" in cfg.formats:
-                save_subnet(extract_dynamic(net), None, ctx.dir / "dynamic.safetensors", size)
-                write_card(ctx.dir / "dynamic.safetensors", card, "safetensors")
-            if "onnx" in cfg.formats:
-                export_dynamic(net, ctx.dir / "dynamic", size, cfg.onnx_exporter)
-                write_card(ctx.dir / "dynamic", card, "onnx")
+            export(name, subnet)
+        if dynamic:
+            export("dynamic", None)
         write_json(ctx.layout.path(ctx.name, "export"), {"subnets": list(subnets), "formats": list(cfg.formats)})
     ctx.accelerator.wait_for_everyone()

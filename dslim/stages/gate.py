@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dslim.config import Config
 from dslim.errors import UserError
-from dslim.evaluation import evaluate_dynamic
+from dslim.evaluation.accuracy import evaluate_dynamic
 from dslim.methods.gate import GateConfig, GateTraining
 from dslim.models.base import Supernet
 from dslim.stages.context import StageContext

@@ -26,14 +26,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dslim.checkpoint import load_supernet
 from dslim.config import Config, validate_fields
 from dslim.errors import UserError
 from dslim.io import write_json
+from dslim.io.artifacts import load_supernet
 from dslim.models import from_config
-from dslim.stages import registry
 from dslim.stages.context import StageContext
+from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
+from dslim.stages.registry import STAGES
 from dslim.training import MetricsLog, make_accelerator
 
 HARMLESS = ("pipeline", "tensorboard", "data.workers", "data.cache_dir", "data.eval_batch_size")
@@ -43,7 +44,7 @@ HARMLESS = ("pipeline", "tensorboard", "data.workers", "data.cache_dir", "data.e
 def select_stages(config: Config, requested: Sequence[str]) -> list[str]:
     """The stages to run: the recipe's pipeline, or the requested ones in pipeline order."""
     for name in requested:
-        registry.get(name)
+        STAGES.get(name)
     if not requested:
         return list(config.pipeline)
     return [s for s in stage_order(config) if s in requested]
@@ -55,13 +56,13 @@ def validate(config: Config, stages: Sequence[str] | None = None, where: str = "
     validate_fields(config)
     for name in config.pipeline:
         try:
-            registry.get(name)
+            STAGES.get(name)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
     with torch.device("meta"):
         net = from_config(config.model)
     for name in config.pipeline if stages is None else stages:
-        stage = registry.get(name)
+        stage = STAGES.get(name)
         if stage.check is not None:
             stage.check(config, net, getattr(config.stages, name))
 
@@ -105,7 +106,7 @@ def write_config(layout: RunLayout, config: Config, recipe: str, argv: Sequence[
         fixed = [
             c for c in changed
             if not any(c == h or c.startswith(h + ".") for h in HARMLESS)
-            and not (c.startswith("stages.") and c.split(".")[1] in registry.names()
+            and not (c.startswith("stages.") and c.split(".")[1] in STAGES.names()
                      and not layout.started(c.split(".")[1]))
         ]  # fmt: skip
         if fixed:
@@ -143,7 +144,7 @@ def check_out_dir(root: Path) -> None:
 def check_data(config: Config, stages: Sequence[str]) -> None:
     """The data must exist and have no more classes than the classifier, before the first step (a label out of
     range would otherwise fail minutes into training)."""
-    if not any(registry.get(s).uses_data for s in stages):
+    if not any(STAGES.get(s).uses_data for s in stages):
         return
     from dslim.data import dataset_classes
 
@@ -184,7 +185,7 @@ def run_pipeline(
     metrics = MetricsLog(layout.metrics, acc)
     order = stage_order(config)
     for name in selected:
-        stage = registry.get(name)
+        stage = STAGES.get(name)
         if layout.finished(name):
             acc.print(f"{name}: done ({layout.marker(name)}), skipped")
             continue
@@ -194,13 +195,14 @@ def run_pipeline(
             acc.print(f"{name}: starting from {start}")
         net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
         ctx = StageContext(
-            name=name,
+            stage=stage,
             settings=getattr(config.stages, name),
             config=config,
             recipe=recipe,
             layout=layout,
             accelerator=acc,
             metrics=metrics,
+            calibrate_batches=calibration_batches(config),
             input=net,
             input_meta=meta,
             subnet_files=layout.named_subnets(order) if "subnets" in stage.reads else {},

@@ -1,9 +1,11 @@
 """The stage registry: every stage a pipeline can run, with its settings and what it reads and writes.
 
-A stage is a function `run(ctx: StageContext)` registered with `@register_stage(name, SettingsClass, reads=...,
-writes=...)`. Its settings appear on the command line as `--stages.<name>.*` (the class's docstrings are the
-help), its outputs at the paths `dslim.stages.layout` gives each kind, and the first kind it writes marks it done.
-Nothing else in dslim lists stages: adding one is a module that registers it, plus a recipe that runs it.
+A stage is a function `run(ctx)` of a `dslim.stages.context.StageContext`, registered with
+`@register_stage(name, SettingsClass, reads=..., writes=...)`. Its settings appear on the command line as
+`--stages.<name>.*` (the class's docstrings are the help), its outputs at the paths `dslim.stages.layout` gives
+each kind, and the first kind it writes marks it done.
+Nothing else in dslim lists stages: adding one is a module that registers it, plus a recipe that runs it. The
+registry holds specs only, never the context type: the context holds its stage's spec (no import circle).
 
 Artifact kinds:
 - `supernet`: `<stage>/model.safetensors`, a whole supernet (weights, BN statistics, names) for later stages;
@@ -17,14 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from dslim.config import Config, register_settings
-from dslim.errors import UserError
-
-if TYPE_CHECKING:
-    from dslim.models.base import Supernet
-    from dslim.stages.context import StageContext
+from dslim.models.base import Supernet
+from dslim.registry import Registry
 
 KINDS = ("supernet", "subnets", "report", "export")
 
@@ -34,7 +33,8 @@ class Stage:
     name: str
     settings: type
     """Its settings dataclass (`--stages.<name>.*`)."""
-    run: Callable[[StageContext], None]
+    run: Callable[[Any], None]
+    """`run(ctx)`, `ctx` a `StageContext`."""
     reads: tuple[str, ...]
     """Artifact kinds it reads: `supernet` (the nearest earlier stage's, or `--from`), `subnets` (every finished
     stage's named subnets)."""
@@ -49,7 +49,8 @@ class Stage:
     doc: str
 
 
-_STAGES: dict[str, Stage] = {}
+STAGES: Registry[Stage] = Registry("stage")
+"""Every stage, in registration order (a pipeline's order: `dslim.stages` imports the built-in ones in it)."""
 
 
 def register_stage(
@@ -61,14 +62,14 @@ def register_stage(
     from_scratch: bool = False,
     check: Callable[[Config, Supernet, object], None] | None = None,
     uses_data: bool = True,
-) -> Callable[[Callable[[StageContext], None]], Callable[[StageContext], None]]:
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
     """Register the decorated function as the stage `name`."""
     unknown = [k for k in (*reads, *writes) if k not in KINDS]
     assert not unknown and writes, f"stage {name}: artifact kinds must be among {KINDS}"
 
-    def add(run: Callable[[StageContext], None]) -> Callable[[StageContext], None]:
+    def add(run: Callable[[Any], None]) -> Callable[[Any], None]:
         doc = (run.__doc__ or name).strip().splitlines()[0]
-        _STAGES[name] = Stage(name, settings, run, reads, writes, from_scratch, check, uses_data, doc)
+        STAGES.register(name, Stage(name, settings, run, reads, writes, from_scratch, check, uses_data, doc))
         register_settings(name, settings, doc)
         return run
 
@@ -76,10 +77,8 @@ def register_stage(
 
 
 def names() -> list[str]:
-    return list(_STAGES)
+    return STAGES.names()
 
 
 def get(name: str) -> Stage:
-    if name not in _STAGES:
-        raise UserError(f"unknown stage {name!r}; available: {', '.join(_STAGES)}")
-    return _STAGES[name]
+    return STAGES.get(name)

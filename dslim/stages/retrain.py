@@ -19,9 +19,9 @@ from typing import Literal
 
 import torch
 
-from dslim.channels import read_named
 from dslim.config import BnMode, Config, Fraction, TrainConfig
 from dslim.errors import UserError
+from dslim.io.channels import read_named
 from dslim.methods.sandwich import Sandwich, SandwichConfig
 from dslim.models import from_config
 from dslim.models.base import Supernet

@@ -22,42 +22,41 @@ validation set (mmrazor's search used the validation set). Their BatchNorm stati
   statistics are those of the population to within noise that does not reorder candidates. The original AutoSlim
   and mmrazor did this.
 - `recalibrate`: statistics from `calibrate_batches` training batches, in a throwaway scope
-  (`dslim.calibration.scratch_statistics`), then an evaluation-mode pass; a few times the cost, for held-out sets
-  too small to give good batch statistics.
-Every process holds all held-out images (and calibration batches) in memory on its device, scores every P-th
-candidate and the scores are summed across processes, so P processes search about P times faster; every process
-then makes the same choice.
+  (`dslim.evaluation.calibration.scratch_statistics`), then an evaluation-mode pass; a few times the cost, for
+  held-out sets too small to give good batch statistics.
+Scoring is `dslim.evaluation.heldout.HeldOutScorer`: every process holds all held-out images (and calibration
+batches) in memory on its device, scores every P-th candidate and the scores are summed across processes, so P
+processes search about P times faster; every process then makes the same choice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import itertools
-import json
-import math
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
-import torch.nn.functional as F
-
-from dslim.calibration import batch_statistics, recalibrate, scratch_statistics
-from dslim.complexity import MacsModel
 from dslim.config import FINITE, Check, Config, Positive, at_least
+from dslim.deploy.latency_table import LatencyTable
 from dslim.errors import UserError
-from dslim.io import atomic_write, write_json, write_text
-from dslim.methods.autoslim import Score, Step, follows, greedy_slim, latency_name, reached, target_name
+from dslim.evaluation.heldout import HeldOutScorer
+from dslim.evaluation.plots import plot_search
+from dslim.io import write_json
+from dslim.methods.autoslim import (
+    Step,
+    append_step,
+    greedy_slim,
+    latency_name,
+    reached,
+    read_trace,
+    target_name,
+    write_trace,
+)
 from dslim.models.base import Supernet
-from dslim.sampling import smallest_of
+from dslim.models.complexity import MacsModel
+from dslim.models.sampling import smallest_of
 from dslim.stages.context import StageContext
 from dslim.stages.registry import register_stage
 from dslim.subnet import Subnet
-from dslim.timing import LatencyTable
 
 
 @dataclass(frozen=True)
@@ -123,111 +122,6 @@ def latency_table(config: Config, net: Supernet, cfg: SearchConfig) -> LatencyTa
     return table
 
 
-class HeldOutScorer:
-    """Scores subnets on the held-out split; each process scores every P-th one, the sums are reduced."""
-
-    def __init__(self, ctx: StageContext, net: Supernet, cfg: SearchConfig) -> None:
-        from dslim.data import build_loader
-
-        self.net, self.cfg, self.acc = net, cfg, ctx.accelerator
-        config, size, device = ctx.config, ctx.config.model.input_size, net.device
-        # every process reads the whole split (no shard): each scores whole candidates
-        data = dataclasses.replace(config.data, eval_batch_size=cfg.batch_size)
-        held = list(build_loader(data, "holdout", size, seed=config.seed))
-        images = torch.cat([x for x, _ in held]).to(device)
-        labels = torch.cat([y.view(-1) for _, y in held]).to(device).long()
-        parts = math.ceil(len(labels) / cfg.batch_size)
-        self.batches = list(zip(images.tensor_split(parts), labels.tensor_split(parts)))
-        self.calibration = []
-        if cfg.bn == "recalibrate":
-            train = build_loader(config.data, "train", size, seed=config.seed)
-            self.calibration = [(x.to(device), y) for x, y in itertools.islice(train, cfg.calibrate_batches)]
-
-    def __call__(self, subnets: Sequence[Subnet]) -> list[Score]:
-        sums = torch.zeros(len(subnets), 3, dtype=torch.float64, device=self.net.device)
-        for i in range(self.acc.process_index, len(subnets), self.acc.num_processes):
-            sums[i] = self.sums(subnets[i])
-        if self.acc.num_processes > 1:
-            sums = self.acc.reduce(sums, reduction="sum")
-        return [Score(100.0 * float(c) / float(n), float(loss) / float(n)) for c, loss, n in sums.cpu()]
-
-    @torch.no_grad()
-    def sums(self, subnet: Subnet) -> torch.Tensor:
-        """(correct, summed cross-entropy, images) of `subnet` on the held-out images."""
-        net, out = self.net, torch.zeros(3, dtype=torch.float64, device=self.net.device)
-        with scratch_statistics(net), self.acc.autocast():
-            with contextlib.ExitStack() as scope:
-                if self.cfg.bn == "recalibrate":
-                    recalibrate(net, {"candidate": subnet}, self.calibration, len(self.calibration), show=False)
-                    scope.enter_context(net.using(subnet, train=False))
-                else:
-                    scope.enter_context(net.using(subnet))
-                    scope.enter_context(batch_statistics(net))
-                for images, labels in self.batches:
-                    logits = net(images).float()
-                    out[0] += (logits.argmax(1) == labels).sum()
-                    out[1] += F.cross_entropy(logits, labels, reduction="sum").double()
-                    out[2] += labels.numel()
-        return out
-
-
-# -- the trace: the search's checkpoint ---------------------------------------------------------------------------
-def read_trace(path: Path, start: Subnet, choices: dict[str, tuple[int, ...]]) -> tuple[list[Step], bool]:
-    """The steps a killed search recorded, checked to follow one another; and whether its last line was torn (a
-    kill in the middle of a write: that step is dropped and recomputed)."""
-    if not path.is_file():
-        return [], False
-    lines = path.read_text().splitlines()
-    steps, torn = [], False
-    for i, line in enumerate(lines):
-        try:
-            step = Step.from_json(json.loads(line))
-        except (ValueError, KeyError, TypeError, UserError):
-            if i == len(lines) - 1:
-                torn = True
-                break
-            raise UserError(f"{path}: line {i + 1} is damaged; delete {path.parent} to search again") from None
-        ok = step.subnet == start if i == 0 else follows(steps[-1], step, choices)
-        if not ok:
-            raise UserError(f"{path}: step {i} does not follow from the one before with this model and its channel "
-                            f"bins; delete {path.parent} to search again")  # fmt: skip
-        steps.append(step)
-    return steps, torn
-
-
-def _append(path: Path, step: Step, index: int) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(step.to_json(index)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def plot_search(path: Path, steps: Sequence[Step], reference: Sequence[dict], found: dict[str, int],
-                targets: Sequence[float]) -> None:  # fmt: skip
-    """The greedy path's MACs against held-out top-1, the reference subnets beside it, the targets marked."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=120)
-    ax = fig.add_subplot()
-    ax.plot([s.macs / 1e6 for s in steps], [s.score.top1 for s in steps], "-", color="C0", lw=1.2,
-            label="greedy path")  # fmt: skip
-    rows = sorted(reference, key=lambda r: r["macs"])
-    ax.plot([r["macs"] / 1e6 for r in rows], [r["holdout_top1"] for r in rows], "s--", color="C1", ms=4,
-            label="named subnets (uniform widths)")  # fmt: skip
-    for t in targets:
-        ax.axvline(t / 1e6, color="grey", ls=":", lw=0.8)
-    for name, i in found.items():
-        ax.plot(steps[i].macs / 1e6, steps[i].score.top1, "o", color="C3", ms=6)
-        ax.annotate(name, (steps[i].macs / 1e6, steps[i].score.top1), textcoords="offset points", xytext=(4, -12),
-                    fontsize=7)  # fmt: skip
-    ax.set_xlabel("MACs (M)")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
 @register_stage("search", SearchConfig, reads=("supernet",), writes=("subnets",), check=check)
 def search(ctx: StageContext) -> None:
     """Greedy channel search on held-out training images (AutoSlim): subnets under each MACs target."""
@@ -260,16 +154,16 @@ def search(ctx: StageContext) -> None:
     if acc.is_main_process:
         ctx.dir.mkdir(parents=True, exist_ok=True)
         if torn:
-            write_text(trace, "".join(json.dumps(s.to_json(i)) + "\n" for i, s in enumerate(steps)))
+            write_trace(trace, steps)
     began = time.perf_counter()
-    score = HeldOutScorer(ctx, net, cfg)
+    score = HeldOutScorer(net, config, acc, cfg.batch_size, cfg.bn, cfg.calibrate_batches)
     if steps:
         acc.print(f"search: resuming after step {len(steps) - 1} ({steps[-1].macs:,} MACs) from {trace}")
 
     def record(step: Step) -> None:
         index = len(steps)  # `greedy_slim` appends the step to `steps` after recording it
         if acc.is_main_process:
-            _append(trace, step, index)
+            append_step(trace, step, index)
         change = "start" if step.removed is None else f"{step.removed} -> {step.subnet[step.removed]}"
         acc.print(f"search step {index}: {change}, {step.macs / 1e6:,.3f}M MACs, held-out top-1 "
                   f"{step.score.top1:.2f}%")  # fmt: skip

@@ -16,18 +16,15 @@ Choices made here, and why:
   DDP is told to ignore it, the engine never sees it in its optimizer, and the loop all-reduces its gradients
   itself (one flat all-reduce, a mean) before a plain torch optimizer steps it. Partitioning a few thousand
   parameters with ZeRO would save nothing, and this way DDP and DeepSpeed runs treat them identically.
-- A checkpoint is `accelerator.save_state` (model, main optimizer, scaler, RNG of every process) plus
-  `trainer.json` (where in which epoch), the other sets' optimizers and `ema.safetensors`, written into a hidden
-  folder renamed into place once complete: a crash never leaves a checkpoint that looks finished. Resume rebuilds
-  the epoch's loader (deterministic per seed and epoch) and skips the micro-batches already done.
+- Checkpoints (`dslim.training.checkpointing`) are written whole or not at all. Resume rebuilds the epoch's loader
+  (deterministic per seed and epoch) and skips the micro-batches already done.
+- What it logs goes through `dslim.training.metrics` (`metrics.jsonl`, TensorBoard, the progress bars).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
@@ -38,12 +35,12 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
-from dslim.checkpoint import load_tensors, save_tensors
 from dslim.config import TrainConfig
 from dslim.errors import UserError
-from dslim.io import write_text
 from dslim.models.base import Supernet
+from dslim.training.checkpointing import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from dslim.training.method import Batch, Method, StepContext, Update, Where
+from dslim.training.metrics import MetricsLog, mean_over, progress_bars, summary_line
 from dslim.training.optim import ParamSet, build_optimizer, lr_at, peak_lr
 from dslim.training.runtime import Stopped, StopRequests
 
@@ -60,78 +57,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.lerp_(m.to(e.dtype), 1.0 - decay)
         else:
             e.copy_(m)
-
-
-class MetricsLog:
-    """`metrics.jsonl` (one JSON object per line, main process only) and, optionally, TensorBoard.
-
-    A line cut short by a crash is dropped when the log is opened again, and a resumed stage first drops what it
-    logged after its checkpoint, so the file always parses and holds each step once.
-    """
-
-    def __init__(self, path: str | os.PathLike, accelerator: Accelerator) -> None:
-        self.path, self.accelerator = Path(path), accelerator
-        if accelerator.is_main_process and self.path.is_file():
-            text = self.path.read_text()
-            if text and not text.endswith("\n"):
-                write_text(self.path, text[: text.rfind("\n") + 1])
-
-    def rewind(self, stage: str, step: int) -> None:
-        """Forget the step and epoch records of `stage` after optimizer step `step` (a resume redoes them)."""
-        if not self.accelerator.is_main_process or not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if not _after(json.loads(line), stage, step)]
-        if len(kept) != len(lines):
-            write_text(self.path, "".join(kept))
-
-    def write(self, record: dict) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.accelerator.log_with:
-            numbers = {f"{record['stage']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
-            self.accelerator.log(numbers, step=record.get("step"))
-
-
-def _after(record: dict, stage: str, step: int) -> bool:
-    return record.get("stage") == stage and record.get("kind") in ("step", "epoch") and record.get("step", 0) > step
-
-
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's state as safetensors tensors plus JSON (param groups and non-tensor state)."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for i, entry in state["state"].items():
-        for k, v in entry.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{i}.{k}"] = v
-            else:
-                scalars[f"{i}.{k}"] = v
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        i, k = name.split(".", 1)
-        state.setdefault(int(i), {})[k] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 class Trainer:
@@ -195,57 +120,34 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.state_dir.is_dir():
-            return []
-        return sorted(p for p in self.state_dir.glob("ckpt-*") if p.is_dir())
+        return checkpoints(self.state_dir)
+
+    def _others(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of the sets outside Accelerate (all but the main one)."""
+        return {name: optimizer for name, optimizer in self.optimizers.items() if name != self.main}
 
     def save_checkpoint(self, epoch: int, batch: int) -> None:
         """Everything needed to continue at micro-batch `batch` of epoch `epoch`."""
-        acc = self.accelerator
-        final = self.state_dir / f"ckpt-{self.step:09d}"
-        if final.exists():
-            return
-        tmp = self.state_dir / f".tmp-ckpt-{self.step:09d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()  # every process's files are in before the folder is renamed
-        if acc.is_main_process:
-            state = {
-                "stage": self.stage,
-                "step": self.step,
-                "epoch": epoch,
-                "batch": batch,
-                "batch_size": self.batch_size,
-                "processes": acc.num_processes,
-                "grad_accum": self.cfg.grad_accum,
-                "sets": list(self.sets),
-            }
-            for name, optimizer in self.optimizers.items():
-                if name != self.main:
-                    tensors, meta = _optimizer_tensors(optimizer)
-                    save_tensors(tensors, tmp / f"optimizer-{name}.safetensors", meta)
-            if self.ema is not None:
-                save_tensors(self.ema.state_dict(), tmp / "ema.safetensors", {"stage": self.stage, "step": self.step})
-            (tmp / "trainer.json").write_text(json.dumps(state))
-            os.replace(tmp, final)
-            for old in self.checkpoints()[: -max(self.cfg.keep_last, 1)]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        state = {
+            "stage": self.stage,
+            "step": self.step,
+            "epoch": epoch,
+            "batch": batch,
+            "batch_size": self.batch_size,
+            "processes": self.accelerator.num_processes,
+            "grad_accum": self.cfg.grad_accum,
+            "sets": list(self.sets),
+        }
+        save_checkpoint(self.accelerator, self.state_dir, self.step, state, self._others(), self.ema,
+                        self.cfg.keep_last)  # fmt: skip
 
     def resume(self) -> tuple[int, int]:
         """Load the newest checkpoint, if any; returns (epoch, micro-batches of it already done)."""
-        found = self.checkpoints()
-        if self.accelerator.is_main_process:
-            for stale in self.state_dir.glob(".tmp-ckpt-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        if not found:
+        found = latest_checkpoint(self.state_dir, self.accelerator)
+        if found is None:
             self.metrics.rewind(self.stage, 0)  # an attempt killed before its first checkpoint starts over
             return 0, 0
-        latest = found[-1]
-        state = json.loads((latest / "trainer.json").read_text())
+        latest, state = found
         was = (state["batch_size"], state["processes"], state["grad_accum"])
         now = (self.batch_size, self.accelerator.num_processes, self.cfg.grad_accum)
         if was != now:
@@ -253,13 +155,7 @@ class Trainer:
                 f"{latest} was written with (batch size, processes, grad accum) = {was}, this run has {now}: "
                 "resume with the same settings, or use a new --out-dir"
             )
-        self.accelerator.load_state(str(latest))
-        for name, optimizer in self.optimizers.items():
-            if name != self.main:
-                _load_optimizer(optimizer, *load_tensors(latest / f"optimizer-{name}.safetensors"))
-        if self.ema is not None:
-            tensors, _ = load_tensors(latest / "ema.safetensors")
-            self.ema.load_state_dict(tensors)
+        load_checkpoint(self.accelerator, latest, self._others(), self.ema)
         self.step = state["step"]
         self.metrics.rewind(self.stage, self.step)
         self.accelerator.print(f"{self.stage}: resuming from {latest} (epoch {state['epoch']}, step {self.step})")
@@ -283,7 +179,7 @@ class Trainer:
         if per_epoch == 0:
             raise UserError(f"an epoch has fewer batches than --stages.{self.stage}.grad-accum {cfg.grad_accum}")
         show = acc.is_main_process and sys.stdout.isatty()
-        with _progress(show) as progress, StopRequests(acc) as stops:
+        with progress_bars(show) as progress, StopRequests(acc) as stops:
             epochs_bar = progress.add_task(f"{self.stage} epochs", total=cfg.epochs, completed=start_epoch, info="")
             steps_bar = progress.add_task("steps", total=per_epoch, info="")
             for epoch in range(start_epoch, cfg.epochs):
@@ -308,7 +204,7 @@ class Trainer:
                     window_steps += 1
                     if self.step % cfg.log_every == 0 or i == per_epoch - 1:
                         now = time.perf_counter()
-                        values = self._mean(window)
+                        values = mean_over(window, self.accelerator)
                         img_s = window_steps * self.global_batch / max(now - window_start, 1e-9)
                         self.metrics.write({"kind": "step", "stage": self.stage, "step": self.step,
                                             "epoch": round(self.step / per_epoch, 4), **lrs, **values,
@@ -329,13 +225,13 @@ class Trainer:
                         self.save_checkpoint(epoch, (i + 1) * cfg.grad_accum)
                 seconds = time.perf_counter() - epoch_start
                 summary = {"kind": "epoch", "stage": self.stage, "step": self.step, "epoch": epoch + 1,
-                           **self._mean(sums), "seconds": round(seconds, 2)}  # fmt: skip
+                           **mean_over(sums, self.accelerator), "seconds": round(seconds, 2)}  # fmt: skip
                 if on_epoch_end is not None:
                     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
                     with torch.random.fork_rng(devices=devices):  # evaluation must not move the training RNG
                         summary.update(on_epoch_end(epoch))
                 self.metrics.write({**summary, "time": time.time()})
-                acc.print(self._summary_line(summary, cfg.epochs, epoch_steps * self.global_batch / seconds))
+                acc.print(summary_line(self.stage, summary, cfg.epochs, epoch_steps * self.global_batch / seconds))
                 self.save_checkpoint(epoch + 1, 0)
                 progress.update(epochs_bar, completed=epoch + 1)
         acc.wait_for_everyone()
@@ -414,21 +310,3 @@ class Trainer:
         for p, g in zip(params, grads):
             p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
             offset += g.numel()
-
-    def _mean(self, sums: dict[str, list]) -> dict[str, float]:
-        """Means over the steps that logged each value and over processes (a collective: every process calls it
-        at the same steps, with the same names, as methods log the same values on every process)."""
-        if not sums:
-            return {}
-        names = sorted(sums)
-        stacked = torch.stack([torch.as_tensor(sums[k][0], device=self.accelerator.device).float() for k in names])
-        reduced = self.accelerator.reduce(stacked, "mean").tolist()
-        return {k: round(float(v) / sums[k][1], 6) for k, v in zip(names, reduced)}
-
-    def _summary_line(self, s: dict, epochs: int, img_s: float) -> str:
-        extra = "  ".join(f"{k} {v:.2f}" for k, v in s.items() if k.startswith("top1"))
-        loss = s.get("loss", float("nan"))
-        return (
-            f"{self.stage} epoch {s['epoch']}/{epochs}: loss {loss:.4f}  {img_s:,.0f} img/s  {s['seconds']:.1f} s"
-            + (f"  | {extra}" if extra else "")
-        )

@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.io import write_text
+from dslim.io.atomic import write_text
 from dslim.models.base import Supernet
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from dslim.subnet import Subnet

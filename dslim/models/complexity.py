@@ -179,3 +179,12 @@ class MacsModel:
 def route_macs(supernet: nn.Module, routes: list[Subnet], input_size: int) -> torch.Tensor:
     """Exact MACs of each route; `onehot @ route_macs` is a per-sample MACs differentiable through the one-hot."""
     return torch.tensor([float(measure(supernet, input_size, r).macs) for r in routes])
+
+
+def profile_subnets(net: nn.Module, subnets: Mapping[str, Subnet], input_size: int) -> list[dict]:
+    """One row per subnet: name, MACs and params of the sliced subnet at `input_size`."""
+    rows = []
+    for name, subnet in subnets.items():
+        cost = measure(net, input_size, subnet)
+        rows.append({"subnet": name, "macs": cost.macs, "params": cost.params})
+    return rows

@@ -1,5 +1,9 @@
 """A small reference runner for exported ONNX models on onnxruntime (numpy only, no torch needed at deployment).
 
+It imports nothing of dslim but `dslim.errors`, and `dslim/__init__.py` loads its public names lazily, so
+`from dslim.deploy import runtime` works on a machine with onnxruntime and numpy alone (tests/test_onnx.py checks it
+with torch made unimportable).
+
 `load(path)` opens a static subnet (`F.onnx`: `model(images) -> logits`) or a dynamic model's folder
 (`model(images) -> (logits, decisions)`). The folder holds one graph per part of the model and `routing.json`, the
 routing program of `dslim.models.routing`: `execute` interprets it, running each `dispatch` step's graphs on the

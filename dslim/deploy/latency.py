@@ -1,4 +1,4 @@
-"""Latency measured on this device, and the table that searches and cards read (`latency.json`).
+"""Latency measured on this device: what `latency.json` holds (`dslim.deploy.latency_table` reads it back).
 
 What is timed is what deployment runs: each subnet as the standalone module `dslim.extract` makes (physically
 sliced, standard layers), each route of a dynamic model as its exported graphs run in sequence (the shared prefix
@@ -13,13 +13,13 @@ exported module timed in place at the channel counts of a few probe subnets (the
 non-negative least-squares fit per layer of its time against its channels, and a per-batch calibration of the
 summed layer times against the probes' measured totals (the sum misses what runs between layers). Any subnet's
 latency is then estimated from its layers' channel counts, the way Once-for-All's latency look-up tables let users
-predict latency on their own device; `LatencyTable.latency` answers a measured subnet exactly and estimates the rest.
+predict latency on their own device; `dslim.deploy.latency_table.LatencyTable.latency` answers a measured subnet
+exactly and estimates the rest.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import random
@@ -33,11 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.complexity import measure
-from dslim.deploy import extract, extract_graphs
-from dslim.errors import UserError
+from dslim.deploy.extraction import extract, extract_graphs
+from dslim.deploy.runtime import execute
 from dslim.models.base import Supernet
-from dslim.onnx_runtime import execute
+from dslim.models.complexity import measure
 from dslim.subnet import Subnet
 from dslim.ui import progress
 
@@ -225,7 +224,7 @@ def _features(c_in: float, c_out: float) -> list[float]:
     return [1.0, c_in * c_out, c_in + c_out]
 
 
-def _predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
+def predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
     return max(0.0, float(np.dot(coef, _features(c_in, c_out))))
 
 
@@ -257,7 +256,7 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
     for key, pts in points.items():
         for p in pts:
             for b in p[2]:
-                sums[p[3]][b] = sums[p[3]].get(b, 0.0) + _predict(fits[key][b], p[0], p[1])
+                sums[p[3]][b] = sums[p[3]].get(b, 0.0) + predict(fits[key][b], p[0], p[1])
     calibration = {}
     for b in map(str, batches):
         X = np.array([[sums[n][b], 1.0] for n in probes])
@@ -301,96 +300,3 @@ def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, 
         table["layers"] = layer_table(supernet, probes, totals, size, batches, device, warmup, repeats)
     table["device"] = {**device_info(device), "load_before": load_before}
     return table
-
-
-class LatencyTable:
-    """A `latency.json`, read and checked: what a search, a card or `profile` asks latency of."""
-
-    def __init__(self, data: dict, where: str = "latency table") -> None:
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("subnets"), dict):
-            raise UserError(f"{where} is not a dslim latency table (format {FORMAT!r}; written by dslim.latency)")
-        self.data, self.where = data, where
-        self._shapes: dict[Subnet, dict] = {}
-        batches = data.get("batches")
-        if not isinstance(batches, list) or not batches:
-            raise UserError(f"{where}: `batches` must list the batch sizes measured")
-        self._measured: dict[Subnet, tuple[str, dict]] = {}
-        for part in ("routes", "subnets"):
-            rows = data.get(part, {})
-            if not isinstance(rows, dict):
-                raise UserError(f"{where}: {part!r} must map names to entries")
-            for name, row in rows.items():
-                ok = isinstance(row, dict) and isinstance(row.get("ms"), dict) and "subnet" in row
-                if not ok or not {str(b) for b in batches} <= set(row["ms"]):
-                    raise UserError(f"{where}: entry {name!r} of {part!r} lacks its subnet or a batch's time")
-                self._measured[Subnet.from_json(row["subnet"], f"{where}: {name!r}")] = (name, row["ms"])
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> LatencyTable:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read latency table {path} ({e})") from None
-        return cls(data, str(path))
-
-    @property
-    def batches(self) -> list[int]:
-        return [int(b) for b in self.data["batches"]]
-
-    @property
-    def device(self) -> dict:
-        return self.data.get("device", {})
-
-    def check(self, supernet: Supernet, input_size: int) -> None:
-        """The table must describe this architecture at this input size, each subnet it measured one of `supernet`'s."""
-        if self.data.get("arch") != supernet.arch or self.data.get("input_size") != input_size:
-            raise UserError(
-                f"{self.where} was measured for {self.data.get('arch')} at {self.data.get('input_size')}px, not "
-                f"{supernet.arch} at {input_size}px: measure this model with python -m dslim.latency"
-            )
-        for subnet, (name, _) in self._measured.items():
-            try:
-                supernet.check(subnet)
-            except UserError as e:
-                raise UserError(f"{self.where} was measured for another {supernet.arch} (its {name!r}: {e}); measure "
-                                "this model with python -m dslim.latency") from None  # fmt: skip
-
-    def measured(self, subnet: Subnet) -> dict[str, float] | None:
-        """`{batch: ms}` if `subnet` (its channels and block mask) was measured."""
-        found = self._measured.get(subnet)
-        return None if found is None else found[1]
-
-    def answers(self, subnet: Subnet) -> bool:
-        """Whether `latency` can say something about `subnet` (measured, or a per-layer table to estimate it)."""
-        return self.measured(subnet) is not None or "layers" in self.data
-
-    def latency(self, subnet: Subnet, batch: int, supernet: Supernet | None = None) -> tuple[float, bool]:
-        """`(ms, estimated)`: the measured latency of `subnet` at `batch`, else its estimate from the per-layer
-        table (which needs the `supernet`), else a `UserError` saying how to get one."""
-        if str(batch) not in map(str, self.data["batches"]):
-            raise UserError(f"{self.where} has no measurements at batch {batch} (it has {self.data['batches']})")
-        measured = self.measured(subnet)
-        if measured is not None:
-            return measured[str(batch)], False
-        if "layers" not in self.data or supernet is None:
-            names = ", ".join(name for name, _ in self._measured.values())
-            raise UserError(
-                f"{self.where} did not measure subnet {dict(subnet.items())} (it measured {names}); measure it "
-                "(python -m dslim.latency --subnets NAME) or build a per-layer table (--layers N) to estimate any"
-            )
-        return self.estimate(supernet, subnet, batch), True
-
-    def estimate(self, supernet: Supernet, subnet: Subnet, batch: int) -> float:
-        """The per-layer table's prediction of `subnet`'s latency at `batch` (ms)."""
-        if subnet not in self._shapes:
-            self._shapes[subnet] = layer_shapes(extract(supernet, subnet, weights=False), self.data["input_size"])
-        try:
-            fits, (scale, offset) = self.data["layers"]["fits"], self.data["layers"]["calibration"][str(batch)]
-            total = 0.0
-            for key, (c_in, c_out) in self._shapes[subnet].items():
-                if key not in fits:
-                    raise UserError(f"{self.where}: layer {key} was never measured; rebuild the table with --layers")
-                total += _predict(fits[key][str(batch)], c_in, c_out)
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{self.where}: its per-layer table is malformed; measure it again") from None
-        return max(0.0, scale * total + offset)

@@ -16,11 +16,13 @@ import os
 from pathlib import Path
 
 import dslim
-from dslim.complexity import measure
 from dslim.config import Config
-from dslim.deploy import widest
+from dslim.deploy.extraction import widest
+from dslim.deploy.latency_table import LatencyTable
+from dslim.errors import UserError
 from dslim.io import write_json
 from dslim.models.base import Supernet
+from dslim.models.complexity import measure
 from dslim.subnet import Subnet
 
 FORMAT = "dslim.card/1"
@@ -59,9 +61,6 @@ def _accuracy(run_dir: Path | None, name: str | None) -> dict | None:
 
 def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, Subnet]) -> dict | None:
     """`{name: {batch: ms}}` of `subnets` from the run's latency.json (measured, or estimated from its layers)."""
-    from dslim.errors import UserError
-    from dslim.timing import LatencyTable
-
     path = run_dir / "latency.json" if run_dir is not None else None
     if path is None or not path.is_file():
         return None

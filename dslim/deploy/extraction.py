@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from dslim.checkpoint import arch_class, build_checked, field, load_tensors, save_tensors
 from dslim.errors import UserError
+from dslim.io.artifacts import arch_class, build_checked, field, load_tensors, save_tensors
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.models.routing import GraphSpec, RoutedNet

@@ -167,16 +167,17 @@ def calibrate_missing(
     supernet: Supernet,
     config: Config,
     subnets: Mapping[str, Subnet],
+    num_batches: int,
     *,
     accelerator=None,  # type: ignore[no-untyped-def]
-    num_batches: int | None = None,
 ) -> None:
     """Give every subnet statistics before evaluation or export, or say why it cannot have them.
 
     With a shared affine (calibrated or private BatchNorm) any subnet can be calibrated from one checkpoint (the
-    released US-Net could not): those without statistics are calibrated on `num_batches` (default
-    `config.stages.evaluate.calibrate_batches`) training batches. Switchable BatchNorm has an affine only for the
-    subnets it was trained at.
+    released US-Net could not): those without statistics are calibrated on `num_batches` training batches (a run
+    uses its evaluate stage's `calibrate_batches`: `dslim.stages.evaluate.calibration_batches`). Switchable
+    BatchNorm has an affine only for the subnets it was trained at. Nothing to calibrate: no data is read and no
+    process waits for another.
     """
     from dslim.data import build_loader
 
@@ -188,6 +189,5 @@ def calibrate_missing(
             f"no BatchNorm statistics for {', '.join(missing)}: switchable BatchNorm exists only for the subnets it "
             "was trained with; choose one of those"
         )
-    n = config.stages.evaluate.calibrate_batches if num_batches is None else num_batches  # type: ignore[attr-defined]
     batches = build_loader(config.data, "train", config.model.input_size, seed=config.seed, **shard_of(accelerator))
-    recalibrate(supernet, missing, batches, n, accelerator)
+    recalibrate(supernet, missing, batches, num_batches, accelerator)

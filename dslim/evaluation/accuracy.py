@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Literal
 
 import torch
 
-from dslim.complexity import measure
+from dslim.config import Config
 from dslim.errors import UserError
+from dslim.evaluation.calibration import calibrate_missing, shard_of
 from dslim.models.base import Supernet
+from dslim.models.complexity import measure
 from dslim.subnet import Subnet
 from dslim.ui import progress
 
@@ -107,3 +110,30 @@ def evaluate_dynamic(
     row = {**_percent(counts.cpu()), **supernet.route_report(every, input_size)}  # type: ignore[attr-defined]
     summary = supernet.route_summary(row)
     return {**row, "summary": summary} if summary else row
+
+
+def run_evaluation(
+    net: Supernet,
+    config: Config,
+    subnets: Mapping[str, Subnet],
+    calibrate_batches: int,
+    accelerator=None,  # type: ignore[no-untyped-def]
+    max_batches: int | None = None,
+    split: Literal["val", "holdout"] = "val",
+) -> tuple[list[dict], dict | None]:
+    """What the evaluate stage and `dslim.evaluate` compute: the subnets (calibrated first on `calibrate_batches`
+    training batches if they must be) and, for a model whose router has been trained, the dynamic model, on
+    `split`. Returns `(rows, dynamic row or None)`."""
+    from dslim.data import build_loader
+
+    calibrate_missing(net, config, subnets, calibrate_batches, accelerator=accelerator)
+    size = config.model.input_size
+
+    def val():  # type: ignore[no-untyped-def]
+        return build_loader(config.data, split, size, seed=config.seed, **shard_of(accelerator))
+
+    rows = evaluate(net, subnets, val(), size, accelerator, max_batches)
+    dynamic = None
+    if net.is_dynamic and net.router_trained:
+        dynamic = evaluate_dynamic(net, val(), size, accelerator, max_batches)
+    return rows, dynamic

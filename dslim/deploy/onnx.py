@@ -4,9 +4,9 @@ A static subnet is exported from `dslim.extract` (standard layers, physically sl
 only the subnet's weights; the batch axis of every input and output is dynamic. A dynamic model (a
 `dslim.models.routing.Dynamic`: DS-Net's gate, BlockDrop's policy) cannot be one graph: its decisions depend on the
 input, which ONNX exports only through prototype control flow. So each graph of its `export_plan()` (e.g. the
-shared prefix with the gate, one tail per route) is exported alone from `dslim.deploy.extract_graphs`, and
-`routing.json` (the plan's routing program plus each graph's file, inputs, outputs and channels) tells a runtime
-how to route; `dslim.onnx_runtime` is the reference runner. The folder is written whole or not at all.
+shared prefix with the gate, one tail per route) is exported alone from `dslim.deploy.extraction.extract_graphs`,
+and `routing.json` (the plan's routing program plus each graph's file, inputs, outputs and channels) tells a runtime
+how to route; `dslim.deploy.runtime` is the reference runner. The folder is written whole or not at all.
 
 Exporters: `dynamo` (`torch.export`, PyTorch's default since 2.9) or `torchscript` (the older tracer: deprecated,
 but many times faster on a CPU). Both fold BatchNorm into the convolutions in eval mode.
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.deploy import extract, extract_graphs
+from dslim.deploy.extraction import extract, extract_graphs
+from dslim.deploy.runtime import ROUTING, ROUTING_FORMAT, execute
 from dslim.errors import UserError
 from dslim.io import atomic_dir, atomic_write, write_json
 from dslim.models.base import Supernet
-from dslim.onnx_runtime import ROUTING, ROUTING_FORMAT, execute
 from dslim.subnet import Subnet
 
 Exporter = Literal["dynamo", "torchscript"]
@@ -91,7 +91,14 @@ def export_static(
     supernet: Supernet, subnet: Subnet, path: str | os.PathLike, input_size: int, exporter: Exporter = "dynamo"
 ) -> nn.Module:
     """`subnet` as one ONNX graph `image -> logits` holding only its sliced weights; returns the module exported."""
-    model = extract(supernet, subnet).float()
+    return export_extracted(extract(supernet, subnet), path, input_size, exporter)
+
+
+def export_extracted(
+    model: nn.Module, path: str | os.PathLike, input_size: int, exporter: Exporter = "dynamo"
+) -> nn.Module:
+    """A module `extract` made, in float32, as one ONNX graph `image -> logits`; returns it."""
+    model = model.float()
     export_module(model, (_image(input_size),), ["image"], ["logits"], path, exporter)
     return model
 

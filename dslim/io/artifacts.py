@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.io import atomic_write
+from dslim.io.atomic import atomic_write
+from dslim.models.registry import supernet_class
 from dslim.subnet import Subnet
 
 SUPERNET_FORMAT = "dslim.supernet/1"
@@ -62,8 +63,6 @@ def field(meta: dict, name: str, kind: type, path: str | os.PathLike) -> object:
 
 def arch_class(meta: dict, path: str | os.PathLike) -> type:
     """The registered architecture a file's metadata names; a `UserError` naming the file otherwise."""
-    from dslim.models.registry import supernet_class
-
     name = field(meta, "arch", str, path)
     try:
         return supernet_class(name)  # type: ignore[arg-type]

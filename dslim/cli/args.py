@@ -1,4 +1,7 @@
-"""Shared command-line parsing: `--recipe` picks the defaults, tyro parses every override on top of them."""
+"""Shared command-line parsing: `--recipe` picks the defaults, tyro parses every override on top of them.
+
+Importing `dslim.recipes` registers the built-in stages, so `Config()` has their settings.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +38,9 @@ def parse(command: type[C], argv: Sequence[str] | None, description: str, requir
     parsed = tyro.cli(command, default=default, args=argv, description=description)
     recipes.validate(parsed.config)  # type: ignore[attr-defined]
     return parsed
+
+
+def has_run(argv: Sequence[str] | None) -> bool:
+    """Whether the command line gives `--run D` (then a recipe is not needed: the run recorded its config)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return any(a == "--run" or a.startswith("--run=") for a in args)

@@ -1,0 +1,124 @@
+"""The latency table (`latency.json`, written by `dslim.deploy.latency.measure_table`), read and checked: what a
+search's latency budgets, an export card and `dslim.profile --latency` ask latency of.
+
+A subnet the table measured is answered exactly; any other is estimated from the table's per-layer fits (when it
+has them) at that subnet's channel counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dslim.deploy.extraction import extract
+from dslim.deploy.latency import FORMAT, layer_shapes, predict
+from dslim.errors import UserError
+from dslim.models.base import Supernet
+from dslim.subnet import Subnet
+
+
+class LatencyTable:
+    """A `latency.json`, read and checked: what a search, a card or `profile` asks latency of."""
+
+    def __init__(self, data: dict, where: str = "latency table") -> None:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("subnets"), dict):
+            raise UserError(f"{where} is not a dslim latency table (format {FORMAT!r}; written by dslim.latency)")
+        self.data, self.where = data, where
+        self._shapes: dict[Subnet, dict] = {}
+        batches = data.get("batches")
+        if not isinstance(batches, list) or not batches:
+            raise UserError(f"{where}: `batches` must list the batch sizes measured")
+        self._measured: dict[Subnet, tuple[str, dict]] = {}
+        for part in ("routes", "subnets"):
+            rows = data.get(part, {})
+            if not isinstance(rows, dict):
+                raise UserError(f"{where}: {part!r} must map names to entries")
+            for name, row in rows.items():
+                ok = isinstance(row, dict) and isinstance(row.get("ms"), dict) and "subnet" in row
+                if not ok or not {str(b) for b in batches} <= set(row["ms"]):
+                    raise UserError(f"{where}: entry {name!r} of {part!r} lacks its subnet or a batch's time")
+                self._measured[Subnet.from_json(row["subnet"], f"{where}: {name!r}")] = (name, row["ms"])
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> LatencyTable:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read latency table {path} ({e})") from None
+        return cls(data, str(path))
+
+    @property
+    def batches(self) -> list[int]:
+        return [int(b) for b in self.data["batches"]]
+
+    @property
+    def device(self) -> dict:
+        return self.data.get("device", {})
+
+    def check(self, supernet: Supernet, input_size: int) -> None:
+        """The table must describe this architecture at this input size, each subnet it measured one of `supernet`'s."""
+        if self.data.get("arch") != supernet.arch or self.data.get("input_size") != input_size:
+            raise UserError(
+                f"{self.where} was measured for {self.data.get('arch')} at {self.data.get('input_size')}px, not "
+                f"{supernet.arch} at {input_size}px: measure this model with python -m dslim.latency"
+            )
+        for subnet, (name, _) in self._measured.items():
+            try:
+                supernet.check(subnet)
+            except UserError as e:
+                raise UserError(f"{self.where} was measured for another {supernet.arch} (its {name!r}: {e}); measure "
+                                "this model with python -m dslim.latency") from None  # fmt: skip
+
+    def measured(self, subnet: Subnet) -> dict[str, float] | None:
+        """`{batch: ms}` if `subnet` (its channels and block mask) was measured."""
+        found = self._measured.get(subnet)
+        return None if found is None else found[1]
+
+    def answers(self, subnet: Subnet) -> bool:
+        """Whether `latency` can say something about `subnet` (measured, or a per-layer table to estimate it)."""
+        return self.measured(subnet) is not None or "layers" in self.data
+
+    def latency(self, subnet: Subnet, batch: int, supernet: Supernet | None = None) -> tuple[float, bool]:
+        """`(ms, estimated)`: the measured latency of `subnet` at `batch`, else its estimate from the per-layer
+        table (which needs the `supernet`), else a `UserError` saying how to get one."""
+        if str(batch) not in map(str, self.data["batches"]):
+            raise UserError(f"{self.where} has no measurements at batch {batch} (it has {self.data['batches']})")
+        measured = self.measured(subnet)
+        if measured is not None:
+            return measured[str(batch)], False
+        if "layers" not in self.data or supernet is None:
+            names = ", ".join(name for name, _ in self._measured.values())
+            raise UserError(
+                f"{self.where} did not measure subnet {dict(subnet.items())} (it measured {names}); measure it "
+                "(python -m dslim.latency --subnets NAME) or build a per-layer table (--layers N) to estimate any"
+            )
+        return self.estimate(supernet, subnet, batch), True
+
+    def estimate(self, supernet: Supernet, subnet: Subnet, batch: int) -> float:
+        """The per-layer table's prediction of `subnet`'s latency at `batch` (ms)."""
+        if subnet not in self._shapes:
+            self._shapes[subnet] = layer_shapes(extract(supernet, subnet, weights=False), self.data["input_size"])
+        try:
+            fits, (scale, offset) = self.data["layers"]["fits"], self.data["layers"]["calibration"][str(batch)]
+            total = 0.0
+            for key, (c_in, c_out) in self._shapes[subnet].items():
+                if key not in fits:
+                    raise UserError(f"{self.where}: layer {key} was never measured; rebuild the table with --layers")
+                total += predict(fits[key][str(batch)], c_in, c_out)
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.where}: its per-layer table is malformed; measure it again") from None
+        return max(0.0, scale * total + offset)
+
+
+def add_latency(rows: list[dict], net: Supernet, subnets: dict[str, Subnet], path: str, input_size: int) -> list[int]:
+    """Each row's `latency_ms` (`{batch: ms}`, or None) and `latency_estimated` from the table at `path`; returns
+    the table's batch sizes."""
+    table = LatencyTable.read(path)
+    table.check(net, input_size)
+    for row in rows:
+        subnet = subnets[row["subnet"]]
+        found = {b: table.latency(subnet, b, net) for b in table.batches} if table.answers(subnet) else {}
+        row["latency_ms"] = {str(b): round(ms, 4) for b, (ms, _) in found.items()} or None
+        row["latency_estimated"] = any(estimated for _, estimated in found.values())
+    return table.batches
