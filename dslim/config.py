@@ -234,7 +234,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Learning-rate schedule over a stage's epochs (stepped per optimizer step)."""
+    """Learning-rate schedule over a stage's epochs (a function of the optimizer step)."""
 
     kind: Literal["cosine", "linear", "step", "exp", "constant"] = "cosine"
     """Cosine to `min_lr`, linear decay to `min_lr`, step decay by `gamma` at `milestones`, exponential decay by
@@ -251,6 +251,12 @@ class ScheduleConfig:
     """Epochs at which `step` multiplies the rate by `gamma`."""
     gamma: NonNegativeFloat = 0.1
     """Factor of `step` (per milestone) and `exp` (per epoch) decay."""
+    per_epoch: bool = False
+    """Change the rate at epoch boundaries only, as a scheduler stepped once per epoch does (timm's, torch's
+    `MultiStepLR`, BlockDrop's); otherwise at every optimizer step."""
+    warmup_prefix: bool = True
+    """The decay starts when warm-up ends; False: it is timed from epoch 0 and warm-up replaces its first epochs
+    (timm's default, so DS-Net's cosine)."""
 
 
 @dataclass(frozen=True)
@@ -264,10 +270,19 @@ class TrainConfig:
     """Epochs of this stage."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    global_batch: NonNegative = 0
+    """Images per optimizer step, over all processes and accumulated micro-batches (the original's GPUs x per-GPU
+    batch): each process reads micro-batches of at most `data.batch_size` and accumulates as many as it takes.
+    0: `data.batch_size` per process and `grad_accum` micro-batches."""
     ema_decay: Annotated[float, in_range(0.0, 1.0)] = 0.0
-    """Decay of the weights' exponential moving average (0: no EMA)."""
+    """Decay of the weights' exponential moving average (0: no EMA). The EMA is validated after every epoch and
+    written beside the stage's artifact (`<stage>/ema.safetensors`)."""
+    ema_artifact: bool = False
+    """Hand on the EMA: the stage's artifact (what later stages, `evaluate` and `export` read) holds the EMA, and
+    the trained weights are written beside it (`<stage>/weights.safetensors`). DS-Net's gate: the original reports
+    its EMA."""
     grad_accum: Positive = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (with `global_batch` 0)."""
     checkpoint_every: NonNegative = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     keep_last: Positive = 2

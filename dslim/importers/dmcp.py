@@ -27,6 +27,7 @@ import torch
 from dslim.config import in_range
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
+from dslim.io import preprocessing
 from dslim.methods.dmcp import DmcpRecord, MarkovChannels, make_chains
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
@@ -141,4 +142,6 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     if dropped:
         note += "; alpha_last left out (dslim keeps the last 1x1 conv whole)"
     record = DmcpRecord(0.0, expected, chains)  # no target: the sample stage asks for one
-    return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note}
+    imagenet = preprocessing.convention(**preprocessing.IMAGENET, input_size=224)  # Zx55/dmcp utils/data.py
+    return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note,
+                 "preprocessing": imagenet}  # fmt: skip

@@ -26,12 +26,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dslim.config import Config, validate_fields
+from dslim.config import Config, TrainConfig, option_name, validate_fields
 from dslim.errors import UserError
-from dslim.io import write_json
+from dslim.io import preprocessing, write_json
 from dslim.io.artifacts import load_supernet
 from dslim.models import from_config
-from dslim.stages.context import StageContext
+from dslim.stages.context import StageContext, batching
 from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.stages.registry import STAGES
@@ -62,9 +62,12 @@ def validate(config: Config, stages: Sequence[str] | None = None, where: str = "
     with torch.device("meta"):
         net = from_config(config.model)
     for name in config.pipeline if stages is None else stages:
-        stage = STAGES.get(name)
+        stage, settings = STAGES.get(name), getattr(config.stages, name)
+        if isinstance(settings, TrainConfig) and settings.ema_artifact and not settings.ema_decay:
+            raise UserError(f"{option_name(f'stages.{name}.ema_artifact')} hands on the EMA of the weights: set "
+                            f"{option_name(f'stages.{name}.ema_decay')}")  # fmt: skip
         if stage.check is not None:
-            stage.check(config, net, getattr(config.stages, name))
+            stage.check(config, net, settings)
 
 
 def _plain(obj: object) -> object:
@@ -175,6 +178,8 @@ def run_pipeline(
     check_data(config, selected)
     check_out_dir(layout.root)
     acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
+    for name in selected:  # a global batch these processes cannot split is refused before any work
+        batching(getattr(config.stages, name), config.data.batch_size, name, acc.num_processes)
     layout.root.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         layout.sweep()
@@ -194,6 +199,8 @@ def run_pipeline(
         if start is not None:
             acc.print(f"{name}: starting from {start}")
         net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
+        if start is not None:
+            preprocessing.check_matches(preprocessing.read(meta, start), config.data, start)
         ctx = StageContext(
             stage=stage,
             settings=getattr(config.stages, name),
