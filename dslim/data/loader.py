@@ -33,7 +33,8 @@ def resolve_root(cfg: DataConfig) -> Path:
 
 def dataset_classes(cfg: DataConfig) -> int:
     """Number of classes of the data set, from folder names, CIFAR's layout or the WebDataset index; no image is
-    decoded, so it can be checked against the model before training."""
+    decoded, so it can be checked against the model before training (the data settings are checked too)."""
+    _check(cfg)
     return count_classes(resolve_root(cfg), cfg.format, Path(cfg.cache_dir).expanduser())
 
 

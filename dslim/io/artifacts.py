@@ -32,14 +32,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, meta
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"dslim": json.dumps(metadata)}))
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata (a JSON object) of a file written by `save_tensors`."""
+def load_tensors(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata (a JSON object) of a file written by `save_tensors`; `tensors=False`: the metadata
+    alone (the tensors are not read)."""
     if not Path(path).is_file():
         raise UserError(f"no such file: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("dslim")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if raw is None:
@@ -50,7 +51,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise UserError(f"{path}: its dslim metadata is not JSON; the file is damaged or not from dslim") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: its dslim metadata is not a JSON object; the file is damaged or not from dslim")
-    return tensors, meta
+    return found, meta
 
 
 def field(meta: dict, name: str, kind: type, path: str | os.PathLike) -> object:

@@ -36,10 +36,7 @@ def batching(cfg: object, most: int, stage: str, processes: int) -> tuple[int, i
         return most, 1
     if not cfg.global_batch:
         return most, cfg.grad_accum
-    option = option_name(f"stages.{stage}.global_batch")
-    if cfg.grad_accum != 1:
-        raise UserError(f"{option} derives the accumulation: leave {option_name(f'stages.{stage}.grad_accum')} at 1")
-    return split_batch(cfg.global_batch, processes, most, option)
+    return split_batch(cfg.global_batch, processes, most, option_name(f"stages.{stage}.global_batch"))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from accelerate.utils import set_seed
 from dslim.config import Config, TrainConfig, option_name, validate_fields
 from dslim.errors import UserError
 from dslim.io import preprocessing, write_json
-from dslim.io.artifacts import load_supernet
+from dslim.io.artifacts import load_supernet, load_tensors
 from dslim.models import from_config
 from dslim.stages.context import StageContext, batching
 from dslim.stages.evaluate import calibration_batches
@@ -63,11 +63,19 @@ def validate(config: Config, stages: Sequence[str] | None = None, where: str = "
         net = from_config(config.model)
     for name in config.pipeline if stages is None else stages:
         stage, settings = STAGES.get(name), getattr(config.stages, name)
-        if isinstance(settings, TrainConfig) and settings.ema_artifact and not settings.ema_decay:
-            raise UserError(f"{option_name(f'stages.{name}.ema_artifact')} hands on the EMA of the weights: set "
-                            f"{option_name(f'stages.{name}.ema_decay')}")  # fmt: skip
+        if isinstance(settings, TrainConfig):
+            check_training(settings, name)
         if stage.check is not None:
             stage.check(config, net, settings)
+
+
+def check_training(cfg: TrainConfig, stage: str) -> None:
+    """Settings of the shared training loop that contradict each other."""
+    option = lambda name: option_name(f"stages.{stage}.{name}")  # noqa: E731
+    if cfg.ema_artifact and not cfg.ema_decay:
+        raise UserError(f"{option('ema_artifact')} hands on the EMA of the weights: set {option('ema_decay')}")
+    if cfg.global_batch and cfg.grad_accum != 1:
+        raise UserError(f"{option('global_batch')} derives the accumulation: leave {option('grad_accum')} at 1")
 
 
 def _plain(obj: object) -> object:
@@ -175,6 +183,8 @@ def run_pipeline(
     source = None if from_ is None else Path(from_)
     if source is not None and not source.is_file():
         raise UserError(f"--from {from_}: no such file (give a stage's model.safetensors)")
+    if source is not None:  # its weights need the inputs they were trained on
+        preprocessing.check_matches(preprocessing.read(load_tensors(source, False)[1], source), config.data, source)
     check_data(config, selected)
     check_out_dir(layout.root)
     acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
@@ -199,8 +209,6 @@ def run_pipeline(
         if start is not None:
             acc.print(f"{name}: starting from {start}")
         net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
-        if start is not None:
-            preprocessing.check_matches(preprocessing.read(meta, start), config.data, start)
         ctx = StageContext(
             stage=stage,
             settings=getattr(config.stages, name),
