@@ -62,13 +62,7 @@ TRAIN = ("dslim.train", "--recipe", "usnet_digits")
         (["--from", "nowhere.safetensors"], ["--from", "nowhere.safetensors"]),
         (["--data.root", "/nonexistent/imagenet"], ["/nonexistent/imagenet"]),
         (["--data.color-jitter", "0", "0", "0", "0.7"], ["--data.color-jitter"]),
-        (["--data.erasing.prob", "2"], ["--data.erasing.prob"]),
         (["--stages.supernet.ema-artifact"], ["--stages.supernet.ema-artifact", "--stages.supernet.ema-decay"]),
-        (
-            ["--stages.supernet.global-batch", "128", "--stages.supernet.grad-accum", "2"],
-            ["--stages.supernet.grad-accum"],
-        ),
-        (["--stages.bn-recalibration.momentum", "0"], ["--stages.bn-recalibration.momentum"]),
     ],
 )
 def test_train_refuses_bad_settings_before_any_work(tmp_path, digits_cache, args, names):
