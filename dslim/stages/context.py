@@ -149,9 +149,12 @@ class StageContext:
             return
         ema.router_trained = net.router_trained
         ema.name_subnets(net.extra_names)
-        handed, beside, kind = (ema, net, "weights") if trainer.cfg.ema_artifact else (net, ema, "ema")
-        self.save_supernet(beside, kind, ema_decay=trainer.cfg.ema_decay, **extra)  # first: the artifact marks done
-        self.save_supernet(handed, ema_decay=trainer.cfg.ema_decay, ema=trainer.cfg.ema_artifact, **extra)
+        handing_ema, decay = trainer.cfg.ema_artifact, trainer.cfg.ema_decay
+        handed, beside, kind = (ema, net, "weights") if handing_ema else (net, ema, "ema")
+        self.save_supernet(
+            beside, kind, ema=not handing_ema, ema_decay=decay, **extra
+        )  # first: the artifact marks done
+        self.save_supernet(handed, ema=handing_ema, ema_decay=decay, **extra)
 
     def save_supernet(self, net: Supernet, kind: str = "supernet", **extra: object) -> None:
         """Write this stage's `supernet` artifact (or another `kind` of the layout; the main process writes, every
