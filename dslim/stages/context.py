@@ -151,9 +151,8 @@ class StageContext:
         ema.name_subnets(net.extra_names)
         handing_ema, decay = trainer.cfg.ema_artifact, trainer.cfg.ema_decay
         handed, beside, kind = (ema, net, "weights") if handing_ema else (net, ema, "ema")
-        self.save_supernet(
-            beside, kind, ema=not handing_ema, ema_decay=decay, **extra
-        )  # first: the artifact marks done
+        # the one beside first: the stage's artifact marks it done
+        self.save_supernet(beside, kind, ema=not handing_ema, ema_decay=decay, **extra)
         self.save_supernet(handed, ema=handing_ema, ema_decay=decay, **extra)
 
     def save_supernet(self, net: Supernet, kind: str = "supernet", **extra: object) -> None:
