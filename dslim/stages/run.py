@@ -18,6 +18,7 @@ from dslim.errors import UserError
 from dslim.io import preprocessing
 from dslim.io.artifacts import load_supernet
 from dslim.models.base import Supernet
+from dslim.models.registry import arch_of
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.subnet import Subnet
 
@@ -144,7 +145,7 @@ def open_run(run_dir: str | Path, model: str | Path | None = None) -> Run:
     artifact = layout.supernet_before(order) if model is None else Path(model)
     if artifact is None:
         raise UserError(f"{run_dir} has no finished stage yet (no <stage>/model.safetensors): train it first")
-    net, meta = load_supernet(artifact, config.model.arch)
+    net, meta = load_supernet(artifact, arch_of(config.model))
     # evaluated and exported as its weights were trained (a run's own artifacts record its own data settings)
     config = preprocessing.adopt(config, preprocessing.read(meta, artifact))
     return Run(layout, config, artifact, net, layout.named_subnets(order))
