@@ -264,6 +264,7 @@ STEPS = 1_281_167 // 512  # iterations of an ImageNet epoch at 8 x 64 (the origi
 DMCP_MBV2 = {
     "model.arch": "mobilenet_v2",  # DMCP config/mbv2/dmcp.yaml#L38
     "model.max_width": 1.5,  # #L5
+    "model.prune_head": True,  # DMCP models/dmcp/dmcp_mobilenet.py DMCPMobileNetV2.alpha_last: its own chain
     "model.bn": "calibrated",
     "data.batch_size": 64,  # #L78
     "data.random_area": (0.08, 1.0),  # DMCP utils/data.py#L66 RandomResizedCrop defaults
@@ -309,6 +310,7 @@ DMCP_RESNET18 = {
     **{k: v for k, v in DMCP_MBV2.items() if k != "stages.dmcp.schedule.warmup_lr"},  # no warm-up
     "model.arch": "resnet18",  # DMCP config/res18/dmcp.yaml#L38
     "model.max_width": 1.0,  # #L5
+    "model.prune_head": False,  # a ResNet's layers are all in chains already (the option is MobileNet v2's)
     "stages.dmcp.label_smoothing": 0.0,  # #L9 label_smooth: None
     "stages.dmcp.optim.weight_decay": 1e-4,  # #L57
     "stages.dmcp.schedule.warmup_epochs": 0.0,  # #L64 warmup_steps: 0
