@@ -2,8 +2,8 @@
 
 A run is a recipe (a `Config` built in Python) plus command-line overrides. Every field has a docstring because
 tyro shows it in `--help`, and a field whose values are bounded says so in its annotation
-(`Annotated[int, at_least(1)]`), so that `validate_fields` checks a whole config before any work starts and names
-the offending option as the user typed it.
+(`Annotated[int, at_least(1)]`, `dslim.bounds`), so that `validate_fields` checks a whole config before any work
+starts and names the offending option as the user typed it.
 
 Here live the settings every run shares (model, data, optimizer, schedule, the training loop); each stage's own
 settings live with the stage or method that reads them (`dslim.stages`, `dslim.methods`) and register here, so that
@@ -14,66 +14,26 @@ command do, registers the built-in stages).
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
+# re-exported: settings everywhere declare their bounds with these
+from dslim.bounds import (  # noqa: F401
+    FINITE,
+    Check,
+    Fraction,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    at_least,
+    in_range,
+    option_name,
+    validate_fields,
+)
 from dslim.errors import UserError
 from dslim.registry import Registry
 
 BnMode = Literal["private", "switchable", "calibrated"]
-
-
-# -- bounds on values ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Check:
-    """A bound on a field's value: `test(value)` must hold; `says` completes "must be ...". Applied to each entry
-    of a tuple."""
-
-    test: Callable[[Any], bool]
-    says: str
-
-
-def at_least(low: float) -> Check:
-    return Check(lambda v: v >= low, f"at least {low}")
-
-
-def in_range(low: float, high: float, *, open_low: bool = False) -> Check:
-    bracket = "(" if open_low else "["
-    return Check(lambda v: (v > low if open_low else v >= low) and v <= high, f"in {bracket}{low}, {high}]")
-
-
-FINITE = Check(lambda v: math.isfinite(v), "a finite number")
-Positive = Annotated[int, at_least(1)]
-NonNegative = Annotated[int, at_least(0)]
-Fraction = Annotated[float, in_range(0.0, 1.0)]
-NonNegativeFloat = Annotated[float, at_least(0.0), FINITE]
-
-
-def option_name(path: str) -> str:
-    """`stages.supernet.grad_accum` -> `--stages.supernet.grad-accum`, as tyro spells it."""
-    return "--" + path.replace("_", "-")
-
-
-def validate_fields(obj: object, prefix: str = "") -> None:
-    """Check every bounded field of a (nested) config; a `UserError` naming the first bad option otherwise."""
-    hints = typing.get_type_hints(type(obj), include_extras=True)
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        value, hint, path = getattr(obj, f.name), hints[f.name], f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            validate_fields(value, path + ".")
-            continue
-        checks = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Check)]
-        for v in value if isinstance(value, tuple) else (value,):
-            for check in checks:
-                if v is not None and not check.test(v):
-                    raise UserError(f"{option_name(path)} {_show(value)}: must be {check.says}")
-
-
-def _show(value: object) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 # -- settings every run shares -------------------------------------------------------------------------------------
@@ -132,6 +92,41 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RandAugmentConfig:
+    """RandAugment as timm 0.3 draws it (`rand-m9-mstd0.5`: DS-Net): per image, `layers` ops chosen uniformly with
+    replacement among 15 (auto-contrast, equalize, invert, rotate, posterize, solarize, solarize-add, colour,
+    contrast, brightness, sharpness, shear x/y, translate x/y), each applied with probability `prob` at a magnitude
+    drawn from N(`magnitude`, `magnitude_std`) clipped to [0, 10]."""
+
+    layers: Annotated[int, in_range(0, 16)] = 0
+    """Ops per image (timm's `n`; 0: no RandAugment)."""
+    magnitude: Annotated[float, in_range(0.0, 10.0)] = 9.0
+    """Mean magnitude, on timm's scale of 0 to 10 (`m`)."""
+    magnitude_std: NonNegativeFloat = 0.5
+    """Standard deviation of each op's magnitude (`mstd`)."""
+    prob: Fraction = 0.5
+    """Probability that a chosen op is applied."""
+
+
+@dataclass(frozen=True)
+class ErasingConfig:
+    """Random erasing (Zhong et al.) as timm draws it, on the normalized image: with probability `prob`, `count`
+    rectangles of area uniform in `area` (split among them) and log-uniform aspect ratio in [`min_aspect`,
+    1 / `min_aspect`], ten attempts each to fit."""
+
+    prob: Fraction = 0.0
+    """Probability that an image is erased (0: never)."""
+    mode: Literal["pixel", "rand", "const"] = "pixel"
+    """Fill: per-pixel standard normal noise (`pixel`), one normal colour per rectangle (`rand`), or zeros."""
+    area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.02, 1 / 3)
+    """Range of the erased fraction of the image."""
+    min_aspect: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.3
+    """Smallest aspect ratio of a rectangle (the largest is its inverse)."""
+    count: Annotated[int, in_range(1, 100)] = 1
+    """Rectangles per erased image."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are decoded and augmented."""
 
@@ -154,19 +149,34 @@ class DataConfig:
     """Images per process per step (evaluation)."""
     workers: Annotated[int, in_range(0, 1024)] = 2
     """DALI threads / DataLoader workers per process."""
-    augment: Literal["random_resized_crop", "pad_crop"] = "random_resized_crop"
-    """Training crop: `random_resized_crop` (ImageNet: a random area and aspect ratio, resized to `input_size`) or
-    `pad_crop` (CIFAR: zero-pad by `pad` on each side, then a random `input_size` window, no resizing)."""
+    augment: Literal["random_resized_crop", "pad_crop", "resize_crop"] = "random_resized_crop"
+    """Training crop: `random_resized_crop` (ImageNet: a random area and aspect ratio, resized to `input_size`),
+    `pad_crop` (CIFAR: zero-pad by `pad` on each side, then a random `input_size` window, no resizing) or
+    `resize_crop` (the shorter side resized as for evaluation, then a random `input_size` window: BlockDrop's
+    ImageNet crop)."""
     random_area: Annotated[tuple[float, float], in_range(0.0, 1.0, open_low=True)] = (0.08, 1.0)
-    """RandomResizedCrop area range."""
+    """RandomResizedCrop area range (the slimmable networks' "mobile" transform: 0.25 to 1)."""
     random_aspect_ratio: Annotated[tuple[float, float], in_range(0.0, 100.0, open_low=True)] = (0.75, 4.0 / 3.0)
     """RandomResizedCrop aspect-ratio range."""
     pad: Annotated[int, in_range(0, 1024)] = 4
     """Zero padding on each side before the `pad_crop` window is drawn."""
     flip: bool = True
     """Random horizontal flip in training (off for digits, whose mirror images are other shapes)."""
+    interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
+    """Resampling of the training crop (and of RandAugment's geometric ops): `random` picks bilinear or bicubic per
+    image (timm's `random`)."""
+    color_jitter: Annotated[tuple[float, float, float, float], in_range(0.0, 1.0)] = (0.0, 0.0, 0.0, 0.0)
+    """Brightness, contrast, saturation and hue jitter, drawn as torchvision's `ColorJitter`: factors uniform in
+    [1 - v, 1 + v], hue a rotation uniform in [-v, v] turns (at most 0.5). All four are applied as one affine map of
+    the colours (hue rotates the chroma in YIQ space, where torchvision shifts HSV hue), clipped once."""
+    lighting: Annotated[float, in_range(0.0, 10.0)] = 0.0
+    """Standard deviation of AlexNet's PCA lighting noise (ImageNet eigenvectors, on pixel values in [0, 1])."""
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    erasing: ErasingConfig = field(default_factory=ErasingConfig)
     crop_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.875
     """Evaluation: resize the shorter side to `input_size / crop_fraction`, then center-crop `input_size`."""
+    eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    """Resampling of the evaluation resize (DS-Net's timm pipeline: bicubic)."""
     mean: Annotated[tuple[float, float, float], FINITE] = (0.485, 0.456, 0.406)
     """Per-channel mean (of pixel values in [0, 1])."""
     std: Annotated[tuple[float, float, float], in_range(0.0, 1e6, open_low=True)] = (0.229, 0.224, 0.225)
@@ -204,7 +214,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Learning-rate schedule over a stage's epochs (stepped per optimizer step)."""
+    """Learning-rate schedule over a stage's epochs (a function of the optimizer step)."""
 
     kind: Literal["cosine", "linear", "step", "exp", "constant"] = "cosine"
     """Cosine to `min_lr`, linear decay to `min_lr`, step decay by `gamma` at `milestones`, exponential decay by
@@ -221,6 +231,12 @@ class ScheduleConfig:
     """Epochs at which `step` multiplies the rate by `gamma`."""
     gamma: NonNegativeFloat = 0.1
     """Factor of `step` (per milestone) and `exp` (per epoch) decay."""
+    per_epoch: bool = False
+    """Change the rate at epoch boundaries only, as a scheduler stepped once per epoch does (timm's, torch's
+    `MultiStepLR`, BlockDrop's); otherwise at every optimizer step."""
+    warmup_prefix: bool = True
+    """The decay starts when warm-up ends; False: it is timed from epoch 0 and warm-up replaces its first epochs
+    (timm's default, so DS-Net's cosine)."""
 
 
 @dataclass(frozen=True)
@@ -234,10 +250,19 @@ class TrainConfig:
     """Epochs of this stage."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    global_batch: NonNegative = 0
+    """Images per optimizer step, over all processes and accumulated micro-batches (the original's GPUs x per-GPU
+    batch): each process reads micro-batches of at most `data.batch_size` and accumulates as many as it takes.
+    0: `data.batch_size` per process and `grad_accum` micro-batches."""
     ema_decay: Annotated[float, in_range(0.0, 1.0)] = 0.0
-    """Decay of the weights' exponential moving average (0: no EMA)."""
+    """Decay of the weights' exponential moving average (0: no EMA). The EMA is validated after every epoch and
+    written beside the stage's artifact (`<stage>/ema.safetensors`)."""
+    ema_artifact: bool = False
+    """Hand on the EMA: the stage's artifact (what later stages, `evaluate` and `export` read) holds the EMA, and
+    the trained weights are written beside it (`<stage>/weights.safetensors`). DS-Net's gate: the original reports
+    its EMA."""
     grad_accum: Positive = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (with `global_batch` 0)."""
     checkpoint_every: NonNegative = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     keep_last: Positive = 2

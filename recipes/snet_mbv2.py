@@ -1,6 +1,6 @@
 """S-MobileNet v2 (Slimmable Networks, ICLR 2019): widths 0.35/0.5/0.75/1.0, switchable BatchNorm.
 
-Original: batch 160, lr 0.045, exponential decay 0.98 per epoch, 480 epochs, SGD Nesterov, weight decay 1e-4.
+The original's `apps/s_mobilenet_v2_train_val.yml` differs from `snet_mbv1`'s only in the model and its widths.
 """
 
 from dslim.config import replace

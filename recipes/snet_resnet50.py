@@ -1,26 +1,26 @@
 """S-ResNet-50 (Slimmable Networks, ICLR 2019): widths 0.25/0.5/0.75/1.0, switchable BatchNorm.
 
-Original: batch 256, lr 0.1, steps x0.1 at epochs 30/60/90, 100 epochs, SGD Nesterov, weight decay 1e-4.
+The original (`apps/s_resnet50_train_val.yml`, its basic settings): batch 256 (4 GPUs x 64), SGD Nesterov lr 0.1,
+x0.1 at epochs 30, 60 and 90, 100 epochs; the "basic" crops (8-100% of the area) with colour jitter 0.4.
 """
 
-from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
-from dslim.methods.sandwich import SandwichConfig
-from dslim.stages import stages_config
+from dslim.config import replace
+from dslim.recipes import load
 
 
-def recipe() -> Config:
-    return Config(
-        model=ModelConfig(arch="resnet50", widths=(0.25, 0.5, 0.75, 1.0), bn="switchable"),
-        data=DataConfig(root="/data/imagenet", batch_size=32),
-        stages=stages_config(
-            supernet=SandwichConfig(
-                epochs=100,
-                rule="all_widths",
-                distill="none",
-                label_smoothing=0.0,
-                optim=OptimConfig(lr=0.1, lr_batch=256, weight_decay=1e-4),
-                schedule=ScheduleConfig(kind="step", milestones=(30, 60, 90), gamma=0.1),
-            )
-        ),
-        pipeline=("supernet", "evaluate"),
+def recipe():  # type: ignore[no-untyped-def]
+    return replace(
+        load("snet_mbv1"),
+        **{
+            "model.arch": "resnet50",
+            "data.batch_size": 64,
+            "data.random_area": (0.08, 1.0),
+            "stages.supernet.epochs": 100,
+            "stages.supernet.global_batch": 256,
+            "stages.supernet.optim.lr": 0.1,
+            "stages.supernet.optim.lr_batch": 256,
+            "stages.supernet.schedule.kind": "step",
+            "stages.supernet.schedule.milestones": (30, 60, 90),
+            "stages.supernet.schedule.gamma": 0.1,
+        },
     )

@@ -1,6 +1,7 @@
 """US-MobileNet v2 (Universally Slimmable Networks, ICCV 2019): any width in [0.35, 1.0].
 
-Same training as `usnet_mbv1` (batch 1024, lr 0.5, linear decay, 250 epochs); evaluated on the 0.025 grid.
+The original's `apps/us_mobilenet_v2_train_val.yml` differs from `usnet_mbv1`'s only in the model and its range;
+evaluated on the 0.025 grid.
 """
 
 from dslim.config import replace

@@ -108,6 +108,8 @@ def train_tiny(out: Path, cache: Path, *extra: str) -> Path:
         (["--stages", "polish"], ["polish"]),
         (["--from", "nowhere.safetensors"], ["--from", "nowhere.safetensors"]),
         (["--data.root", "/nonexistent/imagenet"], ["/nonexistent/imagenet"]),
+        (["--data.color-jitter", "0", "0", "0", "0.7"], ["--data.color-jitter"]),
+        (["--stages.supernet.ema-artifact"], ["--stages.supernet.ema-artifact", "--stages.supernet.ema-decay"]),
     ],
 )
 def test_train_refuses_bad_settings_before_any_work(tmp_path, digits_cache, args, names):
@@ -115,6 +117,23 @@ def test_train_refuses_bad_settings_before_any_work(tmp_path, digits_cache, args
     proc = run(*TRAIN, "--out-dir", str(out), "--data.cache-dir", str(digits_cache), *args, cwd=tmp_path)
     assert_user_error(proc, *names)
     assert not out.exists() and files_under(tmp_path) == set()
+
+
+def test_train_refuses_to_start_from_weights_trained_on_other_inputs(tmp_path, digits_cache):
+    """An artifact recording raw [0, 1] pixels (BlockDrop's ResNet-110 weights) cannot start a run that normalizes
+    otherwise; the message says which flags match it."""
+    from dslim.io import preprocessing
+    from dslim.io.artifacts import save_supernet
+    from dslim.models import create_supernet
+
+    net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 1.0), width_range=(0.25, 1.0), bn="calibrated")
+    raw = preprocessing.convention(**preprocessing.RAW, input_size=32, crop_fraction=1.0)
+    save_supernet(net, tmp_path / "raw.safetensors", stage="import", preprocessing=raw)
+    out = tmp_path / "run"
+    args = ("--out-dir", str(out), "--data.cache-dir", str(digits_cache), "--from", str(tmp_path / "raw.safetensors"))
+    proc = run(*TRAIN, *args, "--stages", "bn_recalibration")
+    assert_user_error(proc, "raw.safetensors", "--data.mean 0 0 0 --data.std 1 1 1")
+    assert not out.exists()
 
 
 def test_out_dir_that_is_a_file_or_cannot_be_made(tmp_path, digits_cache):

@@ -60,6 +60,26 @@ def test_statistics_are_the_exact_cumulative_average(mode):
     assert stats.running_mean.shape == (subnet["stem"],)
 
 
+def test_momentum_gives_the_originals_running_averages():
+    """DS-Net's BN reset (momentum 0.1 from the reset values) and DMCP's validation (momentum 1: the last batch
+    alone), by hand on the stem BatchNorm."""
+    torch.manual_seed(0)
+    net = _usnet()
+    subnet = net.resolve("0.5")
+    data = _batches(3)
+    for momentum in (0.1, 1.0):
+        recalibrate(net, {"s": subnet}, data, 3, momentum=momentum)
+        mean, var = torch.zeros(subnet["stem"]), torch.ones(subnet["stem"])
+        for images, _ in data:
+            x = _stem_features(net, subnet, images)
+            mean = (1 - momentum) * mean + momentum * x.mean((0, 2, 3))
+            var = (1 - momentum) * var + momentum * x.var((0, 2, 3), unbiased=True)
+        stats = net.stem[1].stats_for(subnet.key)
+        torch.testing.assert_close(stats.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stats.running_var, var, rtol=1e-4, atol=1e-5)
+    assert net.stem[1].momentum == 0.1  # restored
+
+
 def test_num_batches_limits_and_state_is_restored():
     net = _usnet().eval()  # the released US-Net calibrated in eval mode and so changed nothing
     net.set_subnet(net.resolve("0.5"))

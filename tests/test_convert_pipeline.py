@@ -1,5 +1,6 @@
 """Bring your own model end to end on the built-in digits, shortened: the example CNN file trained as a US-Net and
-with AutoSlim (search, retrain, export), checking that it learns and that the deployed subnet is the trained one."""
+with AutoSlim (search, retrain, export), checking that it learns and that the deployed subnet is the trained one
+and records its input convention."""
 
 import json
 import subprocess
@@ -44,8 +45,10 @@ def test_usnet_and_autoslim_on_a_users_model(tmp_path, digits_cache):
     row = json.loads((run / "eval.json").read_text())["subnets"][0]
     assert row["subnet"] == "autoslim-6M" and row["top1"] > 15
     # the deployed file is the retrained subnet, and reloads without the model's source
-    retrained, _ = load_supernet(run / "retrain" / "model.safetensors", "converted")
+    retrained, meta = load_supernet(run / "retrain" / "model.safetensors", "converted")
     split = dslim.load_subnet(run / "export" / "autoslim-6M.safetensors")
+    # both record the inputs the weights were trained on (the digits recipes' normalization), as built-in models do
+    assert meta["preprocessing"]["mean"] == split.preprocessing["mean"] == [0.5, 0.5, 0.5]
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad(), retrained.using(Subnet.from_json(found["subnet"]), train=False):
         torch.testing.assert_close(split(x), retrained(x), atol=1e-5, rtol=1e-5)

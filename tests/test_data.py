@@ -391,7 +391,13 @@ def test_dataset_classes_without_decoding(cache: Path, tmp_path: Path) -> None:
 
 def test_data_modules_import_one_way() -> None:
     """Each module imports only modules of lower layers: no import cycle inside the package."""
-    layers = [("cifar", "digits"), ("images",), ("plan",), ("dali", "pil"), ("loader",)]
+    layers = [
+        ("augment", "cifar", "digits"),
+        ("dali_augment", "images", "pil_augment"),
+        ("plan",),
+        ("dali", "pil"),
+        ("loader",),
+    ]
     layer = {module: i for i, modules in enumerate(layers) for module in modules}
     folder = Path(dslim.data.__file__).parent
     assert {p.stem for p in folder.glob("*.py")} == set(layer) | {"__init__"}

@@ -12,12 +12,14 @@ import torch
 
 import dslim
 from dslim.deploy.extraction import RoutedNet
+from dslim.io.artifacts import load_supernet
 
 
 def _cmd(out, cache):
     return [sys.executable, "-m", "dslim.train", "--recipe", "dsnet_digits", "--out-dir", str(out),
             "--data.cache-dir", str(cache), "--stages.supernet.epochs", "1", "--stages.gate.epochs", "3",
-            "--stages.bn-recalibration.batches", "2", "--stages.export.subnets", "uniform-0"]  # fmt: skip
+            "--stages.bn-recalibration.batches", "2", "--stages.export.subnets", "uniform-0",
+            "--stages.gate.ema-decay", "0.5", "--stages.gate.ema-artifact"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -48,7 +50,16 @@ def test_dsnet_digits_killed_in_the_gate_stage_resumes_without_redoing_stage_one
     assert sum(dynamic["routes"].values()) == 360 and list(dynamic["routes"]) == [f"uniform-{r}" for r in range(4)]
     assert (out / "pareto.png").stat().st_size > 0
 
+    # the gate's EMA is the artifact (as the original reported it), its trained weights beside it
+    handed, handed_meta = load_supernet(out / "gate" / "model.safetensors")
+    trained, trained_meta = load_supernet(out / "gate" / "weights.safetensors")
+    assert handed_meta["ema"] and handed_meta["ema_decay"] == 0.5 and handed.router_trained
+    assert not torch.equal(handed.gate_block.gate.weight, trained.gate_block.gate.weight)
+    assert torch.equal(handed.classifier.weight, trained.classifier.weight)  # only the gate learnt
+    assert handed_meta["preprocessing"]["mean"] == [0.5] * 3 and handed_meta["preprocessing"]["input_size"] == 32
+
     routed = dslim.load_subnet(out / "export" / "dynamic.safetensors")
+    assert routed.preprocessing == handed_meta["preprocessing"]  # what the user must feed it
     static = dslim.load_subnet(out / "export" / "uniform-0.safetensors")
     assert isinstance(routed, RoutedNet)
     x = torch.randn(4, 3, 32, 32)

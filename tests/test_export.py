@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import dslim
+from dslim.io import preprocessing
 from dslim.models import create_supernet, names
 from dslim.models.complexity import measure
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
@@ -64,9 +65,11 @@ def test_save_and_load_subnet_roundtrip(tmp_path):
     net = _randomize(create_supernet("mobilenet_v2", num_classes=4, bn="private", widths=(0.5, 1.0)))
     subnet = net.resolve("0.5")
     path = tmp_path / "m.safetensors"
-    dslim.save_subnet(net, subnet, path, input_size=48)
+    raw = preprocessing.convention(**preprocessing.RAW, input_size=48, crop_fraction=1.0)
+    dslim.save_subnet(net, subnet, path, input_size=48, convention=raw)
     loaded = dslim.load_subnet(path)
     assert type(loaded).__name__ == "MobileNetV2" and loaded.input_size == 48
+    assert loaded.preprocessing == raw  # the user is told how the weights' inputs were prepared
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad(), net.using(subnet):
         torch.testing.assert_close(loaded(x), net(x), atol=1e-5, rtol=1e-5)

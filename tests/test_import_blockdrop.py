@@ -130,9 +130,18 @@ def save_t7(obj, path):
     torch.save(obj, path, _use_new_zipfile_serialization=False)  # the legacy serialization of the .t7 files
 
 
+CONVENTIONS = {  # Tushar-N/blockdrop utils.py get_transforms: "Only the R32 pretrained model subtracts the mean"
+    "cifar_resnet110": ([0.0] * 3, [1.0] * 3),
+    "cifar_resnet32": ([125.3 / 255, 123.0 / 255, 113.9 / 255], [63.0 / 255, 62.1 / 255, 66.7 / 255]),
+    "resnet101": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
+
+
 def assert_routes_like_the_original(out, resnet, agent, arch):
     net, meta = load_supernet(out)
     assert net.arch == arch and net.is_dynamic and net.router_trained and meta["kind"] == "blockdrop"
+    mean, std = CONVENTIONS[arch]  # the artifact records the inputs the original's weights read
+    assert meta["preprocessing"]["mean"] == pytest.approx(mean) and meta["preprocessing"]["std"] == pytest.approx(std)
     size = CASES[arch][4]
     x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(1))
     net.eval()

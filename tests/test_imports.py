@@ -16,7 +16,7 @@ def module_name(path: Path) -> str:
 
 
 FLOORS = [
-    ["dslim", "dslim.errors", "dslim.registry", "dslim.subnet", "dslim.config", "dslim.ui"],
+    ["dslim", "dslim.errors", "dslim.registry", "dslim.subnet", "dslim.bounds", "dslim.config", "dslim.ui"],
     ["dslim.nn"],
     ["dslim.models"],
     ["dslim.io"],

@@ -90,6 +90,56 @@ def test_other_schedules(kind, expected):
         assert lr_at(step, 10, 5, 0.4, s) == pytest.approx(lr), (kind, step)
 
 
+def test_timm_cosine_per_epoch_from_epoch_zero():
+    """DS-Net's schedule as timm 0.3.2 computes it (`CosineLRScheduler`, t_in_epochs, no warmup prefix): constant
+    within an epoch, warm-up `1e-5 + e (0.08 - 1e-5) / 5`, then `1e-5 + (0.08 - 1e-5)(1 + cos(pi e / 150)) / 2`
+    timed from epoch 0, and 1e-5 through 10 cool-down epochs."""
+    s = ScheduleConfig(kind="cosine", warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-5, cooldown_epochs=10,
+                       per_epoch=True, warmup_prefix=False)  # fmt: skip
+
+    def timm(e: int) -> float:
+        if e < 5:
+            return 1e-5 + e * (0.08 - 1e-5) / 5
+        return 1e-5 + 0.5 * (0.08 - 1e-5) * (1 + math.cos(math.pi * e / 150)) if e < 150 else 1e-5
+
+    for e in (0, 1, 4, 5, 6, 75, 149, 150, 159):
+        for step in (e * 100, e * 100 + 99):  # first and last step of the epoch
+            assert lr_at(step, 100, 160, 0.08, s) == pytest.approx(timm(e)), (e, step)
+
+
+@pytest.mark.parametrize(
+    ("global_batch", "processes", "most", "expected"),
+    [
+        (512, 8, 64, (64, 1)),
+        (512, 1, 64, (64, 8)),
+        (2048, 2, 300, (256, 4)),
+        (320, 1, 64, (64, 5)),
+        (64, 1, 2048, (64, 1)),
+    ],
+)
+def test_global_batch_splits_into_micro_batches(global_batch, processes, most, expected):
+    from dslim.stages.context import batching
+
+    cfg = SandwichConfig(global_batch=global_batch)
+    assert batching(cfg, most, "supernet", processes) == expected
+    assert batching(SandwichConfig(grad_accum=3), most, "supernet", processes) == (most, 3)  # no global batch
+
+
+def test_global_batch_that_cannot_be_split_is_refused():
+    from dslim.stages.context import batching
+
+    with pytest.raises(UserError, match="--stages.finetune.global-batch 320 cannot be split evenly into 3 processes"):
+        batching(SandwichConfig(global_batch=320), 64, "finetune", 3)
+    from dslim.stages.pipeline import check_training
+
+    with pytest.raises(UserError, match="leave --stages.supernet.grad-accum at 1"):
+        check_training(SandwichConfig(global_batch=512, grad_accum=2), "supernet")
+    with pytest.raises(
+        UserError, match="--stages.gate.ema-artifact hands on the EMA of the weights: set --stages.gate.ema-decay"
+    ):
+        check_training(SandwichConfig(ema_artifact=True), "gate")
+
+
 def test_weight_decay_groups():
     net = tiny()
     bn_and_bias = {id(p) for n, p in net.named_parameters() if p.ndim == 1}

@@ -1,4 +1,5 @@
-"""`python -m dslim.evaluate --run D [--widths W ...] [--json] [--batches N] [--split holdout]`: accuracy and cost.
+"""`python -m dslim.evaluate --run D [--widths W ...] [--json] [--batches N] [--split holdout] [--model F]`: accuracy
+and cost.
 
 Reads `D/config.json` and the latest finished stage's `model.safetensors`, evaluates the requested subnets (default:
 the config's evaluation subnets, else every named one, those of the run's subnets files included) on the validation
@@ -39,6 +40,9 @@ class EvaluateCommand:
     split: Literal["val", "holdout"] = "val"
     """Images to evaluate on: the validation split, or the run's held-out training images (`--data.holdout`, what
     a search scored subnets on); only `val` results are written to D."""
+    model: str | None = None
+    """Another supernet artifact of the run to evaluate, e.g. a stage's EMA (`D/supernet/ema.safetensors`): its
+    results are printed, not written to D."""
 
 
 @exits_cleanly
@@ -51,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.stages.evaluate import calibration_batches, evaluation_names
     from dslim.stages.run import open_run
 
-    run = open_run(cmd.run)
+    run = open_run(cmd.run, cmd.model)
     net, config = run.supernet, run.config
     names = list(cmd.widths) or evaluation_names(config, net, run.subnet_files)
     subnets = {name: run.resolve(name) for name in names}  # every bad name before any work
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not accelerator.is_main_process:
         return
     report = merge(None, rows, dynamic)
-    if cmd.batches is None and cmd.split == "val":
+    if cmd.batches is None and cmd.split == "val" and cmd.model is None:
         report = write_report(run.dir, rows, dynamic)
     if cmd.json:
         print(json.dumps(report))

@@ -2,7 +2,7 @@
 
 `build_loader(cfg.data, "train", image_size, shard_id=rank, num_shards=world, seed=seed, epoch=epoch)` gives
 one process's batches of one epoch; see `dslim.data.plan` for the sharding and determinism rules. Modules import
-one way: `cifar` <- `images` <- `plan` <- `dali`, `pil` <- `loader`.
+one way: `augment`, `cifar` <- `images`, `dali_augment`, `pil_augment` <- `plan` <- `dali`, `pil` <- `loader`.
 """
 
 from dslim.data.digits import digits_root

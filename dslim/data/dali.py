@@ -1,5 +1,5 @@
 """DALI pipelines: decode, random-resized-crop or pad-crop, or resize + center-crop, flip, normalize, on the CPU or
-the GPU.
+the GPU; in training, the augmentations drawn by `dslim.data.augment` (`dslim.data.dali_augment`).
 
 Training fuses decoding with the random resized crop (`decoders.image_random_crop` decodes only the crop window).
 Images held in memory (CIFAR) enter the pipeline decoded, through `external_source`. One pipeline is built per
@@ -8,6 +8,7 @@ iteration of a `Loader` (one epoch), seeded from `(seed, epoch, shard)`, so an e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,10 +16,11 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
-from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.pipeline import Pipeline, do_not_convert, pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from dslim.config import DataConfig
+from dslim.data import augment, dali_augment
 from dslim.data.images import Images
 from dslim.data.plan import Batch, Plan, contiguous_share, eval_resize
 from dslim.errors import UserError
@@ -67,16 +69,15 @@ def batches(plan: Plan) -> Iterator[Batch]:
 
 def _pipeline(plan: Plan, order: np.ndarray) -> Pipeline:
     cfg, size = plan.cfg, plan.image_size
-    pipe = Pipeline(
-        batch_size=plan.batch_size,
-        num_threads=max(1, cfg.workers),
-        # None (not types.CPU_ONLY_DEVICE_ID, which fails) runs a CPU-only pipeline without any GPU.
-        device_id=plan.device_id if cfg.decoder == "mixed" else None,
-        seed=plan.augment_seed,
-        prefetch_queue_depth=PREFETCH,
-    )
-    with pipe:
-        cropped, labels = _crops(plan, order)
+    augmenting = plan.train and augment.any_drawn(cfg)
+
+    def graph() -> tuple[DataNode, DataNode]:
+        draws = dali_augment.source(cfg, size, _keys(plan, order), plan.seed, plan.epoch) if augmenting else None
+        cropped, labels = _crops(plan, order, draws)
+        if augmenting and cfg.randaugment.layers:
+            cropped = dali_augment.randaugment(cropped, draws, cfg.randaugment.layers, cfg)
+        if augmenting and augment.needs_colour(cfg):
+            cropped = dali_augment.colour(cropped, draws)
         # The evaluation's center crop; training crops already have that size.
         out = fn.crop_mirror_normalize(
             cropped,
@@ -87,13 +88,42 @@ def _pipeline(plan: Plan, order: np.ndarray) -> Pipeline:
             std=[255 * s for s in cfg.std],
             mirror=fn.random.coin_flip(probability=0.5) if plan.train and cfg.flip else 0,
         )
-        pipe.set_outputs(out, labels)
-    return pipe
+        if augmenting and cfg.erasing.prob > 0:
+            out = dali_augment.erase(out, draws, cfg.erasing.count, cfg.erasing.mode)
+        return out, labels
+
+    return pipeline_def(
+        graph,
+        # RandAugment sends each image to its op by a conditional split of the batch.
+        enable_conditionals=augmenting and cfg.randaugment.layers > 0,
+        batch_size=plan.batch_size,
+        num_threads=max(1, cfg.workers),
+        # None (not types.CPU_ONLY_DEVICE_ID, which fails) runs a CPU-only pipeline without any GPU.
+        device_id=plan.device_id if cfg.decoder == "mixed" else None,
+        seed=plan.augment_seed,
+        prefetch_queue_depth=PREFETCH,
+    )()
 
 
-def _crops(plan: Plan, order: np.ndarray) -> tuple[DataNode, DataNode]:
+@do_not_convert  # generators are left alone by the conditionals' converter
+def _keys(plan: Plan, order: np.ndarray) -> Iterator[list[tuple[int, ...]]]:
+    """Each batch's image keys for the draws, then more batches for whatever DALI prefetches past the epoch's end.
+
+    Images of a known order are keyed by their index, as the PIL pipeline keys them; a file reader pads the last
+    batch with its last image. A WebDataset reader shuffles by itself: its images are keyed by position."""
+    size = plan.batch_size
+    if plan.images.locations is None:
+        for start in range(0, len(order), size):
+            batch = [(int(i),) for i in order[start : start + size]]
+            yield batch if plan.images.pixels is not None else batch + batch[-1:] * (size - len(batch))
+    for b in itertools.count():
+        yield [(plan.shard_id, b, p) for p in range(size)]
+
+
+def _crops(plan: Plan, order: np.ndarray, draws: dict | None) -> tuple[DataNode, DataNode]:
     """Decoded images, randomly cropped to the image size (training) or resized for the center crop, and labels."""
     cfg, images, size = plan.cfg, plan.images, plan.image_size
+    interp = dali_augment.interpolation(draws)
     if images.pixels is not None:
         decoded, labels = fn.external_source(
             source=_in_memory(images, order, plan.batch_size), num_outputs=2, batch=True, layout=["HWC", ""]
@@ -110,16 +140,17 @@ def _crops(plan: Plan, order: np.ndarray) -> tuple[DataNode, DataNode]:
                 random_aspect_ratio=list(cfg.random_aspect_ratio),
                 num_attempts=10,
             )
-            return fn.resize(cropped, resize_x=size, resize_y=size), labels
+            return fn.resize(cropped, resize_x=size, resize_y=size, interp_type=interp), labels
         decoded = fn.decoders.image(encoded, device=cfg.decoder, output_type=types.RGB)
     if plan.train:
-        return _train_crop(decoded, size, cfg), labels
+        return _train_crop(decoded, size, cfg, interp), labels
     shorter = eval_resize(size, cfg.crop_fraction)
     if images.pixels is not None and min(images.pixels.shape[1:3]) == shorter:
         # In-memory images share one known size: at the evaluation size already (CIFAR at crop fraction 1), they
         # are not resampled.
         return decoded, labels
-    return fn.resize(decoded, resize_shorter=shorter), labels
+    interp = types.INTERP_CUBIC if cfg.eval_interpolation == "bicubic" else types.INTERP_LINEAR
+    return fn.resize(decoded, resize_shorter=shorter, interp_type=interp), labels
 
 
 def _reader(plan: Plan, order: np.ndarray) -> tuple[DataNode, DataNode]:
@@ -150,6 +181,7 @@ def _reader(plan: Plan, order: np.ndarray) -> tuple[DataNode, DataNode]:
     return encoded, fn.pad(labels, fill_value=0)
 
 
+@do_not_convert
 def _in_memory(images: Images, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of decoded images and (N, 1) int32 labels, as the file reader gives them; the last one partial."""
     for start in range(0, len(order), batch_size):
@@ -157,8 +189,9 @@ def _in_memory(images: Images, order: np.ndarray, batch_size: int) -> Iterator[t
         yield images.pixels[chosen], images.labels[chosen, None].astype(np.int32)
 
 
-def _train_crop(decoded: DataNode, size: int, cfg: DataConfig) -> DataNode:
-    """`cfg.augment` on decoded images: a random resized crop, or a random window of the zero-padded image."""
+def _train_crop(decoded: DataNode, size: int, cfg: DataConfig, interp: DataNode | types.DALIInterpType) -> DataNode:
+    """`cfg.augment` on decoded images: a random resized crop, or a random window of the zero-padded image (resized
+    first as for evaluation, for `resize_crop`)."""
     if cfg.augment == "random_resized_crop":
         return fn.random_resized_crop(
             decoded,
@@ -166,7 +199,10 @@ def _train_crop(decoded: DataNode, size: int, cfg: DataConfig) -> DataNode:
             random_area=list(cfg.random_area),
             random_aspect_ratio=list(cfg.random_aspect_ratio),
             num_attempts=10,
+            interp_type=interp,
         )
+    if cfg.augment == "resize_crop":
+        decoded = fn.resize(decoded, resize_shorter=eval_resize(size, cfg.crop_fraction), interp_type=interp)
     # The window's corner is uniform over the integer positions inside the padded image (as `pil.pad_crop_box`);
     # slicing out of bounds with zero fill pads only where the window needs it.
     height_width = decoded.shape(dtype=types.FLOAT)[0:2]

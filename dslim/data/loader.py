@@ -33,7 +33,8 @@ def resolve_root(cfg: DataConfig) -> Path:
 
 def dataset_classes(cfg: DataConfig) -> int:
     """Number of classes of the data set, from folder names, CIFAR's layout or the WebDataset index; no image is
-    decoded, so it can be checked against the model before training."""
+    decoded, so it can be checked against the model before training (the data settings are checked too)."""
+    _check(cfg)
     return count_classes(resolve_root(cfg), cfg.format, Path(cfg.cache_dir).expanduser())
 
 
@@ -123,6 +124,11 @@ def _check(cfg: DataConfig) -> None:
     low, high = cfg.random_aspect_ratio
     if not 0 < low <= high:
         raise UserError(f"--data.random-aspect-ratio is {cfg.random_aspect_ratio}; it needs 0 < min <= max")
+    if cfg.color_jitter[3] > 0.5:
+        raise UserError(f"--data.color-jitter hue {cfg.color_jitter[3]}: a hue rotation is at most 0.5 turn")
+    low, high = cfg.erasing.area
+    if not low <= high:
+        raise UserError(f"--data.erasing.area is {cfg.erasing.area}; it needs min <= max")
     if not all(s > 0 for s in cfg.std):
         raise UserError(f"--data.std is {cfg.std}; every channel's standard deviation must be positive")
     if cfg.holdout and cfg.format == "webdataset":

@@ -1,8 +1,9 @@
 """The fallback without DALI: PIL + a torch DataLoader doing the same transforms as `dslim.data.dali`.
 
 The random resized crop samples exactly as torchvision's `RandomResizedCrop` (area uniform, aspect ratio
-log-uniform, ten attempts, then a center crop) and resizes bilinearly, as DALI does; only the random numbers and
-small resampling details differ. The pad crop draws its window from the same distribution as DALI's. Each
+log-uniform, ten attempts, then a center crop) and resizes as DALI does; only the random numbers and small
+resampling details differ. The pad crop draws its window from the same distribution as DALI's. What follows the
+crop (RandAugment, colour jitter, lighting, erasing) applies the draws of `dslim.data.augment`, as DALI does. Each
 image's random numbers come from `(seed, epoch, image index)`, so batches do not depend on how images are spread
 over workers.
 """
@@ -18,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dslim.config import DataConfig
+from dslim.data import augment, pil_augment
 from dslim.data.plan import Batch, Plan, eval_resize
 from dslim.errors import UserError
 
@@ -30,7 +32,6 @@ def batches(plan: Plan) -> Iterator[Batch]:
         batch_size=plan.batch_size,
         drop_last=plan.drop_last,
         num_workers=cfg.workers,
-        collate_fn=_Normalize(cfg.mean, cfg.std),
     )
     try:
         yield from data_loader
@@ -78,37 +79,43 @@ def pad_crop_box(width: int, height: int, size: int, pad: int, rng: np.random.Ge
     return left, top
 
 
-def train_transform(image: Image.Image, size: int, cfg: DataConfig, rng: np.random.Generator) -> Image.Image:
-    """`cfg.augment` to `size` x `size` (random resized crop, or pad and random crop), then a random horizontal flip
-    if `cfg.flip`."""
-    if cfg.augment == "pad_crop":
+def train_transform(
+    image: Image.Image, size: int, cfg: DataConfig, rng: np.random.Generator, resample: int = Image.BILINEAR
+) -> Image.Image:
+    """`cfg.augment` to `size` x `size` (random resized crop; pad and random crop; or resize and random crop),
+    then a random horizontal flip if `cfg.flip`."""
+    if cfg.augment == "random_resized_crop":
+        left, top, w, h = random_resized_crop_box(*image.size, cfg.random_area, cfg.random_aspect_ratio, rng)
+        # Resizing straight from the crop box resamples only the box.
+        image = image.resize((size, size), resample, box=(left, top, left + w, top + h))
+    else:
+        if cfg.augment == "resize_crop":
+            image = _resize_shorter(image, eval_resize(size, cfg.crop_fraction), resample)
         left, top = pad_crop_box(*image.size, size, cfg.pad, rng)
         # PIL fills the part of a crop outside the image with zeros: that is the padding.
         image = image.crop((left, top, left + size, top + size))
-    else:
-        left, top, w, h = random_resized_crop_box(*image.size, cfg.random_area, cfg.random_aspect_ratio, rng)
-        # Resizing straight from the crop box resamples only the box.
-        image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if cfg.flip and rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return image
 
 
-def eval_transform(image: Image.Image, size: int, crop_fraction: float) -> Image.Image:
+def eval_transform(image: Image.Image, size: int, crop_fraction: float, resample: int = Image.BILINEAR) -> Image.Image:
     """Resize the shorter side to `size / crop_fraction`, then take the centered `size` x `size` crop."""
-    shorter = eval_resize(size, crop_fraction)
-    w, h = image.size
-    scale = shorter / min(w, h)
-    new_size = (shorter, round(h * scale)) if w <= h else (round(w * scale), shorter)
-    if new_size != image.size:
-        image = image.resize(new_size, Image.BILINEAR)
+    image = _resize_shorter(image, eval_resize(size, crop_fraction), resample)
     # Halves round up, as DALI's centered crop does.
-    left, top = (new_size[0] - size + 1) // 2, (new_size[1] - size + 1) // 2
+    left, top = (image.size[0] - size + 1) // 2, (image.size[1] - size + 1) // 2
     return image.crop((left, top, left + size, top + size))
 
 
+def _resize_shorter(image: Image.Image, shorter: int, resample: int) -> Image.Image:
+    w, h = image.size
+    scale = shorter / min(w, h)
+    new_size = (shorter, round(h * scale)) if w <= h else (round(w * scale), shorter)
+    return image if new_size == image.size else image.resize(new_size, resample)
+
+
 class _Images(Dataset):
-    """This process's images for one epoch, in `plan.order()`, as uint8 HWC tensors."""
+    """This process's images for one epoch, in `plan.order()`, as normalized float32 CHW tensors."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -119,23 +126,21 @@ class _Images(Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         plan, i = self.plan, int(self.order[position])
+        cfg, size = plan.cfg, plan.image_size
         image = plan.images.decode(i)
         if plan.train:
-            rng = np.random.default_rng([plan.seed, plan.epoch, i])
-            image = train_transform(image, plan.image_size, plan.cfg, rng)
+            rng = augment.image_rng(plan.seed, plan.epoch, i)
+            draws = augment.draw(cfg, size, [rng])
+            resample = pil_augment.RESAMPLE[int(draws.interpolation[0])]
+            image = train_transform(image, size, cfg, np.random.default_rng([plan.seed, plan.epoch, i]), resample)
+            pixels = np.asarray(pil_augment.randaugment(image, draws, 0, cfg))
+            if augment.needs_colour(cfg):
+                pixels = pil_augment.colour(pixels, draws, 0)
         else:
-            image = eval_transform(image, plan.image_size, plan.cfg.crop_fraction)
-        return torch.from_numpy(np.asarray(image).copy()), int(plan.images.labels[i])
-
-
-class _Normalize:
-    """Collate uint8 HWC images into a normalized float32 NCHW batch, in the worker, one vectorized op per batch."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-
-    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> Batch:
-        images = torch.stack([image for image, _ in samples]).permute(0, 3, 1, 2).float()
-        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        return ((images - self.mean) / self.std).contiguous(), labels
+            resample = pil_augment.RESAMPLE[augment.interpolation_code(cfg.eval_interpolation)]
+            pixels = np.asarray(eval_transform(image, size, cfg.crop_fraction, resample))
+        mean, std = (255 * np.asarray(v, np.float32).reshape(3, 1, 1) for v in (cfg.mean, cfg.std))
+        normalized = (pixels.transpose(2, 0, 1).astype(np.float32) - mean) / std
+        if plan.train and cfg.erasing.prob > 0:
+            pil_augment.erase(normalized, draws.erase[0], cfg.erasing.mode, rng)
+        return torch.from_numpy(normalized), int(plan.images.labels[i])

@@ -20,7 +20,7 @@ from dslim.deploy.extraction import widest
 from dslim.deploy.latency_table import LatencyTable
 from dslim.errors import UserError
 from dslim.evaluation.report import read_report
-from dslim.io import write_json
+from dslim.io import preprocessing, write_json
 from dslim.io.readers import CARD, read_json
 from dslim.models.base import Supernet
 from dslim.models.complexity import measure
@@ -93,8 +93,7 @@ def _common(net: Supernet, config: Config) -> dict:
         "architecture": net.arch,
         "num_classes": config.model.num_classes,
         "input_size": size,
-        "preprocessing": {"mean": list(data.mean), "std": list(data.std), "crop_fraction": data.crop_fraction,
-                          "resize_shorter_side": round(size / data.crop_fraction), "layout": "NCHW, RGB in [0, 1]"},
+        "preprocessing": preprocessing.record(data, size),
         "dslim_version": dslim.__version__,
     }  # fmt: skip
 

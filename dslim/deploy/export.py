@@ -23,6 +23,7 @@ from dslim.deploy.card import dynamic_card, subnet_card, write_card
 from dslim.deploy.extraction import extract, extract_dynamic, save_subnet
 from dslim.deploy.onnx import Exporter, export_dynamic, export_extracted
 from dslim.evaluation.calibration import calibrate_missing
+from dslim.io import preprocessing
 from dslim.models.base import Supernet
 from dslim.subnet import Subnet
 
@@ -62,6 +63,7 @@ def export_model(
     `run_dir`'s eval.json and latency.json where they cover this model. The subnet is extracted once for all formats.
     """
     size = config.model.input_size
+    convention = preprocessing.record(config.data, size)
     calibrate_missing(net, config, to_calibrate(net, {} if subnet is None else {name: subnet}, subnet is None),
                       calibrate_batches, accelerator=accelerator)  # fmt: skip
     if subnet is None:
@@ -75,12 +77,12 @@ def export_model(
             export_dynamic(net, out, size, exporter, also=lambda tmp: write_card(tmp, card, "onnx"))
             continue
         if subnet is None:
-            save_subnet(extract_dynamic(net), None, out, input_size=size)
+            save_subnet(extract_dynamic(net), None, out, input_size=size, convention=convention)
         else:
             model = extract(net, subnet) if model is None else model
             if fmt == "onnx":
                 export_extracted(model, out, size, exporter)  # after the safetensors file: it makes `model` float32
             else:
-                save_subnet(model, subnet, out, input_size=size)
+                save_subnet(model, subnet, out, input_size=size, convention=convention)
         write_card(out, card, fmt)
     return card

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dslim.errors import UserError
+from dslim.io import preprocessing
 from dslim.io.artifacts import arch_class, build_checked, load_tensors, save_tensors
 from dslim.io.readers import expect
 from dslim.models.base import Supernet
@@ -127,19 +128,32 @@ def extract_dynamic(supernet: Supernet) -> RoutedNet:
     return routed
 
 
-def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike, input_size: int = 224) -> None:
-    """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`."""
+def save_subnet(
+    model: nn.Module,
+    subnet: Subnet | None,
+    path: str | os.PathLike,
+    input_size: int = 224,
+    convention: dict | None = None,
+) -> None:
+    """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`, with
+    the input `convention` its weights were trained with (`dslim.io.preprocessing`), if known."""
     if getattr(model, "dslim_meta", None) is None:
         if not isinstance(model, Supernet) or subnet is None:
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
     check_input_size(input_size, f"save_subnet({os.fspath(path)!r})")
     state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
-    save_tensors(state, path, {**model.dslim_meta, "input_size": input_size})
+    meta = {**model.dslim_meta, "input_size": input_size}
+    if convention is not None:
+        meta["preprocessing"] = convention
+    save_tensors(state, path, meta)
 
 
 def load_subnet(path: str | os.PathLike) -> nn.Module:
     """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode).
+
+    `model.preprocessing` is how its inputs must be prepared (`dslim.io.preprocessing`: the normalization, size and
+    crop its weights were trained with), None for a file that does not record it.
 
     The file is checked first (metadata, then the tensors against the architecture it names, on the `meta` device),
     so a damaged or foreign file is refused in one line before anything is built from it.
@@ -165,4 +179,5 @@ def load_subnet(path: str | os.PathLike) -> nn.Module:
     model = RoutedNet(net) if kind == DYNAMIC_FORMAT else net
     model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
     model.input_size = size
+    model.preprocessing = preprocessing.read(meta, path)
     return model.eval()

@@ -76,8 +76,13 @@ def recalibrate(
     accelerator=None,  # type: ignore[no-untyped-def]
     *,
     show: bool = True,
+    momentum: float | None = None,
 ) -> None:
     """Reset and recompute every `subnets` statistics from the first `num_batches` of `batches` (per process).
+
+    `momentum` None: a cumulative average over the batches; a number: PyTorch's exponential average from the reset
+    values (mean 0, variance 1), as the originals computed it (DS-Net's BN reset: 0.1; DMCP's validation: 1, the
+    last batch alone).
 
     `supernet` is the unwrapped model (a DDP wrapper would broadcast rank 0's buffers at each forward). The
     batches are drawn once: each one runs through every subnet in turn, so all subnets see the same images and
@@ -99,7 +104,7 @@ def recalibrate(
         with supernet.using(train=False):  # dropout and the rest as at evaluation; only BatchNorm in train mode
             for bn in bns:
                 bn.train()
-                bn.momentum, bn.track = None, True
+                bn.momentum, bn.track = momentum, True
             autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
             total = min(num_batches, len(batches)) if hasattr(batches, "__len__") else num_batches
             seen = 0

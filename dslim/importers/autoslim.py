@@ -40,6 +40,7 @@ from dslim.importers.slimmable import (
     standard_widest,
     state_of,
 )
+from dslim.io import preprocessing
 from dslim.models.base import Supernet
 from dslim.models.complexity import measure
 from dslim.models.registry import supernet_class
@@ -196,5 +197,7 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     no_leftovers(state, used, path)
     configs = {n: dict(s.items()) for n, s in zip(names, subnets)}
     note = f"{NAMES[arch]}, configurations {', '.join(names)}"
+    # JiahuiYu/slimmable_networks train.py: ImageNet mean/std, Resize(256) + CenterCrop(224), bilinear
+    imagenet = preprocessing.convention(**preprocessing.IMAGENET, input_size=224)
     return net, {"source": str(path), "weights": "model", "variant": NAMES[arch], "configurations": configs,
-                 "note": note}  # fmt: skip
+                 "note": note, "preprocessing": imagenet}  # fmt: skip

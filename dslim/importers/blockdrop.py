@@ -24,6 +24,7 @@ import torch
 
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
+from dslim.io import preprocessing
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
@@ -193,4 +194,16 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
         if isinstance(ckpt.get(k), (int, float)) or isinstance(ckpt.get(k), torch.Tensor) and ckpt[k].numel() == 1:
             meta[f"original_{k}"] = float(ckpt[k])
     meta["note"] = f"{arch}" + (" with its policy network" if agent is not None else ", no policy network")
+    meta["preprocessing"] = convention(arch, kwargs["num_classes"])
     return net, meta
+
+
+def convention(arch: str, num_classes: int) -> dict:
+    """The inputs the original's weights read (Tushar-N/blockdrop utils.py `get_transforms`): its CIFAR-10
+    ResNet-32 normalized pixels, its other CIFAR models raw [0, 1] pixels, ImageNet's the ImageNet mean/std."""
+    if not arch.startswith("cifar_"):
+        return preprocessing.convention(**preprocessing.IMAGENET, input_size=224)
+    if arch == "cifar_resnet32" and num_classes == 10:
+        mean, std = [m / 255 for m in (125.3, 123.0, 113.9)], [s / 255 for s in (63.0, 62.1, 66.7)]
+        return preprocessing.convention(mean, std, input_size=32, crop_fraction=1.0)
+    return preprocessing.convention(**preprocessing.RAW, input_size=32, crop_fraction=1.0)

@@ -31,6 +31,7 @@ import torch
 from dslim.config import in_range
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
+from dslim.io import preprocessing
 from dslim.methods.dmcp import DmcpRecord
 from dslim.methods.dmcp_chains import MarkovChannels, make_chains
 from dslim.models.base import Supernet
@@ -154,4 +155,6 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
         expected = float(MacsModel(net, 224).macs(chains.expected_channels()))
     note = f"DMCP {arch} x{width:g}, epoch {ckpt.get('epoch', '?')}, expected {expected / 1e6:,.1f}M MACs at 224px"
     record = DmcpRecord(0.0, expected, chains)  # no target: the sample stage asks for one
-    return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note}
+    imagenet = preprocessing.convention(**preprocessing.IMAGENET, input_size=224)  # Zx55/dmcp utils/data.py
+    return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note,
+                 "preprocessing": imagenet}  # fmt: skip

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
+from dslim.io import preprocessing
 from dslim.models.ds_mobilenet_v1 import CHOICES, DEPTHS, DSMobileNetV1
 from dslim.nn import SlimBatchNorm2d
 
@@ -115,4 +116,6 @@ def convert(ckpt: dict, opts: Options) -> tuple[DSMobileNetV1, dict]:
         hint = "without" if opts.ema else "with"
         raise UserError(f"{path} has no {key!r} (keys: {sorted(map(str, ckpt))}); try {hint} --ema")
     net = _convert_state(strip_prefix(ckpt[key]), path)
-    return net, {"source": str(path), "weights": key}
+    # changlin31/DS-Net dyn_slim_net.py `_cfg`: ImageNet mean/std, crop_pct 0.875, bicubic
+    timm = preprocessing.convention(**preprocessing.IMAGENET, input_size=224, interpolation="bicubic")
+    return net, {"source": str(path), "weights": key, "preprocessing": timm}

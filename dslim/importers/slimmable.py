@@ -26,6 +26,7 @@ import torch
 
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
+from dslim.io import preprocessing
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.models.width import width_name
@@ -212,5 +213,7 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     no_leftovers(state, used, path)
     variant = f"{'S' if switchable else 'US'}-{NAMES[arch]}"
     note = f"{variant}, widths {', '.join(map(str, widths))} (from {source})"
+    # JiahuiYu/slimmable_networks train.py: ImageNet mean/std, Resize(256) + CenterCrop(224), bilinear
     return net, {"source": str(path), "weights": "model", "variant": variant, "widths": list(widths),
-                 "widths_from": source, "note": note}  # fmt: skip
+                 "widths_from": source, "note": note,
+                 "preprocessing": preprocessing.convention(**preprocessing.IMAGENET, input_size=224)}  # fmt: skip

@@ -4,8 +4,9 @@ Only the gate learns; the supernet is frozen with BatchNorm in eval mode. Per mi
 - the smallest subnet classifies the batch without gradients; the SGS target of an image is the slimmest route if
   it was right (the image is easy), else the widest route;
 - the model routes every image by a straight-through Gumbel-softmax sample of the gate (`forward_gumbel`);
-- loss = sgs_weight * CE(gate logits, target) + label-smoothed CE(routed output, label)
-  + macs_weight * mean((routed MAdds / macs_unit)^2), the MAdds differentiable through the one-hot.
+- loss = sgs_weight * CE(gate logits, target) + CE(routed output, label), both label-smoothed as the original's,
+  + macs_weight * (mean routed MAdds / macs_unit)^2: the square of the batch's mean, as the original's, the MAdds
+  differentiable through the one-hot.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class GateConfig(TrainConfig):
     """Label smoothing of the cross-entropy of the routed output."""
     sgs_weight: NonNegativeFloat = 1.0
     """Weight of the gate's cross-entropy against the SGS target (on logits, not the original's double softmax)."""
+    sgs_label_smoothing: Fraction = 0.1
+    """Label smoothing of the SGS cross-entropy (the original smoothed it as the task loss)."""
     macs_weight: NonNegativeFloat = 0.5
-    """Weight of the squared per-image MAdds penalty."""
+    """Weight of the MAdds penalty: the square of the batch's mean routed MAdds (in `macs_unit`)."""
     macs_unit: Annotated[float, at_least(1.0)] = 1e9
     """MAdds are divided by this before squaring (1e9: GMAdds, as the original)."""
     gumbel_tau: Annotated[float, at_least(1e-3)] = 1.0
@@ -58,10 +61,10 @@ class GateTraining(Method):
         target = torch.where(easy, 0, len(self.macs) - 1)
         with ctx.backward_pass(last=True):
             logits, gate, onehot = model(images, gumbel_tau=cfg.gumbel_tau)
-            sgs = F.cross_entropy(gate.float(), target)
+            sgs = F.cross_entropy(gate.float(), target, label_smoothing=cfg.sgs_label_smoothing)
             ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             routed = onehot @ self.macs.to(onehot.device)
-            penalty = ((routed / cfg.macs_unit) ** 2).mean()
+            penalty = (routed.mean() / cfg.macs_unit) ** 2
             loss = cfg.sgs_weight * sgs + ce + cfg.macs_weight * penalty
             ctx.backward(loss)
         return {

@@ -38,11 +38,14 @@ def check_policy(config: Config, net: Supernet, cfg: PolicyConfig | FinetuneConf
                         f"not {net.arch}")  # fmt: skip
     if not config.model.block_policy:
         raise UserError("BlockDrop's stages train a policy network: set --model.block-policy True")
-    if isinstance(cfg, PolicyConfig) and 0 < cfg.curriculum_blocks * cfg.epochs < len(net.blocks):
+    short = isinstance(cfg, PolicyConfig) and 0 < cfg.curriculum_blocks * cfg.epochs < len(net.blocks)
+    # a short curriculum is fine when fine-tuning follows: it learns every block (the original's ImageNet run)
+    later = config.pipeline[config.pipeline.index("policy") + 1 :] if "policy" in config.pipeline else ()
+    if short and "finetune" not in later:
         raise UserError(
             f"the curriculum makes {cfg.curriculum_blocks} of {len(net.blocks)} blocks learnable per epoch, so "
-            f"{cfg.epochs} epochs leave blocks never learnt: raise --stages.policy.epochs or "
-            "--stages.policy.curriculum-blocks"
+            f"{cfg.epochs} epochs leave blocks never learnt and no finetune stage follows: raise "
+            "--stages.policy.epochs or --stages.policy.curriculum-blocks"
         )
 
 
@@ -79,7 +82,7 @@ def pretrain(ctx: StageContext) -> None:
                           f"peak lr {trainer.peaks['weights']:.4g}, stochastic depth {cfg.drop_rate}")  # fmt: skip
     full = {net.name_of(net.largest(), "largest"): net.largest()}
     trainer.fit(lambda epoch: ctx.loader("train", epoch), ctx.epoch_evaluator(trainer, full))
-    ctx.save_supernet(trainer.supernet)
+    ctx.save_trained(trainer)
 
 
 def curriculum_evaluator(ctx: StageContext, trainer: Trainer, held: Callable[[int], int]) -> Callable[[int], dict]:
@@ -120,7 +123,7 @@ def policy(ctx: StageContext) -> None:
     trainer.fit(lambda epoch: ctx.loader("train", epoch), curriculum_evaluator(ctx, trainer, held))
     net.requires_grad_(True)
     net.router_trained = True
-    ctx.save_supernet(net)
+    ctx.save_trained(trainer, net)
 
 
 @register_stage("finetune", FinetuneConfig, check=check_policy)
@@ -140,4 +143,4 @@ def finetune(ctx: StageContext) -> None:
 
     trainer.fit(lambda epoch: ctx.loader("train", epoch), evaluate_epoch)
     net.router_trained = True
-    ctx.save_supernet(net)
+    ctx.save_trained(trainer, net)

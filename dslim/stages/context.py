@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,11 +11,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dslim.config import Config, TrainConfig
+from dslim.config import Config, TrainConfig, option_name
 from dslim.errors import UserError
 from dslim.evaluation.accuracy import evaluate
 from dslim.evaluation.calibration import recalibrate, scratch_statistics
-from dslim.io import write_json
+from dslim.io import preprocessing, write_json
 from dslim.io.artifacts import save_supernet
 from dslim.models import from_config
 from dslim.models.base import Supernet
@@ -24,6 +25,18 @@ from dslim.stages.registry import Stage
 from dslim.stages.run import resolve
 from dslim.subnet import Subnet
 from dslim.training import Method, MetricsLog, Trainer
+from dslim.training.optim import split_batch
+
+
+def batching(cfg: object, most: int, stage: str, processes: int) -> tuple[int, int]:
+    """`(micro-batch per process, micro-batches per optimizer step)` of a stage's training loop (settings `cfg`): its
+    `global_batch` split over `processes` in micro-batches of at most `most` (`data.batch_size`), or `most` and
+    `grad_accum`."""
+    if not isinstance(cfg, TrainConfig):
+        return most, 1
+    if not cfg.global_batch:
+        return most, cfg.grad_accum
+    return split_batch(cfg.global_batch, processes, most, option_name(f"stages.{stage}.global_batch"))
 
 
 @dataclass
@@ -54,6 +67,11 @@ class StageContext:
         return self.stage.name
 
     @property
+    def batching(self) -> tuple[int, int]:
+        """`(micro-batch per process, micro-batches per step)` of this stage's training (`batching`)."""
+        return batching(self.settings, self.config.data.batch_size, self.name, self.accelerator.num_processes)
+
+    @property
     def dir(self) -> Path:
         return self.layout.dir(self.name)
 
@@ -73,23 +91,30 @@ class StageContext:
         """Subnets by name: `net`'s own names, then the run's named-subnets files."""
         return {name: resolve(net, self.subnet_files, name) for name in names}
 
-    def loader(self, split: str, epoch: int = 0):  # type: ignore[no-untyped-def]
-        """This process's shard of `split`, deterministic per (seed, epoch)."""
+    def loader(self, split: str, epoch: int = 0, batch_size: int = 0):  # type: ignore[no-untyped-def]
+        """This process's shard of `split`, deterministic per (seed, epoch); training batches are the stage's
+        micro-batches unless `batch_size` says otherwise."""
         from dslim.data import build_loader
 
         acc = self.accelerator
-        return build_loader(self.config.data, split, self.config.model.input_size,  # type: ignore[arg-type]
+        data = self.config.data
+        if split == "train":
+            data = dataclasses.replace(data, batch_size=batch_size or self.batching[0])
+        return build_loader(data, split, self.config.model.input_size,  # type: ignore[arg-type]
                             shard_id=acc.process_index, num_shards=acc.num_processes, seed=self.config.seed,
                             epoch=epoch)  # fmt: skip
 
-    def training_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def training_batches(self, batch_size: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Training batches (train augmentation) for as many epochs as asked for."""
         for epoch in itertools.count():
-            yield from self.loader("train", epoch)
+            yield from self.loader("train", epoch, batch_size)
 
     def trainer(self, net: Supernet, method: Method, settings: TrainConfig) -> Trainer:
+        """The training loop of this stage: micro-batches and accumulation from its `global_batch`."""
+        micro, accum = self.batching
+        settings = dataclasses.replace(settings, grad_accum=accum)
         return Trainer(self.accelerator, net, method, settings, stage=self.name, state_dir=self.layout.state(self.name),
-                       metrics=self.metrics, batch_size=self.config.data.batch_size, seed=self.config.seed)  # fmt: skip
+                       metrics=self.metrics, batch_size=micro, seed=self.config.seed)  # fmt: skip
 
     def epoch_evaluator(self, trainer: Trainer, subnets: Mapping[str, Subnet]) -> Callable[[int], dict[str, float]]:
         """Top-1 of `subnets` (of the EMA too) after each epoch, on the validation split. Calibrated BatchNorm gets
@@ -113,11 +138,31 @@ class StageContext:
         return evaluate_epoch
 
     # -- outputs --------------------------------------------------------------------------------------------------
-    def save_supernet(self, net: Supernet, **extra: object) -> None:
-        """Write this stage's `supernet` artifact (the main process writes; every process waits for it)."""
+    def save_trained(self, trainer: Trainer, net: Supernet | None = None, **extra: object) -> None:
+        """Write a training stage's artifact: `net` (default: the trainer's), and its EMA beside it; with
+        `ema_artifact`, the EMA as the artifact and the trained weights beside it (as the original DS-Net kept both,
+        and reported its EMA)."""
+        net = trainer.supernet if net is None else net
+        ema = trainer.ema
+        if ema is None:
+            self.save_supernet(net, **extra)
+            return
+        ema.router_trained = net.router_trained
+        ema.name_subnets(net.extra_names)
+        handing_ema, decay = trainer.cfg.ema_artifact, trainer.cfg.ema_decay
+        handed, beside, kind = (ema, net, "weights") if handing_ema else (net, ema, "ema")
+        # the one beside first: the stage's artifact marks it done
+        self.save_supernet(beside, kind, ema=not handing_ema, ema_decay=decay, **extra)
+        self.save_supernet(handed, ema=handing_ema, ema_decay=decay, **extra)
+
+    def save_supernet(self, net: Supernet, kind: str = "supernet", **extra: object) -> None:
+        """Write this stage's `supernet` artifact (or another `kind` of the layout; the main process writes, every
+        process waits for it)."""
         if self.accelerator.is_main_process:
-            save_supernet(net, self.layout.path(self.name, "supernet"), recipe=self.recipe, stage=self.name,
-                          input_size=self.config.model.input_size, **extra)  # fmt: skip
+            save_supernet(net, self.layout.path(self.name, kind), recipe=self.recipe, stage=self.name,
+                          input_size=self.config.model.input_size,
+                          preprocessing=preprocessing.record(self.config.data, self.config.model.input_size),
+                          **extra)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
     def save_subnets(self, net: Supernet, subnets: Mapping[str, Subnet], scores: Mapping[str, dict]) -> None:

@@ -74,4 +74,4 @@ def dmcp(ctx: StageContext) -> None:
                           f"{sum(c.bins for c in chains)} bins in {len(chains)} chains, target "
                           f"{cfg.target_macs:,.0f} MACs, global batch {trainer.global_batch}")  # fmt: skip
     trainer.fit(lambda epoch: ctx.loader("train", epoch), on_epoch_end)
-    ctx.save_supernet(net, dmcp=method.finish(net).to_json())
+    ctx.save_trained(trainer, net, dmcp=method.finish(net).to_json())

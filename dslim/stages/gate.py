@@ -28,10 +28,17 @@ def train_gate(ctx: StageContext) -> None:
                           f"{trainer.global_batch}")  # fmt: skip
 
     def evaluate_epoch(epoch: int) -> dict[str, float]:
-        d = evaluate_dynamic(trainer.supernet, ctx.loader("val"), size, ctx.accelerator)
-        return {"top1/dynamic": round(d["top1"], 3), "macs_M/dynamic": round(d["macs_mean"] / 1e6, 3)}
+        out = {}
+        for prefix, model in (("", trainer.supernet), ("ema/", trainer.ema)):  # the original validated its EMA
+            if model is not None:
+                d = evaluate_dynamic(model, ctx.loader("val"), size, ctx.accelerator)
+                out |= {
+                    f"top1/{prefix}dynamic": round(d["top1"], 3),
+                    f"macs_M/{prefix}dynamic": round(d["macs_mean"] / 1e6, 3),
+                }
+        return out
 
     trainer.fit(lambda epoch: ctx.loader("train", epoch), evaluate_epoch)
     net.requires_grad_(True)
     net.router_trained = True
-    ctx.save_supernet(net)
+    ctx.save_trained(trainer, net)

@@ -5,6 +5,8 @@
 D/config.json                {"config": asdict(Config), "recipe", "argv", "versions", "history"}
 D/metrics.jsonl              one JSON object per logged step, epoch and evaluation, all stages
 D/<stage>/model.safetensors  a `supernet` artifact: written last and atomically, it marks the stage done
+D/<stage>/ema.safetensors    beside it, a training stage's EMA (`ema_decay`), or `weights.safetensors`, its trained
+                             weights, when the EMA is the artifact (`ema_artifact`)
 D/<stage>/subnets.json       a `subnets` artifact (named subnets)
 D/<stage>/state/ckpt-<step>/ a training stage's resumable state
 D/eval.json, D/pareto.png    the `report` (the evaluate stage)
@@ -41,6 +43,8 @@ class RunLayout:
         """Where `stage` writes an artifact of `kind`."""
         return {
             "supernet": self.dir(stage) / "model.safetensors",
+            "ema": self.dir(stage) / "ema.safetensors",
+            "weights": self.dir(stage) / "weights.safetensors",
             "subnets": self.dir(stage) / "subnets.json",
             "report": self.report,
             "export": self.dir(stage) / "done.json",

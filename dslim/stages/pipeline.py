@@ -25,13 +25,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dslim.config import Config, validate_fields
+from dslim.config import Config, TrainConfig, option_name, validate_fields
 from dslim.errors import Stopped, Terminated, UserError, signal_name
 from dslim.io.artifacts import load_supernet
 from dslim.io.outputs import MARKER, check_run_dir, mark, sweep
 from dslim.models import from_config
 from dslim.models.registry import arch_of
-from dslim.stages.context import StageContext
+from dslim.stages.context import StageContext, batching
 from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.stages.preflight import check_data, check_inputs, start_from
@@ -61,9 +61,20 @@ def validate(config: Config, stages: Sequence[str] | None = None, where: str = "
     with torch.device("meta"):
         net = from_config(config.model)
     for name in config.pipeline if stages is None else stages:
-        stage = STAGES.get(name)
+        stage, settings = STAGES.get(name), getattr(config.stages, name)
+        if isinstance(settings, TrainConfig):
+            check_training(settings, name)
         if stage.check is not None:
-            stage.check(config, net, getattr(config.stages, name))
+            stage.check(config, net, settings)
+
+
+def check_training(cfg: TrainConfig, stage: str) -> None:
+    """Settings of the shared training loop that contradict each other."""
+    option = lambda name: option_name(f"stages.{stage}.{name}")  # noqa: E731
+    if cfg.ema_artifact and not cfg.ema_decay:
+        raise UserError(f"{option('ema_artifact')} hands on the EMA of the weights: set {option('ema_decay')}")
+    if cfg.global_batch and cfg.grad_accum != 1:
+        raise UserError(f"{option('global_batch')} derives the accumulation: leave {option('grad_accum')} at 1")
 
 
 def _make_run(layout: RunLayout, accelerator: Accelerator) -> list[Path]:
@@ -111,6 +122,8 @@ def run_pipeline(
     record = check_record(layout, config, recipe, sys.argv if argv is None else argv)
     acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
     todo = [s for s in selected if not layout.finished(s)]
+    for name in todo:  # a global batch these processes cannot split is refused before any work
+        batching(getattr(config.stages, name), config.data.batch_size, name, acc.num_processes)
     check_data(config, todo, acc)
     seeded = from_ is not None and bool(todo) and todo[0] == selected[0]
     start = (*start_from(from_, config, new_classifier, acc), from_) if seeded else None  # type: ignore[arg-type]

@@ -98,4 +98,4 @@ def retrain(ctx: StageContext) -> None:
     ctx.accelerator.print(f"retrain: {', '.join(subnets)} jointly from scratch, {cfg.epochs} epochs, {cfg.bn} BN, "
                           f"global batch {trainer.global_batch}, peak lr {trainer.peaks['weights']:.4g}")  # fmt: skip
     trainer.fit(lambda epoch: ctx.loader("train", epoch), ctx.epoch_evaluator(trainer, subnets))
-    ctx.save_supernet(trainer.supernet)
+    ctx.save_trained(trainer)

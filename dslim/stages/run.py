@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dslim.config import Config, StagesConfig, stages_config_class, validate_fields
 from dslim.errors import UserError
+from dslim.io import preprocessing
 from dslim.io.artifacts import load_supernet
 from dslim.models.base import Supernet
 from dslim.models.registry import arch_of
@@ -145,14 +146,17 @@ def default_names(net: Supernet, files: dict[str, dict]) -> list[str]:
     return [*own, *(n for n in files if n not in own and net.bn_mode != "switchable")]
 
 
-def open_run(run_dir: str | Path) -> Run:
-    """Config, supernet (weights and statistics of the latest finished stage) and named subnets of a run: how
-    `dslim.profile`, `dslim.latency`, `dslim.evaluate` and `dslim.export` read one."""
+def open_run(run_dir: str | Path, model: str | Path | None = None) -> Run:
+    """Config, supernet (weights and statistics of the latest finished stage, or of the artifact `model`: a stage's
+    `ema.safetensors`) and named subnets of a run: how `dslim.profile`, `dslim.latency`, `dslim.evaluate` and
+    `dslim.export` read one."""
     config = load_config(run_dir)
     layout = RunLayout(run_dir)
     order = stage_order(config)
-    artifact = layout.supernet_before(order)
+    artifact = layout.supernet_before(order) if model is None else Path(model)
     if artifact is None:
         raise UserError(f"{run_dir} has no finished stage yet (no <stage>/model.safetensors): train it first")
-    net, _ = load_supernet(artifact, arch_of(config.model))
+    net, meta = load_supernet(artifact, arch_of(config.model))
+    # evaluated and exported as its weights were trained (a run's own artifacts record its own data settings)
+    config = preprocessing.adopt(config, preprocessing.read(meta, artifact))
     return Run(layout, config, artifact, net, layout.named_subnets(order))

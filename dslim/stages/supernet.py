@@ -47,4 +47,4 @@ def train_supernet(ctx: StageContext) -> None:
     trainer.fit(
         lambda epoch: ctx.loader("train", epoch), ctx.epoch_evaluator(trainer, eval_subnets(net, cfg.eval_subnets))
     )
-    ctx.save_supernet(trainer.supernet)
+    ctx.save_trained(trainer)

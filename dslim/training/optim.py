@@ -1,4 +1,5 @@
-"""Optimizers with the originals' weight-decay rules, and learning-rate schedules as pure functions of the step."""
+"""Optimizers with the originals' weight-decay rules, learning-rate schedules as pure functions of the step, and
+the split of a global batch into per-process micro-batches (the learning rate is quoted for a global batch)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from dslim.config import OptimConfig, ScheduleConfig
+from dslim.errors import UserError
 
 
 @dataclass
@@ -64,16 +66,20 @@ def peak_lr(optim: OptimConfig, global_batch: int) -> float:
 def lr_at(step: int, steps_per_epoch: int, epochs: float, peak: float, s: ScheduleConfig) -> float:
     """Learning rate of optimizer step `step` (0-based) of a schedule `epochs` long.
 
-    Warm-up rises linearly from `warmup_lr` to `peak`; the decay then runs from the end of warm-up to the start of
-    the cool-down (the last `cooldown_epochs`), which stays at `min_lr`. `step` and `exp` decay per whole epoch.
+    Warm-up rises linearly from `warmup_lr` to `peak`; the decay then runs to the start of the cool-down (the last
+    `cooldown_epochs`), which stays at `min_lr`. The decay starts at the end of warm-up (`warmup_prefix`) or at
+    epoch 0, warm-up overriding its start. `step` and `exp` decay per whole epoch; with `per_epoch` everything does.
     """
     e = step / steps_per_epoch
+    if s.per_epoch:
+        e = math.floor(e + 1e-9)
     if e < s.warmup_epochs:
         return s.warmup_lr + (peak - s.warmup_lr) * e / s.warmup_epochs
     decay_end = epochs - s.cooldown_epochs
     if s.cooldown_epochs and e >= decay_end:
         return s.min_lr
-    t = min(1.0, (e - s.warmup_epochs) / max(decay_end - s.warmup_epochs, 1e-12))
+    start = s.warmup_epochs if s.warmup_prefix else 0.0
+    t = min(1.0, (e - start) / max(decay_end - start, 1e-12))
     if s.kind == "cosine":
         return s.min_lr + (peak - s.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
     if s.kind == "linear":
@@ -83,3 +89,16 @@ def lr_at(step: int, steps_per_epoch: int, epochs: float, peak: float, s: Schedu
     if s.kind == "exp":
         return peak * s.gamma ** math.floor(e)
     return peak
+
+
+def split_batch(global_batch: int, processes: int, most: int, option: str) -> tuple[int, int]:
+    """`(micro-batch, accumulation)`: each of `processes` reads micro-batches of at most `most` images and
+    accumulates them so that one optimizer step sees exactly `global_batch` images; the fewest micro-batches that
+    divide it evenly. `option` names the setting in the error when none does."""
+    if global_batch < processes:
+        raise UserError(f"{option} {global_batch} is smaller than the {processes} processes: one image each at least")
+    for accum in range(math.ceil(global_batch / (processes * most)), global_batch // processes + 1):
+        if global_batch % (processes * accum) == 0:
+            return global_batch // (processes * accum), accum
+    raise UserError(f"{option} {global_batch} cannot be split evenly into {processes} processes x micro-batches of at "
+                    f"most --data.batch-size {most}; choose a multiple of {processes}")  # fmt: skip
