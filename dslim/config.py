@@ -286,6 +286,14 @@ class Config:
     """Also log metrics to TensorBoard under `<out-dir>/tensorboard` (Accelerate tracker; needs `tensorboard`)."""
 
 
+def config_json(config: Config) -> dict:
+    """The resolved config as plain JSON: what a run's config.json, every artifact's metadata and every card record
+    (`dslim.train --config` reads it back)."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def replace(obj, **changes):  # type: ignore[no-untyped-def]
     """`dataclasses.replace` that accepts dotted paths: `replace(cfg, **{"model.arch": "resnet50"})`."""
     nested: dict[str, dict[str, object]] = {}

@@ -2,11 +2,12 @@
 tools can read what a file is without dslim.
 
 `F.safetensors` and `F.onnx` get `F.config.json` (one card per model: exporting the same model in both formats lists
-both files); an exported folder (a dynamic model's ONNX graphs) holds `config.json`. A card says what the model is
-(architecture and its arguments, channels, block mask, classes, input size and preprocessing), what it costs (MACs
-and params per image; the latency the run's `latency.json` measured or estimated, with the device) and how good it
-is (top-1/top-5 from the run's `eval.json`, when that subnet or the dynamic model was evaluated). Unknown values are
-null. Cards are written atomically.
+both files); an exported folder (a dynamic model's ONNX graphs, a model folder) holds `config.json`. A card says what
+the model is (architecture and its arguments, channels, block mask, classes, input size and preprocessing), what it
+costs (MACs and params per image; the latency the run's `latency.json` measured or estimated, with the device), how
+good it is (top-1/top-5 from the run's `eval.json`, when that subnet or the dynamic model was evaluated) and how it
+was made (`training`: the recipe and the resolved config). A whole supernet's card (`supernet_card`) says all that of
+each slice it holds. Unknown values are null. Cards are written atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 
 import dslim
-from dslim.config import Config
+from dslim.config import Config, config_json
 from dslim.deploy.extraction import widest
 from dslim.deploy.latency_table import LatencyTable
 from dslim.errors import UserError
@@ -44,9 +45,14 @@ def _read(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _accuracy(run_dir: Path | None, name: str | None) -> dict | None:
-    """The evaluation of `name` (None: the dynamic model) in the run's eval.json, if it has one."""
-    report = _read(run_dir / "eval.json") if run_dir is not None else None
+def read_report(run_dir: Path | None) -> dict | None:
+    """The run's eval.json, if it has a readable one."""
+    return _read(run_dir / "eval.json") if run_dir is not None else None
+
+
+def _accuracy(run_dir: Path | None, name: str | None, report: dict | None = None) -> dict | None:
+    """The evaluation of `name` (None: the dynamic model) in the run's eval.json (or `report`), if it has one."""
+    report = read_report(run_dir) if report is None else report
     if report is None:
         return None
     row = (
@@ -84,7 +90,7 @@ def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, 
             "threads": device.get("threads"), "source": "latency.json"}  # fmt: skip
 
 
-def _common(net: Supernet, config: Config) -> dict:
+def _common(net: Supernet, config: Config, training: dict | None) -> dict:
     data, size = config.data, config.model.input_size
     return {
         "format": FORMAT,
@@ -95,16 +101,26 @@ def _common(net: Supernet, config: Config) -> dict:
         "preprocessing": {"mean": list(data.mean), "std": list(data.std), "crop_fraction": data.crop_fraction,
                           "resize_shorter_side": round(size / data.crop_fraction), "layout": "NCHW, RGB in [0, 1]"},
         "dslim_version": dslim.__version__,
+        "training": training,
     }  # fmt: skip
 
 
-def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_dir: Path | None) -> dict:
-    """The card of one static subnet of `net` (a run's supernet; `run_dir` for its eval.json and latency.json)."""
+def training_record(config: Config, recipe: str | None) -> dict:
+    """How the weights were made, as every exported file and card records it: the recipe and the resolved config
+    (`dslim.train --config` re-runs it)."""
+    return {"recipe": recipe, "config": config_json(config)}
+
+
+def subnet_card(
+    net: Supernet, config: Config, name: str, subnet: Subnet, run_dir: Path | None, training: dict | None = None
+) -> dict:
+    """The card of one static subnet of `net` (a run's supernet; `run_dir` for its eval.json and latency.json;
+    `training`: its `training_record`)."""
     size = config.model.input_size
     cost = measure(net, size, subnet)
     latency = _latency(run_dir, net, size, {name: subnet})
     return {
-        **_common(net, config),
+        **_common(net, config, training),
         "dynamic": False,
         "subnet": name,
         "arch_kwargs": net.static_kwargs(),
@@ -117,7 +133,7 @@ def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_di
     }
 
 
-def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
+def dynamic_card(net: Supernet, config: Config, run_dir: Path | None, training: dict | None = None) -> dict:
     """The card of `net`'s dynamic model (routing each input): the routes of its export plan (DS-Net's route
     subnets, BlockDrop's every-block and shortcuts-only extremes), their cost, its evaluation."""
     size = config.model.input_size
@@ -127,7 +143,7 @@ def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
     accuracy = _accuracy(run_dir, None)
     report = _read(run_dir / "eval.json") if run_dir is not None else None
     return {
-        **_common(net, config),
+        **_common(net, config, training),
         "dynamic": True,
         "arch_kwargs": net.arch_kwargs,
         "routes": {
@@ -142,6 +158,32 @@ def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
         "params": measure(net, size, widest(routes)).params,  # what the exported model holds, router aside
         "accuracy": accuracy,
         "latency_ms": _latency(run_dir, net, size, dict(zip(names, routes))),
+    }
+
+
+def supernet_card(
+    net: Supernet, config: Config, slices: dict[str, Subnet], run_dir: Path | None, training: dict | None = None
+) -> dict:
+    """The card of a whole supernet stored with the statistics of each of `slices` (one checkpoint, every width):
+    each slice's channels, cost, accuracy and latency as the subnet cards say them; the dynamic model's too."""
+    size, report = config.model.input_size, read_report(run_dir)
+    latency = _latency(run_dir, net, size, slices)
+    rows = {}
+    for name, subnet in slices.items():
+        cost = measure(net, size, subnet)
+        rows[name] = {"subnet": subnet.to_json(), "macs": cost.macs, "params": cost.params,
+                      "accuracy": _accuracy(run_dir, name, report),
+                      "latency_ms": None if latency is None else latency["ms"].get(name)}  # fmt: skip
+    routed = net.is_dynamic and net.router_trained
+    return {
+        **_common(net, config, training),
+        "dynamic": False,
+        "supernet": True,
+        "arch_kwargs": net.arch_kwargs,
+        "slices": rows,
+        "dynamic_model": {"accuracy": _accuracy(run_dir, None, report)} if routed else None,
+        "params": measure(net, size, net.largest()).params,  # of its widest subnet
+        "latency_device": None if latency is None else {k: v for k, v in latency.items() if k != "ms"},
     }
 
 

@@ -5,20 +5,32 @@ layer filled from the supernet (`SlimModule.copy_from`) and swapped for the plai
 (`SlimModule.to_plain`, with that subnet's BatchNorm statistics), each skipped block reduced to its shortcut.
 A dynamic model (`dslim.models.routing.Dynamic`) exports as the supernet cut to its widest route, its router, and
 the statistics of every route; `load_subnet` rebuilds it as a `RoutedNet`. The file records architecture and
-channels, so `load_subnet` needs nothing else. For runtimes that cannot branch (ONNX), `extract_graph` makes each
-graph of the model's `export_plan` a module of its own, holding only the weights of its subnet.
+channels, so `load_subnet` needs nothing else; given a model folder or a whole supernet (a folder of every width,
+a stage artifact) and a slice's name, it extracts that slice. For runtimes that cannot branch (ONNX),
+`extract_graph` makes each graph of the model's `export_plan` a module of its own, holding only the weights of its
+subnet.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dslim.errors import UserError
-from dslim.io.artifacts import arch_class, build_checked, field, load_tensors, save_tensors
+from dslim.evaluation.calibration import has_statistics
+from dslim.io.artifacts import (
+    SUPERNET_FORMAT,
+    arch_class,
+    build_checked,
+    field,
+    load_tensors,
+    save_tensors,
+    supernet_from,
+)
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
 from dslim.models.routing import GraphSpec, RoutedNet
@@ -116,43 +128,82 @@ def extract_dynamic(supernet: Supernet) -> RoutedNet:
     return routed
 
 
-def save_subnet(model: nn.Module, subnet: Subnet | None, path: str | os.PathLike, input_size: int = 224) -> None:
-    """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`."""
+def save_subnet(
+    model: nn.Module, subnet: Subnet | None, path: str | os.PathLike, input_size: int = 224, **extra: object
+) -> None:
+    """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`;
+    `extra` (JSON values: the name, the recipe and resolved config it was trained with) joins its metadata."""
     if getattr(model, "dslim_meta", None) is None:
         if not isinstance(model, Supernet) or subnet is None:
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
     state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
-    save_tensors(state, path, {**model.dslim_meta, "input_size": input_size})
+    save_tensors(state, path, {**extra, **model.dslim_meta, "input_size": input_size})
 
 
-def load_subnet(path: str | os.PathLike) -> nn.Module:
-    """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode).
-
-    The file is checked first (metadata, then the tensors against the architecture it names, on the `meta` device),
-    so a damaged or foreign file is refused in one line before anything is built from it.
-    """
-    tensors, meta = load_tensors(path)
-    kind = meta.get("format")
-    if kind not in (FORMAT, DYNAMIC_FORMAT):
-        raise UserError(
-            f"{path} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
-        )
-    cls = arch_class(meta, path)
-    arch = cls.arch
-    kwargs = field(meta, "arch_kwargs", dict, path)
+def _input_size(meta: dict, path: str | os.PathLike) -> int:
     size = field(meta, "input_size", int, path)
     if not 8 <= size <= 4096:  # type: ignore[operator]
         raise UserError(f"{path}: metadata input_size {size} is not a plausible image size")
-    subnet = Subnet.from_json(meta.get("subnet"), f"{path}: metadata 'subnet'")
+    return size  # type: ignore[return-value]
+
+
+def load_subnet(path: str | os.PathLike, subnet: str | None = None) -> nn.Module:
+    """Rebuild an exported model (a static module, or a `RoutedNet`) from its file or model folder alone (eval mode).
+
+    `path` is a file `dslim.export` wrote, or a model folder (`--format folder`, its `model.safetensors`). A folder
+    (or stage artifact) holding a whole supernet gives the subnet named `subnet` (one of its slices; `dynamic`: the
+    routing model), physically sliced as `extract` makes it. The file is checked first (metadata, then the tensors
+    against the architecture it names, on the `meta` device), so a damaged or foreign file is refused in one line
+    before anything is built from it; nothing but safetensors and JSON metadata is read.
+    """
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    if Path(path).is_dir() and not file.is_file():
+        raise UserError(f"{path} is not a dslim model folder: it has no model.safetensors")
+    tensors, meta = load_tensors(file)
+    kind = meta.get("format")
+    if kind == SUPERNET_FORMAT:
+        return _slice(supernet_from(tensors, meta, file), meta, path, subnet)
+    if kind not in (FORMAT, DYNAMIC_FORMAT):
+        raise UserError(
+            f"{file} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
+        )
+    if subnet is not None and subnet != meta.get("name"):
+        raise UserError(f"{path} holds one model ({meta.get('name') or 'unnamed'}), not a supernet: load it "
+                        "without subnet=")  # fmt: skip
+    cls = arch_class(meta, file)
+    arch = cls.arch
+    kwargs = field(meta, "arch_kwargs", dict, file)
+    size = _input_size(meta, file)
+    channels = Subnet.from_json(meta.get("subnet"), f"{file}: metadata 'subnet'")
 
     def build() -> nn.Module:
         if kind == FORMAT:
-            return _build(arch, kwargs, subnet, None)  # type: ignore[arg-type]
-        return cls(**kwargs, channels=dict(subnet.items()))
+            return _build(arch, kwargs, channels, None)  # type: ignore[arg-type]
+        return cls(**kwargs, channels=dict(channels.items()))
 
-    net = build_checked(build, tensors, path, f"{arch} subnet")
+    net = build_checked(build, tensors, file, f"{arch} subnet")
     model = RoutedNet(net) if kind == DYNAMIC_FORMAT else net
     model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
     model.input_size = size
     return model.eval()
+
+
+def _slice(net: Supernet, meta: dict, path: str | os.PathLike, name: str | None) -> nn.Module:
+    """The slice `name` of a stored supernet, as `load_subnet` returns it."""
+    slices = [n for n, s in net.named_subnets().items() if has_statistics(net, s)]
+    dynamic = net.is_dynamic and net.router_trained
+    names = ", ".join(slices + (["dynamic"] if dynamic else []))
+    if name is None:
+        raise UserError(f"{path} holds a whole supernet: give subnet=NAME, one of {names}")
+    if name == "dynamic" and dynamic:
+        model = extract_dynamic(net)
+    else:
+        found = net.resolve(name)
+        if not has_statistics(net, found):
+            raise UserError(f"{path} holds no BatchNorm statistics for subnet {name}; it holds {names} (export the "
+                            f"run again with --subnets ... {name} to store it)")  # fmt: skip
+        model = extract(net, found)
+        model.dslim_meta["name"] = name
+    model.input_size = _input_size(meta, path)
+    return model

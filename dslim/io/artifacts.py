@@ -114,6 +114,11 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
     tensors, meta = load_tensors(path)
     if meta.get("format") != SUPERNET_FORMAT:
         raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
+    return supernet_from(tensors, meta, path, arch), meta
+
+
+def supernet_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike, arch: str | None = None):  # type: ignore[no-untyped-def]
+    """The supernet a supernet artifact's `tensors` and `meta` (read by `load_tensors`) describe, checked first."""
     cls = arch_class(meta, path)
     kwargs = field(meta, "arch_kwargs", dict, path)
     if arch is not None and cls.arch != arch:
@@ -125,4 +130,4 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
         raise UserError(f"{path}: metadata field 'extra_names' must list names of its 'subnets'")
     net.name_subnets({n: Subnet.from_json(subnets[n], f"{path}: subnet {n!r}") for n in extra})
     net.router_trained = bool(meta.get("router_trained", False))
-    return net, meta
+    return net

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dslim.config import Config, TrainConfig
+from dslim.config import Config, TrainConfig, config_json
 from dslim.errors import UserError
 from dslim.evaluation.accuracy import evaluate
 from dslim.evaluation.calibration import recalibrate, scratch_statistics
@@ -114,10 +114,12 @@ class StageContext:
 
     # -- outputs --------------------------------------------------------------------------------------------------
     def save_supernet(self, net: Supernet, **extra: object) -> None:
-        """Write this stage's `supernet` artifact (the main process writes; every process waits for it)."""
+        """Write this stage's `supernet` artifact (the main process writes; every process waits for it), with the
+        recipe and resolved config it was trained with (`training`)."""
         if self.accelerator.is_main_process:
+            training = {"recipe": self.recipe, "config": config_json(self.config)}
             save_supernet(net, self.layout.path(self.name, "supernet"), recipe=self.recipe, stage=self.name,
-                          input_size=self.config.model.input_size, **extra)  # fmt: skip
+                          input_size=self.config.model.input_size, training=training, **extra)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
     def save_subnets(self, net: Supernet, subnets: Mapping[str, Subnet], scores: Mapping[str, dict]) -> None:

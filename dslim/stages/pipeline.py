@@ -14,7 +14,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import platform
 import sys
@@ -26,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dslim.config import Config, validate_fields
+from dslim.config import Config, config_json, validate_fields
 from dslim.errors import UserError
 from dslim.io import write_json
 from dslim.io.artifacts import load_supernet
@@ -67,10 +66,6 @@ def validate(config: Config, stages: Sequence[str] | None = None, where: str = "
             stage.check(config, net, getattr(config.stages, name))
 
 
-def _plain(obj: object) -> object:
-    return json.loads(json.dumps(obj))
-
-
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
@@ -93,7 +88,7 @@ def write_config(layout: RunLayout, config: Config, recipe: str, argv: Sequence[
     Every process reads before any writes and meets the same barriers, so all of them refuse, or none does.
     """
     path = layout.config
-    record: dict = {"config": _plain(dataclasses.asdict(config)), "recipe": recipe, "argv": list(argv),
+    record: dict = {"config": config_json(config), "recipe": recipe, "argv": list(argv),
                     "versions": _versions(), "history": []}  # fmt: skip
     accelerator.wait_for_everyone()
     write = not path.is_file()

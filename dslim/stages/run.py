@@ -67,6 +67,11 @@ def config_from_json(obj: dict) -> Config:
 
 def load_config(run_dir: str | Path) -> Config:
     """The resolved config a training run recorded in `run_dir/config.json`."""
+    return config_from_json(read_record(run_dir)["config"])
+
+
+def read_record(run_dir: str | Path) -> dict:
+    """A run's `config.json` record: the resolved config (as JSON), recipe, argv, versions."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise UserError(f"run directory {run_dir} does not exist (give the --out-dir of a dslim.train run)")
@@ -78,7 +83,7 @@ def load_config(run_dir: str | Path) -> Config:
         raise UserError(f"{layout.config} is not readable JSON ({e})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
         raise UserError(f'{layout.config} has no "config" object: it was not written by dslim.train')
-    return config_from_json(obj["config"])
+    return obj
 
 
 @dataclass
@@ -91,6 +96,8 @@ class Run:
     supernet: Supernet
     subnet_files: dict[str, dict]
     """Named subnets of the run's `subnets` artifacts (search results, samples)."""
+    recipe: str | None = None
+    """The recipe the run was trained with, as given to `dslim.train`."""
 
     @property
     def dir(self) -> Path:
@@ -136,11 +143,13 @@ def default_names(net: Supernet, files: dict[str, dict]) -> list[str]:
 def open_run(run_dir: str | Path) -> Run:
     """Config, supernet (weights and statistics of the latest finished stage) and named subnets of a run: how
     `dslim.profile`, `dslim.latency`, `dslim.evaluate` and `dslim.export` read one."""
-    config = load_config(run_dir)
+    record = read_record(run_dir)
+    config = config_from_json(record["config"])
     layout = RunLayout(run_dir)
     order = stage_order(config)
     artifact = layout.supernet_before(order)
     if artifact is None:
         raise UserError(f"{run_dir} has no finished stage yet (no <stage>/model.safetensors): train it first")
     net, _ = load_supernet(artifact, config.model.arch)
-    return Run(layout, config, artifact, net, layout.named_subnets(order))
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), str) else None
+    return Run(layout, config, artifact, net, layout.named_subnets(order), recipe)
