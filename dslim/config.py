@@ -282,8 +282,10 @@ class Config:
     """Autocast precision of the forward passes; BN statistics and master weights stay fp32."""
     seed: NonNegative = 0
     """Random seed (every process draws the same subnets)."""
-    tensorboard: bool = False
-    """Also log metrics to TensorBoard under `<out-dir>/tensorboard` (Accelerate tracker; needs `tensorboard`)."""
+    log_with: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio", "all"], ...] = ()
+    """Also log to these experiment trackers (Accelerate's; `all`: each one installed): loss terms, learning rates,
+    per-subnet validation accuracy, the final evaluation. TensorBoard writes to `<out-dir>/tensorboard/`;
+    `--tensorboard` is an alias of `--log-with tensorboard`."""
 
 
 def config_json(config: Config) -> dict:

@@ -24,19 +24,29 @@ TINY = [
     "--recipe", "usnet_digits", "--model.max-width", "0.5", "--model.widths", "0.25", "0.375", "0.5",
     "--model.width-range", "0.25", "0.5", "--stages.supernet.epochs", "1",
     "--stages.supernet.eval-subnets", "0.25", "0.5", "--stages.supernet.log-every", "5",
-    "--stages.bn-recalibration.batches", "2", "--stages.evaluate.calibrate-batches", "2",
+    "--stages.bn-recalibration.batches", "2", "--stages.evaluate.calibrate-batches", "2", "--tensorboard",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> Path:
-    """supernet (1 epoch) -> bn_recalibration -> evaluate of a 0.5x MobileNet v1 on the digits."""
+    """supernet (1 epoch) -> bn_recalibration -> evaluate of a 0.5x MobileNet v1 on the digits, logged to TensorBoard
+    (by `--tensorboard`, the alias of `--log-with tensorboard`)."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    argv = [*TINY, "--data.cache-dir", str(digits_cache), "--out-dir", str(out)]
-    done = subprocess.run([PYTHON, "-m", "dslim.train", *argv], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = train(*TINY, "--data.cache-dir", str(digits_cache), "--out-dir", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+def train(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "dslim.train", *argv], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def refused(done: subprocess.CompletedProcess, *words: str) -> None:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("dslim: error:"), done.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -139,3 +149,69 @@ def test_dynamic_model_folders(tmp_path, capsys):
     assert "| **dynamic** | 12.50 |" in readme and "| **uniform-2** |" in readme
     with pytest.raises(UserError, match="holds one model"):
         dslim.load_subnet(alone, subnet="uniform-2")
+
+
+@pytest.mark.slow
+def test_tensorboard_events_hold_what_metrics_jsonl_holds(run):
+    """TensorBoard's own reader finds each logged loss term and learning rate at its step, the per-subnet
+    validation top-1 of each epoch, and the final evaluation, as numbers and as a table."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, TENSORS, EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={SCALARS: 0, TENSORS: 0})
+    events.Reload()
+
+    def scalars(tag: str) -> dict[int, float]:
+        return {e.step: e.value for e in events.Scalars(tag)}
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(steps) >= 4 and {"loss/largest", "loss/smallest", "lr"} <= set(steps[0])
+    for key in ("loss", "loss/largest", "loss/random", "loss/smallest", "lr"):
+        assert scalars(f"supernet/{key}") == pytest.approx({r["step"]: r[key] for r in steps}, rel=1e-6)
+    [epoch] = [r for r in records if r["kind"] == "epoch"]
+    for name in ("0.25", "0.5"):
+        assert scalars(f"supernet/epoch/top1/{name}") == pytest.approx({epoch["step"]: epoch[f"top1/{name}"]})
+    report = json.loads((run / "eval.json").read_text())
+    for row in report["subnets"]:
+        for key in ("top1", "top5", "macs"):
+            assert list(scalars(f"evaluate/{key}/{row['subnet']}").values()) == pytest.approx([row[key]], rel=1e-6)
+    [table] = events.Tensors("evaluate/table/text_summary")
+    text = table.tensor_proto.string_val[0].decode()
+    assert all(f"| {r['subnet']} | {r['macs']} | {r['params']} |" in text for r in report["subnets"])
+
+
+@pytest.mark.slow
+def test_a_recorded_config_trains_again(run, tmp_path, capsys):
+    """`--config D/config.json` is the run's own config (its directory takes it as the same run, every stage done);
+    overrides apply on top; a folder's card and a YAML file work too; a bad file is refused naming file and field."""
+    from dslim.cli.train import main as train_here
+
+    def done(*argv: str) -> None:
+        train_here([*argv, "--out-dir", str(run)])
+        assert "evaluate: done" in capsys.readouterr().out
+
+    def refused_here(argv: list[str], *words: str) -> None:
+        with pytest.raises(SystemExit) as e:
+            train_here(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(lines) == 1 and all(w in lines[0] for w in words), lines
+
+    done("--config", str(run / "config.json"))
+    refused_here(["--config", str(run / "config.json"), "--out-dir", str(run), "--stages.supernet.epochs", "2"],
+                 "started with another config", "stages.supernet.epochs")  # fmt: skip
+    folder = tmp_path / "folder"
+    export(["--run", str(run), "--subnet", "0.25", "--format", "folder", "--out", str(folder)])
+    done("--config", str(folder / "config.json"))
+    config = json.loads((run / "config.json").read_text())["config"]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done("--config", str(tmp_path / "run.yaml"))
+    for field, value, words in (("num_classes", "ten", ("config.model.num_classes", "integer")),
+                                ("num_classes", 0, ("--model.num-classes 0",)),
+                                ("bn", "batch", ("config.model.bn", "private, switchable, calibrated"))):  # fmt: skip
+        bad = tmp_path / f"bad-{field}.yaml"
+        bad.write_text(yaml.safe_dump({**config, "model": {**config["model"], field: value}}))
+        refused_here(["--config", str(bad), "--out-dir", str(tmp_path / "never")], str(bad), *words)
+    (tmp_path / "tagged.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {tmp_path}/owned']\n")
+    refused_here(["--config", str(tmp_path / "tagged.yaml")], "not readable YAML")
+    refused_here(["--config", str(run / "config.json"), "--recipe", "usnet_digits"], "not both")
+    assert not (tmp_path / "never").exists() and not (tmp_path / "owned").exists()

@@ -1,4 +1,5 @@
-"""`python -m dslim.train --recipe R [--out-dir D] [--stages S ...] [--from F] [overrides ...]`: run a pipeline.
+"""`python -m dslim.train (--recipe R | --config F) [--out-dir D] [--stages S ...] [--from F] [overrides ...]`: run a
+pipeline.
 
 Runs the recipe's stages (e.g. supernet -> bn_recalibration -> evaluate) in D (default `runs/<recipe>`), writing
 config.json, one folder per stage with its model.safetensors and resumable state, metrics.jsonl, eval.json and
@@ -7,6 +8,12 @@ its last checkpoint. `--stages NAME ...` runs only those stages (any registered 
 bn_recalibration, gate, evaluate, export); `--stages.supernet.epochs 3` and the like are config overrides.
 `--from F` starts the first stage run from the supernet artifact F. Works under `accelerate launch -m dslim.train`
 and `torchrun -m dslim.train`.
+
+`--config F` trains a recorded config again instead of a recipe: a run's `config.json`, a model folder's card
+(`config.json`), or a config of one's own as JSON or YAML (the resolved config's fields, nested as in config.json);
+the overrides apply on top, and it is validated as a recipe is (a bad field is named with the file).
+`--log-with tensorboard wandb mlflow trackio` (or `all`) also logs to those experiment trackers; `--tensorboard` is
+`--log-with tensorboard`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dslim.errors import exits_cleanly
 @dataclass(frozen=True)
 class TrainCommand:
     recipe: str
-    """Recipe name (see `recipes/`) or path to a recipe file."""
+    """Recipe name (see `recipes/`) or path to a recipe file (or `--config F`: a recorded config)."""
     config: Annotated[Config, tyro.conf.arg(name="")]
     out_dir: str | None = None
     """Run directory (default: runs/<recipe>)."""
@@ -36,19 +43,24 @@ class TrainCommand:
     """Start the first stage run from this supernet artifact (a stage's model.safetensors)."""
 
 
-def split_stages(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`--stages a b` (a selection) out of `argv`; `--stages.x.y v` (overrides) stay in the rest."""
+def split_options(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """`--stages a b` (a selection) and `--config F` out of `argv`; `--stages.x.y v` (overrides) stay in the rest,
+    with `--tensorboard` (the switch of earlier dslims) turned into `--log-with ... tensorboard`."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--stages", nargs="+", default=[])
+    pre.add_argument("--config")
+    pre.add_argument("--tensorboard", action="store_true")
+    pre.add_argument("--log-with", nargs="+")
     known, rest = pre.parse_known_args(list(argv))
-    return known.stages, rest
+    trackers = [*(known.log_with or []), *(["tensorboard"] if known.tensorboard else [])]
+    return known.stages, known.config, rest + (["--log-with", *dict.fromkeys(trackers)] if trackers else [])
 
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    stages, rest = split_stages(argv)
-    cmd = parse(TrainCommand, rest, __doc__ or "")
+    stages, config_file, rest = split_options(argv)
+    cmd = parse(TrainCommand, rest, __doc__ or "", config_file=config_file)
     from dslim.stages import run_pipeline
 
     out_dir = cmd.out_dir or str(Path("runs") / Path(cmd.recipe).stem)

@@ -35,9 +35,11 @@ from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.stages.registry import STAGES
 from dslim.training import MetricsLog, make_accelerator
+from dslim.training.trackers import make_trackers, resolve_trackers, start_trackers
 
-HARMLESS = ("pipeline", "tensorboard", "data.workers", "data.cache_dir", "data.eval_batch_size")
-"""Config fields that may change between invocations on one run directory: they cannot change any result."""
+HARMLESS = ("pipeline", "log_with", "tensorboard", "data.workers", "data.cache_dir", "data.eval_batch_size")
+"""Config fields that may change between invocations on one run directory: they cannot change any result
+(`tensorboard`: how runs of an earlier dslim recorded `--log-with tensorboard`)."""
 
 
 def select_stages(config: Config, requested: Sequence[str]) -> list[str]:
@@ -50,9 +52,11 @@ def select_stages(config: Config, requested: Sequence[str]) -> list[str]:
 
 
 def validate(config: Config, stages: Sequence[str] | None = None, where: str = "config") -> None:
-    """Everything that can be checked before any work: field bounds, the model, and each stage's own checks
-    (of `stages`, default the pipeline's) against that model. Builds the model on the `meta` device: free."""
+    """Everything that can be checked before any work: field bounds, the trackers' packages, the model, and each
+    stage's own checks (of `stages`, default the pipeline's) against that model. Builds the model on the `meta`
+    device: free."""
     validate_fields(config)
+    resolve_trackers(config.log_with)
     for name in config.pipeline:
         try:
             STAGES.get(name)
@@ -169,14 +173,16 @@ def run_pipeline(
         raise UserError(f"--from {from_}: no such file (give a stage's model.safetensors)")
     check_data(config, selected)
     check_out_dir(layout.root)
-    acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
+    project = Path(recipe).stem
+    trackers = make_trackers(resolve_trackers(config.log_with), layout.root, project)
+    acc = make_accelerator(config.mixed_precision, layout.root, trackers)
     layout.root.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         layout.sweep()
     acc.wait_for_everyone()
     write_config(layout, config, recipe, sys.argv if argv is None else argv, acc)
-    if config.tensorboard:
-        acc.init_trackers("tensorboard")
+    if trackers:
+        start_trackers(acc, project, config_json(config))
     metrics = MetricsLog(layout.metrics, acc)
     order = stage_order(config)
     for name in selected:

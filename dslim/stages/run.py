@@ -20,54 +20,100 @@ from dslim.models.base import Supernet
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.subnet import Subnet
 
+# -- reading a recorded config back -------------------------------------------------------------------------------
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
-# -- reading config.json back --------------------------------------------------------------------------------------
+
 def _convert(hint: object, value: object, where: str) -> object:
-    """`value` (as JSON decoded it) turned into the type `hint` describes: dataclasses and tuples rebuilt."""
+    """`value` (as JSON or YAML decoded it) turned into the type `hint` describes: dataclasses and tuples rebuilt,
+    every leaf checked (a `UserError` naming the field otherwise)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
         return _convert(args[0], value, where)
-    if value is None:
-        return None
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None and len(inner) < len(args):
+            return None
+        return _convert(inner[0], value, where) if len(inner) == 1 else value
     if hint is StagesConfig:
         hint = stages_config_class()
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise UserError(f"{where} should be an object, not {value!r}")
+            raise UserError(f"{where} should be an object, not {json.dumps(value, default=str)}")
         return _dataclass(hint, value, where)  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where) if len(inner) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} should be a list, not {value!r}")
+            raise UserError(f"{where} should be a list, not {json.dumps(value, default=str)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise UserError(f"{where} should have {len(args)} entries, not {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if origin is typing.Literal:
+        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
+            raise UserError(f"{where} is {json.dumps(value, default=str)}; choose one of {', '.join(map(str, args))}")
+        return value
+    if hint in _KINDS:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float and number:
+            return float(value)  # type: ignore[arg-type]
+        if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):  # type: ignore[arg-type]
+            return value
+        raise UserError(f"{where} should be {_KINDS[hint]}, not {json.dumps(value, default=str)}")  # type: ignore[index]
     return value
 
 
 def _dataclass(cls: type, obj: dict, where: str) -> object:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(obj) - names)
+    unknown = sorted(map(str, set(obj) - names))
     if unknown:
         raise UserError(f"{where} has fields this dslim does not know: {unknown} (written by another version?)")
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in obj.items()})
 
 
-def config_from_json(obj: dict) -> Config:
-    """The `Config` that `dataclasses.asdict` turned into `obj`; missing fields take their defaults."""
-    return _dataclass(Config, obj, "config")  # type: ignore[return-value]
+def config_from_json(obj: dict, where: str = "config") -> Config:
+    """The `Config` that `dataclasses.asdict` turned into `obj` (missing fields take their defaults), every field
+    checked; `where` names it in messages. A record of an earlier dslim's `tensorboard` switch reads as
+    `log_with`."""
+    if "tensorboard" in obj:
+        legacy = _convert(bool, obj["tensorboard"], f"{where}.tensorboard")
+        obj = {k: v for k, v in obj.items() if k != "tensorboard"}
+        if legacy and "log_with" not in obj:
+            obj["log_with"] = ["tensorboard"]
+    return _dataclass(Config, obj, where)  # type: ignore[return-value]
+
+
+def read_config_file(path: str | Path) -> tuple[Config, str | None]:
+    """The config a file holds, for `dslim.train --config`: a run's config.json, a model folder's card (its
+    `training`), or a config alone; JSON, or YAML (`.yaml`/`.yml`, safe loading: plain values only). Returns the
+    config and the recipe the file records (None if it records none)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file (give a run's config.json, a card, or a YAML config)")
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        text = path.read_text()
+        obj = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--config {path} is not readable {'YAML' if is_yaml else 'JSON'} ({detail})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("training"), dict):
+        obj = obj["training"]  # an export card
+    recipe = None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        recipe = obj.get("recipe") if isinstance(obj.get("recipe"), str) else None
+        obj = obj["config"]  # a run's record
+    if not isinstance(obj, dict):
+        raise UserError(f"--config {path} holds no config (an object with model, data, stages ...)")
+    return config_from_json(obj, f"{path}: config"), recipe
 
 
 def load_config(run_dir: str | Path) -> Config:
     """The resolved config a training run recorded in `run_dir/config.json`."""
-    return config_from_json(read_record(run_dir)["config"])
+    return config_from_json(read_record(run_dir)["config"], f"{RunLayout(run_dir).config}: config")
 
 
 def read_record(run_dir: str | Path) -> dict:
@@ -143,9 +189,9 @@ def default_names(net: Supernet, files: dict[str, dict]) -> list[str]:
 def open_run(run_dir: str | Path) -> Run:
     """Config, supernet (weights and statistics of the latest finished stage) and named subnets of a run: how
     `dslim.profile`, `dslim.latency`, `dslim.evaluate` and `dslim.export` read one."""
-    record = read_record(run_dir)
-    config = config_from_json(record["config"])
     layout = RunLayout(run_dir)
+    record = read_record(run_dir)
+    config = config_from_json(record["config"], f"{layout.config}: config")
     order = stage_order(config)
     artifact = layout.supernet_before(order)
     if artifact is None:
