@@ -33,20 +33,11 @@ def run(tmp_path_factory: pytest.TempPathFactory, digits_cache: Path) -> Path:
     """supernet (1 epoch) -> bn_recalibration -> evaluate of a 0.5x MobileNet v1 on the digits, logged to TensorBoard
     (by `--tensorboard`, the alias of `--log-with tensorboard`)."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    done = train(*TINY, "--data.cache-dir", str(digits_cache), "--out-dir", str(out))
+    argv = [*TINY, "--data.cache-dir", str(digits_cache), "--out-dir", str(out)]
+    done = subprocess.run([PYTHON, "-m", "dslim.train", *argv], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return out
-
-
-def train(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "dslim.train", *argv], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-
-
-def refused(done: subprocess.CompletedProcess, *words: str) -> None:
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("dslim: error:"), done.stderr[-2000:]
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -190,14 +181,14 @@ def test_a_recorded_config_trains_again(run, tmp_path, capsys):
         train_here([*argv, "--out-dir", str(run)])
         assert "evaluate: done" in capsys.readouterr().out
 
-    def refused_here(argv: list[str], *words: str) -> None:
+    def refused(argv: list[str], *words: str) -> None:
         with pytest.raises(SystemExit) as e:
             train_here(argv)
         lines = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(lines) == 1 and all(w in lines[0] for w in words), lines
 
     done("--config", str(run / "config.json"))
-    refused_here(["--config", str(run / "config.json"), "--out-dir", str(run), "--stages.supernet.epochs", "2"],
+    refused(["--config", str(run / "config.json"), "--out-dir", str(run), "--stages.supernet.epochs", "2"],
                  "started with another config", "stages.supernet.epochs")  # fmt: skip
     folder = tmp_path / "folder"
     export(["--run", str(run), "--subnet", "0.25", "--format", "folder", "--out", str(folder)])
@@ -210,8 +201,28 @@ def test_a_recorded_config_trains_again(run, tmp_path, capsys):
                                 ("bn", "batch", ("config.model.bn", "private, switchable, calibrated"))):  # fmt: skip
         bad = tmp_path / f"bad-{field}.yaml"
         bad.write_text(yaml.safe_dump({**config, "model": {**config["model"], field: value}}))
-        refused_here(["--config", str(bad), "--out-dir", str(tmp_path / "never")], str(bad), *words)
+        refused(["--config", str(bad), "--out-dir", str(tmp_path / "never")], str(bad), *words)
     (tmp_path / "tagged.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {tmp_path}/owned']\n")
-    refused_here(["--config", str(tmp_path / "tagged.yaml")], "not readable YAML")
-    refused_here(["--config", str(run / "config.json"), "--recipe", "usnet_digits"], "not both")
+    refused(["--config", str(tmp_path / "tagged.yaml")], "not readable YAML")
+    refused(["--config", str(run / "config.json"), "--recipe", "usnet_digits"], "not both")
     assert not (tmp_path / "never").exists() and not (tmp_path / "owned").exists()
+
+
+def test_a_tracker_whose_package_is_missing_is_refused(tmp_path, capsys, monkeypatch):
+    """`--log-with wandb` without wandb: one line naming the package, exit 2, before any work (no run directory);
+    `all` takes only the installed ones."""
+    import importlib.util
+
+    from dslim.cli.train import main as train_here
+    from dslim.training.trackers import resolve_trackers
+
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else installed(name, *a))
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as e:
+        train_here(["--recipe", "usnet_digits", "--log-with", "tensorboard", "wandb", "--out-dir", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("dslim: error:") and "pip install wandb" in lines[0]
+    assert not out.exists()
+    assert "wandb" not in resolve_trackers(["all"]) and "tensorboard" in resolve_trackers(["all"])

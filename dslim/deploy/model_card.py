@@ -70,7 +70,7 @@ def front_matter(card: dict, name: str) -> str:
     return "---\n" + text.replace("license: other\n", f"license: other  {LICENSE_NOTE}\n") + "---\n"
 
 
-def _what(card: dict, name: str, folder: str) -> str:
+def _what(card: dict, name: str) -> str:
     arch, size, classes = card["architecture"], card["input_size"], card["num_classes"]
     if card.get("supernet"):
         return (f"One checkpoint for every width: the whole `{arch}` supernet `{name}`, its shared weights and the "
@@ -140,7 +140,8 @@ def _latencies(card: dict, run_dir: Path | None) -> tuple[list[str], dict[str, d
 
 def _results(card: dict, name: str, run_dir: Path | None) -> list[str]:
     report = read_report(run_dir) or {}
-    rows = [r for r in report.get("subnets", []) if isinstance(r, dict) and "subnet" in r]
+    rows = [r for r in report.get("subnets", []) if isinstance(r, dict) and "subnet" in r
+            and isinstance(r.get("macs"), (int, float))]  # fmt: skip
     if card.get("supernet"):  # every slice, evaluated or not
         rows += [{"subnet": n, "macs": s["macs"], "params": s["params"]} for n, s in card["slices"].items()
                  if n not in {r["subnet"] for r in rows}]  # fmt: skip
@@ -164,13 +165,13 @@ def _results(card: dict, name: str, run_dir: Path | None) -> list[str]:
         cells = [label, cell(r["macs"] / 1e6, ",.2f"), cell(params, ",.3f"), cell(r.get("top1"), ".2f"),
                  cell(r.get("top5"), ".2f"), *(cell(ms.get(b), ".2f") for b in batches)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    device = next((e["latency_ms"] for e in [card, *(card.get("slices") or {}).values()]
-                   if isinstance(e.get("latency_ms"), dict) and e["latency_ms"].get("device")), None)  # fmt: skip
+    info = card.get("latency_device") or card.get("latency_ms") or {}
     source = ("Top-1/top-5 on the validation split from the run's `eval.json`; MACs and parameters per image as "
               "`dslim.profile` counts them")  # fmt: skip
     if batches:
-        where = f" on {device['device']} ({device.get('threads')} threads)" if device else ""
-        source += f"; latency in ms per batch from the run's `latency.json` (`dslim.latency`){where}"
+        where = f" on {info['device']} ({info.get('threads')} threads)" if info.get("device") else ""
+        estimated = ", this model's estimated from per-layer times" if info.get("estimated") else ""
+        source += f"; latency in ms per batch from the run's `latency.json` (`dslim.latency`){where}{estimated}"
     return [*lines, "", source + ". Bold: what this folder holds."]
 
 
@@ -185,7 +186,7 @@ def readme(card: dict, name: str, folder: str, run_dir: Path | None, plot: bool)
         front_matter(card, folder),
         f"# {folder}",
         "",
-        _what(card, name, folder),
+        _what(card, name),
         "",
         "```python",
         "import dslim",

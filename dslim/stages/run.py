@@ -94,10 +94,12 @@ def read_config_file(path: str | Path) -> tuple[Config, str | None]:
     if not path.is_file():
         raise UserError(f"--config {path}: no such file (give a run's config.json, a card, or a YAML config)")
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    if path.stat().st_size > 2**24:
+        raise UserError(f"--config {path} holds {path.stat().st_size:,} bytes, far more than any config: not one")
     try:
         text = path.read_text()
         obj = yaml.safe_load(text) if is_yaml else json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"--config {path} is not readable {'YAML' if is_yaml else 'JSON'} ({detail})") from None
     if isinstance(obj, dict) and isinstance(obj.get("training"), dict):
