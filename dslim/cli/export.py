@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.deploy.export import export_model
     from dslim.io.channels import read_channels, write_channels
     from dslim.models.complexity import measure
+    from dslim.models.registry import model_name
     from dslim.stages.evaluate import calibration_batches
     from dslim.stages.run import open_run
 
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cmd.channels_out is not None:
         cost = measure(net, size, subnet)
         write_channels(cmd.channels_out, net, subnet)
-        print(f"wrote {cmd.channels_out}: channel configuration of {config.model.arch} subnet {name}, "
+        print(f"wrote {cmd.channels_out}: channel configuration of {model_name(config.model)} subnet {name}, "
               f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
     if cmd.out is None:
         return
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"cannot write {cmd.out}: {e.strerror or e}") from None
     if whole(cmd):
         macs = [s["macs"] / 1e6 for s in card["slices"].values()]
-        print(f"wrote {cmd.out}: the whole {config.model.arch} supernet from {run.artifact.parent.name} with "
+        print(f"wrote {cmd.out}: the whole {model_name(config.model)} supernet from {run.artifact.parent.name} with "
               f"{len(macs)} slices of {min(macs):,.1f}M to {max(macs):,.1f}M MACs at {size}px "
               "(model.safetensors, subnets.json, config.json, README.md)")  # fmt: skip
         return
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
     written = "" if cmd.format == "folder" else f" and {card_path(cmd.out).name}"
-    print(f"wrote {cmd.out}{written}: {config.model.arch} {what} from "
+    print(f"wrote {cmd.out}{written}: {model_name(config.model)} {what} from "
           f"{run.artifact.parent.name}, {cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 
