@@ -70,18 +70,27 @@ def front_matter(card: dict, name: str) -> str:
     return "---\n" + text.replace("license: other\n", f"license: other  {LICENSE_NOTE}\n") + "---\n"
 
 
+def _architecture(card: dict) -> str:
+    """The architecture's name; a converted model's is its file (the name only, never a local path) and class."""
+    module = (((card.get("training") or {}).get("config") or {}).get("model") or {}).get("module")
+    if card["architecture"] != "converted" or not isinstance(module, str):
+        return f"`{card['architecture']}`"
+    file, _, cls = module.rpartition(":")
+    return f"`{Path(file).name}:{cls}` (converted by `dslim.convert`, loaded without its source)"
+
+
 def _what(card: dict, name: str) -> str:
-    arch, size, classes = card["architecture"], card["input_size"], card["num_classes"]
+    arch, size, classes = _architecture(card), card["input_size"], card["num_classes"]
     if card.get("supernet"):
-        return (f"One checkpoint for every width: the whole `{arch}` supernet `{name}`, its shared weights and the "
+        return (f"One checkpoint for every width: the whole {arch} supernet `{name}`, its shared weights and the "
                 f"BatchNorm statistics of each of its {len(card['slices'])} slices (below). Any slice loads as a plain "
                 f"PyTorch module holding only its own channels, {classes} classes, {size}x{size} input.")  # fmt: skip
     if card.get("dynamic"):
         routes = ", ".join(card["routes"])
-        return (f"The routing model of a `{arch}` supernet: it decides per image which route runs ({routes}) and runs "
+        return (f"The routing model of a {arch} supernet: it decides per image which route runs ({routes}) and runs "
                 f"each group of images physically narrower or shallower; {classes} classes, {size}x{size} input. "
                 "Loaded, it is a `dslim.models.routing.RoutedNet`.")  # fmt: skip
-    return (f"Subnet `{name}` of a `{arch}` supernet, physically sliced: a plain PyTorch module of standard layers "
+    return (f"Subnet `{name}` of a {arch} supernet, physically sliced: a plain PyTorch module of standard layers "
             f"holding only its own channels, with its own BatchNorm statistics; {card['macs'] / 1e6:,.2f}M MACs and "
             f"{card['params'] / 1e6:,.3f}M parameters per {size}x{size} image, {classes} classes.")  # fmt: skip
 
