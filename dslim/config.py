@@ -327,8 +327,18 @@ class Config:
     """Autocast precision of the forward passes; BN statistics and master weights stay fp32."""
     seed: NonNegative = 0
     """Random seed (every process draws the same subnets)."""
-    tensorboard: bool = False
-    """Also log metrics to TensorBoard under `<out-dir>/tensorboard` (Accelerate tracker; needs `tensorboard`)."""
+    log_with: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio", "all"], ...] = ()
+    """Also log to these experiment trackers (Accelerate's; `all`: each one installed): loss terms, learning rates,
+    per-subnet validation accuracy, the final evaluation. TensorBoard writes to `<out-dir>/tensorboard/`;
+    `--tensorboard` is an alias of `--log-with tensorboard`."""
+
+
+def config_json(config: Config) -> dict:
+    """The resolved config as plain JSON: what a run's config.json, every artifact's metadata and every card record
+    (`dslim.train --config` reads it back)."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def replace(obj, **changes):  # type: ignore[no-untyped-def]

@@ -11,7 +11,9 @@ import torch
 from conftest import PYTHON, ROOT, subprocess_env
 
 import dslim
+from dslim.cli.export import main as export
 from dslim.io.artifacts import load_supernet
+from dslim.stages.run import open_run
 from dslim.subnet import Subnet
 
 MODEL = f"{ROOT / 'examples' / 'my_cnn.py'}:MyCNN"
@@ -33,6 +35,15 @@ def test_usnet_and_autoslim_on_a_users_model(tmp_path, digits_cache):
     report = {r["subnet"]: r for r in json.loads((tmp_path / "us" / "eval.json").read_text())["subnets"]}
     assert report["1.0"]["top1"] > 30 and report["0.5"]["top1"] > 20  # chance is 10%
     assert report["0.25"]["macs"] < report["0.5"]["macs"] < report["1.0"]["macs"]
+    # a model folder of the converted model: its card names the user's class (not a local path) and the folder
+    # loads, from anywhere, as the supernet's slice
+    folder = tmp_path / "us-05"
+    export(["--run", str(tmp_path / "us"), "--subnet", "0.5", "--format", "folder", "--out", str(folder)])
+    assert "`my_cnn.py:MyCNN` (converted" in (folder / "README.md").read_text()
+    supernet = open_run(tmp_path / "us").supernet.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), supernet.using(supernet.resolve("0.5"), train=False):
+        torch.testing.assert_close(dslim.load_subnet(folder)(x), supernet(x), atol=1e-5, rtol=1e-5)
 
     run = tmp_path / "as"
     records = train(run, digits_cache, "--recipe", "autoslim_digits", "--model.channel-bins", "4",

@@ -278,18 +278,22 @@ def test_export_stage_formats_and_cards(tmp_path):
     from dslim.stages.run import load_config
 
     run, net = make_run(tmp_path / "run")
-    settings = {"stages.export.subnets": ("0.5",), "stages.export.formats": ("safetensors", "onnx"),
+    settings = {"stages.export.subnets": ("0.5",), "stages.export.formats": ("safetensors", "onnx", "folder"),
                 "stages.export.onnx_exporter": "torchscript"}  # fmt: skip
     run_pipeline(replace(load_config(run), **settings), run, recipe="test", argv=[], stages=["export"])
     done = json.loads((run / "export" / "done.json").read_text())
-    assert done == {"subnets": ["0.5"], "formats": ["safetensors", "onnx"]}
+    assert done == {"subnets": ["0.5"], "formats": ["safetensors", "onnx", "folder"]}
     card = json.loads((run / "export" / "0.5.config.json").read_text())
     assert card["files"] == {"safetensors": "0.5.safetensors", "onnx": "0.5.onnx"} and card["channels"]["stem"] == 16
+    assert card["training"]["recipe"] == "test" and card["training"]["config"]["stages"]["export"]["subnets"] == ["0.5"]
+    folder = run / "export" / "folders" / "0.5"
+    assert json.loads((folder / "config.json").read_text())["channels"] == card["channels"]
     import dslim
 
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = dslim.load_subnet(run / "export" / "0.5.safetensors")(x).numpy()
+        torch.testing.assert_close(dslim.load_subnet(folder)(x).numpy(), expected)
     np.testing.assert_allclose(onnx_runtime.load(run / "export" / "0.5.onnx")(x.numpy()), expected, atol=1e-4)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from dslim.cli.train import split_stages
+from dslim.cli.train import split_options
 from dslim.config import Config, OptimConfig, ScheduleConfig, replace
 from dslim.errors import UserError
 from dslim.io import is_temporary
@@ -188,9 +188,14 @@ def test_checkpoints_keep_last_and_gradient_accumulation(tmp_path):
 
 
 def test_stage_selection_and_overrides_are_told_apart():
-    stages, rest = split_stages(["--recipe", "r", "--stages", "evaluate", "supernet", "--stages.supernet.epochs", "3"])
+    stages, config_file, rest = split_options(["--recipe", "r", "--stages", "evaluate", "supernet",
+                                               "--stages.supernet.epochs", "3"])  # fmt: skip
     assert stages == ["evaluate", "supernet"] and rest == ["--recipe", "r", "--stages.supernet.epochs", "3"]
-    assert split_stages(["--stages.supernet.epochs", "3"]) == ([], ["--stages.supernet.epochs", "3"])
+    assert config_file is None
+    assert split_options(["--stages.supernet.epochs", "3"]) == ([], None, ["--stages.supernet.epochs", "3"])
+    # --tensorboard, the earlier switch, joins --log-with
+    assert split_options(["--config", "c.json", "--log-with", "wandb", "--tensorboard"]) == (
+        [], "c.json", ["--log-with", "wandb", "tensorboard"])  # fmt: skip
     config = Config(pipeline=("supernet", "bn_recalibration", "evaluate"))
     assert select_stages(config, stages) == ["supernet", "evaluate"]  # pipeline order
     assert select_stages(config, ["export"]) == ["export"]

@@ -20,21 +20,42 @@ from dslim.errors import UserError
 C = TypeVar("C")
 
 
-def parse(command: type[C], argv: Sequence[str] | None, description: str, require_recipe: bool = True) -> C:
+def parse(
+    command: type[C],
+    argv: Sequence[str] | None,
+    description: str,
+    require_recipe: bool = True,
+    config_file: str | None = None,
+) -> C:
     """Parse `argv` into `command`, a dataclass with a `recipe: str` and a `config: Config` field.
 
-    The recipe is read first so that `--help` shows that recipe's own defaults.
+    The recipe is read first so that `--help` shows that recipe's own defaults. `config_file` (a recorded config:
+    `dslim.train --config`) takes the recipe's place: its config, validated as a recipe's (a bad field is named
+    with the file), is the base the overrides apply to, and the recipe it records becomes `recipe`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe")
     known, _ = pre.parse_known_args(argv)
     asks_help = "-h" in argv or "--help" in argv
-    if known.recipe is None and require_recipe and not asks_help:
+    recipe = known.recipe
+    if config_file is not None:
+        if recipe is not None:
+            raise UserError("give --recipe R or --config FILE, not both (a recorded config already names its recipe)")
+        from dslim.stages.run import read_config_file
+
+        config, recorded = read_config_file(config_file)
+        try:
+            recipes.validate(config, config_file)
+        except UserError as e:
+            raise UserError(f"--config {config_file}: {e}") from None
+        recipe = recorded or config_file
+    elif recipe is None and require_recipe and not asks_help:
         raise UserError(f"--recipe is required: a name ({', '.join(recipes.names())}) or a path to a .py file")
-    config = recipes.load(known.recipe) if known.recipe is not None else Config()
+    else:
+        config = recipes.load(recipe) if recipe is not None else Config()
     fields = {f.name for f in dataclasses.fields(command)}  # type: ignore[arg-type]
-    default = command(**({"recipe": known.recipe or ""} if "recipe" in fields else {}), config=config)  # type: ignore[call-arg]
+    default = command(**({"recipe": recipe or ""} if "recipe" in fields else {}), config=config)  # type: ignore[call-arg]
     parsed = tyro.cli(command, default=default, args=argv, description=description)
     recipes.validate(parsed.config)  # type: ignore[attr-defined]
     return parsed

@@ -1,4 +1,4 @@
-"""`python -m dslim.export --run D (--subnet NAME | --channels FILE | --dynamic) [--out F] [--channels-out C]`.
+"""`python -m dslim.export --run D (--subnet NAME | --channels FILE | --dynamic) [--out F] [--format FMT] [...]`.
 
 The subnet of the latest finished stage's supernet is written with physically sliced weights and its own BatchNorm
 statistics: as safetensors (`dslim.load_subnet(F)` rebuilds it with nothing else) or as one ONNX graph with a
@@ -11,6 +11,14 @@ size, MACs, params, and accuracy and latency where the run measured them. With c
 artifact holds no statistics for (or a route of the dynamic model) is calibrated first from training batches
 (`stages.evaluate.calibrate_batches`). The export stage writes its models through the same door
 (`dslim.deploy.export.export_model`).
+
+`--format folder` writes a model folder as the Hugging Face Hub holds one: `model.safetensors`, `config.json` (the
+card), `README.md` (a model card: what the model is, how it was trained, the run's table of accuracy, MACs, params
+and latency, the Pareto plot, how to load it) and `pareto.png`; `dslim.load_subnet(DIR)` loads it and
+`huggingface_hub.upload_folder` publishes it. Without `--subnet`, `--channels` or `--dynamic`, the folder holds the
+whole supernet: one checkpoint for every width, with the BatchNorm statistics of each slice (`--subnets`, default
+every named subnet; any other width of a universally slimmable range is calibrated into it) and `subnets.json`;
+`dslim.load_subnet(DIR, subnet=NAME)` gives any slice as a plain sliced module.
 
 `--channels-out` writes the subnet's channel configuration: mmrazor 0.x YAML (mmcls layer names for MobileNetV2 and
 ResNets) for `.yaml`, dslim's subnet JSON for `.json`; it needs no statistics, so it also works without `--out`.
@@ -34,7 +42,7 @@ class ExportCommand:
     run: str
     """Run directory (the `--out-dir` of `dslim.train`)."""
     out: str | None = None
-    """Output: a `.safetensors` or `.onnx` file; with `--dynamic --format onnx`, a folder."""
+    """Output: a `.safetensors` or `.onnx` file; with `--format folder` or `--dynamic --format onnx`, a folder."""
     subnet: str | None = None
     """Subnet to export: a name (`uniform-3`, `largest`, a name from the run's subnets files such as
     `autoslim-300M`) or a width (`0.75`, any width of a universally slimmable range)."""
@@ -42,8 +50,12 @@ class ExportCommand:
     """Or a channel-configuration file naming the subnet (dslim subnet `.json`, mmrazor channel-config `.yaml`)."""
     dynamic: bool = False
     """Export the trained dynamic model (routing each input) instead of one subnet."""
-    format: Literal["safetensors", "onnx"] = "safetensors"
-    """File format: safetensors (for `dslim.load_subnet`) or ONNX (for onnxruntime and other runtimes)."""
+    format: Literal["safetensors", "onnx", "folder"] = "safetensors"
+    """File format: safetensors (for `dslim.load_subnet`), ONNX (for onnxruntime and other runtimes), or a model
+    folder (safetensors, card, model card README: what the Hugging Face Hub holds)."""
+    subnets: tuple[str, ...] = ()
+    """With `--format folder` and no subnet: the slices the supernet folder holds statistics for (default: every
+    named subnet of the run, those of its subnets files included)."""
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """ONNX exporter: `dynamo` (torch.export, PyTorch's default) or `torchscript` (deprecated, much faster)."""
     channels_out: str | None = None
@@ -55,10 +67,19 @@ class ExportCommand:
     inside a run directory, only a new name in its `export/` folder is written."""
 
 
+def whole(cmd: ExportCommand) -> bool:
+    """Whether the command exports the whole supernet (a folder of every slice) rather than one model."""
+    return cmd.format == "folder" and cmd.subnet is None and cmd.channels is None and not cmd.dynamic
+
+
 def check(cmd: ExportCommand) -> None:
     """Every problem with the options, before any work."""
-    if sum((cmd.subnet is not None, cmd.channels is not None, cmd.dynamic)) != 1:
-        raise UserError("give one of --subnet NAME, --channels FILE or --dynamic (the routing model)")
+    chosen = sum((cmd.subnet is not None, cmd.channels is not None, cmd.dynamic))
+    if chosen > 1 or (chosen == 0 and not whole(cmd)):
+        raise UserError("give one of --subnet NAME, --channels FILE or --dynamic (the routing model); with --format "
+                        "folder, none of them exports the whole supernet")  # fmt: skip
+    if cmd.subnets and not whole(cmd):
+        raise UserError("--subnets names the slices of a whole supernet: give it with --format folder alone")
     if cmd.out is None and cmd.channels_out is None:
         raise UserError("give --out F (the model) and/or --channels-out F.yaml (its channel configuration)")
     if cmd.dynamic and cmd.channels_out is not None:
@@ -71,6 +92,15 @@ def check(cmd: ExportCommand) -> None:
     if cmd.channels_out is not None:
         check_output(cmd.channels_out, overwrite=cmd.overwrite, option="--channels-out")
     if cmd.out is None:
+        if whole(cmd):
+            raise UserError("give --out DIR: the folder to write the supernet to")
+        return
+    if cmd.format == "folder":
+        out = Path(cmd.out)
+        if out.suffix in (".onnx", ".safetensors", ".json"):
+            raise UserError(f"--out {cmd.out!r}: --format folder writes a folder; give a folder name")
+        if out.exists():
+            raise UserError(f"--out {cmd.out} exists: a model folder is written only where nothing is; give a new name")
         return
     folder = cmd.dynamic and cmd.format == "onnx"
     suffix = {"safetensors": ".safetensors", "onnx": ".onnx"}[cmd.format]
@@ -102,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     run = open_run(cmd.run)
     net, config, size = run.supernet, run.config, run.config.model.input_size
-    if cmd.dynamic:
+    if whole(cmd):
+        slices = {n: run.resolve(n) for n in cmd.subnets or run.default_names()}
+        name, subnet = Path(cmd.out).name, slices  # type: ignore[arg-type]
+    elif cmd.dynamic:
         if not net.is_dynamic:
             raise UserError(f"{net.arch} does not route per input: export one of its subnets with --subnet")
         if not net.router_trained:
@@ -122,13 +155,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cmd.out is None:
         return
     card = export_model(net, config, name, subnet, {cmd.format: cmd.out}, calibrate_batches=calibration_batches(config),
-                        run_dir=run.dir, exporter=cmd.exporter)  # fmt: skip
+                        run_dir=run.dir, recipe=run.recipe, exporter=cmd.exporter)  # fmt: skip
+    if whole(cmd):
+        macs = [s["macs"] / 1e6 for s in card["slices"].values()]
+        print(f"wrote {cmd.out}: the whole {model_name(config.model)} supernet from {run.artifact.parent.name} with "
+              f"{len(macs)} slices of {min(macs):,.1f}M to {max(macs):,.1f}M MACs at {size}px "
+              "(model.safetensors, subnets.json, config.json, README.md)")  # fmt: skip
+        return
     if subnet is None:
         macs = [r["macs"] / 1e6 for r in card["routes"].values()]
         what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
     else:
         what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
-    print(f"wrote {cmd.out} and {card_path(cmd.out).name}: {model_name(config.model)} {what} from "
+    written = "" if cmd.format == "folder" else f" and {card_path(cmd.out).name}"
+    print(f"wrote {cmd.out}{written}: {model_name(config.model)} {what} from "
           f"{run.artifact.parent.name}, {cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""`python -m dslim.train --recipe R [--out-dir D] [--stages S ...] [--from F] [overrides ...]`: run a pipeline.
+"""`python -m dslim.train (--recipe R | --config F) [--out-dir D] [--stages S ...] [--from F] [overrides ...]`: run a
+pipeline.
 
 Runs the recipe's stages (e.g. supernet -> bn_recalibration -> evaluate) in D (default `runs/<recipe>`), writing
 config.json, one folder per stage with its model.safetensors and resumable state, metrics.jsonl, eval.json and
@@ -8,6 +9,12 @@ bn_recalibration, gate, evaluate, export); `--stages.supernet.epochs 3` and the 
 `--from F` starts the first selected stage from the supernet artifact F (`--from-new-classifier` when F has another
 number of classes). Works under `accelerate launch -m dslim.train`
 and `torchrun -m dslim.train`.
+
+`--config F` trains a recorded config again instead of a recipe: a run's `config.json`, a model folder's card
+(`config.json`), or a config of one's own as JSON or YAML (the resolved config's fields, nested as in config.json);
+the overrides apply on top, and it is validated as a recipe is (a bad field is named with the file).
+`--log-with tensorboard wandb mlflow trackio` (or `all`) also logs to those experiment trackers; `--tensorboard` is
+`--log-with tensorboard`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dslim.errors import UserError, exits_cleanly
 @dataclass(frozen=True)
 class TrainCommand:
     recipe: str
-    """Recipe name (see `recipes/`) or path to a recipe file."""
+    """Recipe name (see `recipes/`) or path to a recipe file (or `--config F`: a recorded config)."""
     config: Annotated[Config, tyro.conf.arg(name="")]
     out_dir: str | None = None
     """Run directory (default: runs/<recipe>)."""
@@ -41,19 +48,24 @@ class TrainCommand:
     this run's --model.num-classes (fine-tuning on other data). Never done without this flag."""
 
 
-def split_stages(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`--stages a b` (a selection) out of `argv`; `--stages.x.y v` (overrides) stay in the rest."""
+def split_options(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """`--stages a b` (a selection) and `--config F` out of `argv`; `--stages.x.y v` (overrides) stay in the rest,
+    with `--tensorboard` (the switch of earlier dslims) turned into `--log-with ... tensorboard`."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--stages", nargs="+", default=[])
+    pre.add_argument("--config")
+    pre.add_argument("--tensorboard", action="store_true")
+    pre.add_argument("--log-with", nargs="+")
     known, rest = pre.parse_known_args(list(argv))
-    return known.stages, rest
+    trackers = [*(known.log_with or []), *(["tensorboard"] if known.tensorboard else [])]
+    return known.stages, known.config, rest + (["--log-with", *dict.fromkeys(trackers)] if trackers else [])
 
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    stages, rest = split_stages(argv)
-    cmd = parse(TrainCommand, rest, __doc__ or "")
+    stages, config_file, rest = split_options(argv)
+    cmd = parse(TrainCommand, rest, __doc__ or "", config_file=config_file)
     from dslim.stages import run_pipeline
 
     if cmd.out_dir is not None and not cmd.out_dir.strip():

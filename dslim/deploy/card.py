@@ -2,11 +2,12 @@
 tools can read what a file is without dslim.
 
 `F.safetensors` and `F.onnx` get `F.config.json` (one card per model: exporting the same model in both formats lists
-both files); an exported folder (a dynamic model's ONNX graphs) holds `config.json`. A card says what the model is
-(architecture and its arguments, channels, block mask, classes, input size and preprocessing), what it costs (MACs
-and params per image; the latency the run's `latency.json` measured or estimated, with the device) and how good it
-is (top-1/top-5 from the run's `eval.json`, when that subnet or the dynamic model was evaluated). Unknown values are
-null. Cards are written atomically.
+both files); an exported folder (a dynamic model's ONNX graphs, a model folder) holds `config.json`. A card says what
+the model is (architecture and its arguments, channels, block mask, classes, input size and preprocessing), what it
+costs (MACs and params per image; the latency the run's `latency.json` measured or estimated, with the device), how
+good it is (top-1/top-5 from the run's `eval.json`, when that subnet or the dynamic model was evaluated) and how it
+was made (`training`: the recipe and the resolved config). A whole supernet's card (`supernet_card`) says all that of
+each slice it holds. Unknown values are null. Cards are written atomically.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 
 import dslim
-from dslim.config import Config
+from dslim.config import Config, config_json
 from dslim.deploy.extraction import widest
 from dslim.deploy.latency_table import LatencyTable
 from dslim.errors import UserError
@@ -46,7 +47,8 @@ def read_card(path: Path) -> dict | None:
     return card if card is not None and card["format"] == FORMAT else None  # type: ignore[return-value, index]
 
 
-def _report(run_dir: Path | None) -> dict | None:
+def run_report(run_dir: Path | None) -> dict | None:
+    """The run's eval.json, if it has one (a damaged one is refused, naming it)."""
     return read_report(run_dir / "eval.json") if run_dir is not None else None
 
 
@@ -85,7 +87,7 @@ def _latency(run_dir: Path | None, net: Supernet, size: int, subnets: dict[str, 
             "threads": device.get("threads"), "source": "latency.json"}  # fmt: skip
 
 
-def _common(net: Supernet, config: Config) -> dict:
+def _common(net: Supernet, config: Config, training: dict | None) -> dict:
     data, size = config.data, config.model.input_size
     return {
         "format": FORMAT,
@@ -95,16 +97,26 @@ def _common(net: Supernet, config: Config) -> dict:
         "input_size": size,
         "preprocessing": preprocessing.record(data, size),
         "dslim_version": dslim.__version__,
+        "training": training,
     }  # fmt: skip
 
 
-def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_dir: Path | None) -> dict:
-    """The card of one static subnet of `net` (a run's supernet; `run_dir` for its eval.json and latency.json)."""
+def training_record(config: Config, recipe: str | None) -> dict:
+    """How the weights were made, as every exported file and card records it: the recipe and the resolved config
+    (`dslim.train --config` re-runs it)."""
+    return {"recipe": recipe, "config": config_json(config)}
+
+
+def subnet_card(
+    net: Supernet, config: Config, name: str, subnet: Subnet, run_dir: Path | None, training: dict | None = None
+) -> dict:
+    """The card of one static subnet of `net` (a run's supernet; `run_dir` for its eval.json and latency.json;
+    `training`: its `training_record`)."""
     size = config.model.input_size
     cost = measure(net, size, subnet)
     latency = _latency(run_dir, net, size, {name: subnet})
     return {
-        **_common(net, config),
+        **_common(net, config, training),
         "dynamic": False,
         "subnet": name,
         "arch_kwargs": net.static_kwargs(),
@@ -112,22 +124,22 @@ def subnet_card(net: Supernet, config: Config, name: str, subnet: Subnet, run_di
         "blocks": None if subnet.blocks is None else list(subnet.blocks),
         "macs": cost.macs,
         "params": cost.params,
-        "accuracy": _accuracy(_report(run_dir), name),
+        "accuracy": _accuracy(run_report(run_dir), name),
         "latency_ms": None if latency is None else {**latency, "ms": latency["ms"][name]},
     }
 
 
-def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
+def dynamic_card(net: Supernet, config: Config, run_dir: Path | None, training: dict | None = None) -> dict:
     """The card of `net`'s dynamic model (routing each input): the routes of its export plan (DS-Net's route
     subnets, BlockDrop's every-block and shortcuts-only extremes), their cost, its evaluation."""
     size = config.model.input_size
     planned = net.export_plan().program["routes"]  # type: ignore[attr-defined]
     names = list(planned)
     routes = [Subnet.from_json(r["subnet"], f"route {n!r}") for n, r in planned.items()]
-    report = _report(run_dir)
+    report = run_report(run_dir)
     accuracy = _accuracy(report, None)
     return {
-        **_common(net, config),
+        **_common(net, config, training),
         "dynamic": True,
         "arch_kwargs": net.arch_kwargs,
         "routes": {
@@ -142,6 +154,32 @@ def dynamic_card(net: Supernet, config: Config, run_dir: Path | None) -> dict:
         "params": measure(net, size, widest(routes)).params,  # what the exported model holds, router aside
         "accuracy": accuracy,
         "latency_ms": _latency(run_dir, net, size, dict(zip(names, routes))),
+    }
+
+
+def supernet_card(
+    net: Supernet, config: Config, slices: dict[str, Subnet], run_dir: Path | None, training: dict | None = None
+) -> dict:
+    """The card of a whole supernet stored with the statistics of each of `slices` (one checkpoint, every width):
+    each slice's channels, cost, accuracy and latency as the subnet cards say them; the dynamic model's too."""
+    size, report = config.model.input_size, run_report(run_dir)
+    latency = _latency(run_dir, net, size, slices)
+    rows = {}
+    for name, subnet in slices.items():
+        cost = measure(net, size, subnet)
+        rows[name] = {"subnet": subnet.to_json(), "macs": cost.macs, "params": cost.params,
+                      "accuracy": _accuracy(report, name),
+                      "latency_ms": None if latency is None else latency["ms"].get(name)}  # fmt: skip
+    routed = net.is_dynamic and net.router_trained
+    return {
+        **_common(net, config, training),
+        "dynamic": False,
+        "supernet": True,
+        "arch_kwargs": net.arch_kwargs,
+        "slices": rows,
+        "dynamic_model": {"accuracy": _accuracy(report, None)} if routed else None,
+        "params": measure(net, size, net.largest()).params,  # of its widest subnet
+        "latency_device": None if latency is None else {k: v for k, v in latency.items() if k != "ms"},
     }
 
 

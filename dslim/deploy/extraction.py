@@ -5,21 +5,32 @@ layer filled from the supernet (`SlimModule.copy_from`) and swapped for the plai
 (`SlimModule.to_plain`, with that subnet's BatchNorm statistics), each skipped block reduced to its shortcut.
 A dynamic model (`dslim.models.routing.Dynamic`) exports as the supernet cut to its widest route, its router, and
 the statistics of every route; `load_subnet` rebuilds it as a `RoutedNet`. The file records architecture and
-channels, so `load_subnet` needs nothing else. For runtimes that cannot branch (ONNX), `extract_graph` makes each
-graph of the model's `export_plan` a module of its own, holding only the weights of its subnet.
+channels, so `load_subnet` needs nothing else; given a model folder or a whole supernet (a folder of every width,
+a stage artifact) and a slice's name, it extracts that slice. For runtimes that cannot branch (ONNX),
+`extract_graph` makes each graph of the model's `export_plan` a module of its own, holding only the weights of its
+subnet.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dslim.errors import UserError
+from dslim.evaluation.calibration import has_statistics
 from dslim.io import preprocessing
-from dslim.io.artifacts import arch_class, build_checked, load_tensors, save_tensors
+from dslim.io.artifacts import (
+    SUPERNET_FORMAT,
+    arch_class,
+    build_checked,
+    load_tensors,
+    save_tensors,
+    supernet_from,
+)
 from dslim.io.readers import expect
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
@@ -134,50 +145,90 @@ def save_subnet(
     path: str | os.PathLike,
     input_size: int = 224,
     convention: dict | None = None,
+    **extra: object,
 ) -> None:
     """Write `model` (a supernet exported at `subnet`, or a module `extract`/`extract_dynamic` made) to `path`, with
-    the input `convention` its weights were trained with (`dslim.io.preprocessing`), if known."""
+    the input `convention` its weights were trained with (`dslim.io.preprocessing`), if known; `extra` (JSON values:
+    the name, the recipe and resolved config it was trained with) joins its metadata."""
     if getattr(model, "dslim_meta", None) is None:
         if not isinstance(model, Supernet) or subnet is None:
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
     check_input_size(input_size, f"save_subnet({os.fspath(path)!r})")
     state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
-    meta = {**model.dslim_meta, "input_size": input_size}
+    meta = {**extra, **model.dslim_meta, "input_size": input_size}
     if convention is not None:
         meta["preprocessing"] = convention
     save_tensors(state, path, meta)
 
 
-def load_subnet(path: str | os.PathLike) -> nn.Module:
-    """Rebuild an exported subnet (a static module, or a `RoutedNet`) from its file alone (eval mode).
+def _input_size(meta: dict, path: str | os.PathLike) -> int:
+    size = meta.get("input_size")
+    check_input_size(size, f"{path}: its dslim metadata")
+    return size  # type: ignore[return-value]
 
-    `model.preprocessing` is how its inputs must be prepared (`dslim.io.preprocessing`: the normalization, size and
-    crop its weights were trained with), None for a file that does not record it.
+
+def load_subnet(path: str | os.PathLike, subnet: str | None = None) -> nn.Module:
+    """Rebuild an exported model (a static module, or a `RoutedNet`) from its file or model folder alone (eval mode).
+
+    `path` is a file `dslim.export` wrote, or a model folder (`--format folder`, its `model.safetensors`). A folder
+    (or stage artifact) holding a whole supernet gives the subnet named `subnet` (one of its slices; `dynamic`: the
+    routing model), physically sliced as `extract` makes it. `model.preprocessing` is how its inputs must be
+    prepared (`dslim.io.preprocessing`: the normalization, size and crop its weights were trained with), None for a
+    file that does not record it.
 
     The file is checked first (metadata, then the tensors against the architecture it names, on the `meta` device),
-    so a damaged or foreign file is refused in one line before anything is built from it.
+    so a damaged or foreign file is refused in one line before anything is built from it; nothing but safetensors
+    and JSON metadata is read.
     """
-    tensors, meta = load_tensors(path)
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    if Path(path).is_dir() and not file.is_file():
+        raise UserError(f"{path} is not a dslim model folder: it has no model.safetensors")
+    tensors, meta = load_tensors(file)
     kind = meta.get("format")
+    if kind == SUPERNET_FORMAT:
+        return _slice(supernet_from(tensors, meta, file), meta, path, subnet)
     if kind not in (FORMAT, DYNAMIC_FORMAT):
         raise UserError(
-            f"{path} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
+            f"{file} is not an exported subnet (format {kind!r}, expected {FORMAT!r} or {DYNAMIC_FORMAT!r})"
         )
-    expect(meta, SUBNET_META, f"{path}: its dslim metadata")
-    cls = arch_class(meta, path)
+    if subnet is not None and subnet != meta.get("name"):
+        raise UserError(f"{path} holds one model ({meta.get('name') or 'unnamed'}), not a supernet: load it "
+                        "without subnet=")  # fmt: skip
+    expect(meta, SUBNET_META, f"{file}: its dslim metadata")
+    cls = arch_class(meta, file)
     arch, kwargs, size = cls.arch, meta["arch_kwargs"], meta["input_size"]
-    check_input_size(size, f"{path}: its dslim metadata")
-    subnet = Subnet.from_json(meta["subnet"], f"{path}: metadata 'subnet'")
+    check_input_size(size, f"{file}: its dslim metadata")
+    channels = Subnet.from_json(meta["subnet"], f"{file}: metadata 'subnet'")
 
     def build() -> nn.Module:
         if kind == FORMAT:
-            return _build(arch, kwargs, subnet, None)  # type: ignore[arg-type]
-        return cls(**kwargs, channels=dict(subnet.items()))
+            return _build(arch, kwargs, channels, None)  # type: ignore[arg-type]
+        return cls(**kwargs, channels=dict(channels.items()))
 
-    net = build_checked(build, tensors, path, f"{arch} subnet")
+    net = build_checked(build, tensors, file, f"{arch} subnet")
     model = RoutedNet(net) if kind == DYNAMIC_FORMAT else net
     model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
     model.input_size = size
     model.preprocessing = preprocessing.read(meta, path)
     return model.eval()
+
+
+def _slice(net: Supernet, meta: dict, path: str | os.PathLike, name: str | None) -> nn.Module:
+    """The slice `name` of a stored supernet, as `load_subnet` returns it."""
+    slices = [n for n, s in net.named_subnets().items() if has_statistics(net, s)]
+    dynamic = net.is_dynamic and net.router_trained
+    names = ", ".join(slices + (["dynamic"] if dynamic else []))
+    if name is None:
+        raise UserError(f"{path} holds a whole supernet: give subnet=NAME, one of {names}")
+    if name == "dynamic" and dynamic:
+        model = extract_dynamic(net)
+    else:
+        found = net.resolve(name)
+        if not has_statistics(net, found):
+            raise UserError(f"{path} holds no BatchNorm statistics for subnet {name}; it holds {names} (export the "
+                            f"run again with --subnets ... {name} to store it)")  # fmt: skip
+        model = extract(net, found)
+        model.dslim_meta["name"] = name
+    model.input_size = _input_size(meta, path)
+    return model

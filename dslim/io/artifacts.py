@@ -108,6 +108,11 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
     tensors, meta = load_tensors(path)
     if meta.get("format") != SUPERNET_FORMAT:
         raise UserError(f"{path} is not a dslim supernet artifact (format {meta.get('format')!r})")
+    return supernet_from(tensors, meta, path, arch), meta
+
+
+def supernet_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike, arch: str | None = None):  # type: ignore[no-untyped-def]
+    """The supernet a supernet artifact's `tensors` and `meta` (read by `load_tensors`) describe, checked first."""
     expect(meta, SUPERNET_META, f"{path}: its dslim metadata")
     cls = arch_class(meta, path)
     if arch is not None and cls.arch != arch:
@@ -118,4 +123,4 @@ def load_supernet(path: str | os.PathLike, arch: str | None = None):  # type: ig
         raise UserError(f"{path}: metadata field 'extra_names' must list names of its 'subnets'")
     net.name_subnets({n: Subnet.from_json(subnets[n], f"{path}: subnet {n!r}") for n in extra})
     net.router_trained = meta.get("router_trained", False)
-    return net, meta
+    return net

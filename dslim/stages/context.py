@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dslim.config import Config, TrainConfig, option_name
+from dslim.config import Config, TrainConfig, config_json, option_name
 from dslim.errors import UserError
 from dslim.evaluation.accuracy import evaluate
 from dslim.evaluation.calibration import recalibrate, scratch_statistics
@@ -157,12 +157,14 @@ class StageContext:
 
     def save_supernet(self, net: Supernet, kind: str = "supernet", **extra: object) -> None:
         """Write this stage's `supernet` artifact (or another `kind` of the layout; the main process writes, every
-        process waits for it)."""
+        process waits for it), with the recipe and resolved config it was trained with (`training`) and the input
+        convention of its data (`preprocessing`)."""
         if self.accelerator.is_main_process:
+            training = {"recipe": self.recipe, "config": config_json(self.config)}
+            size = self.config.model.input_size
+            convention = preprocessing.record(self.config.data, size)
             save_supernet(net, self.layout.path(self.name, kind), recipe=self.recipe, stage=self.name,
-                          input_size=self.config.model.input_size,
-                          preprocessing=preprocessing.record(self.config.data, self.config.model.input_size),
-                          **extra)  # fmt: skip
+                          input_size=size, training=training, preprocessing=convention, **extra)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
     def save_subnets(self, net: Supernet, subnets: Mapping[str, Subnet], scores: Mapping[str, dict]) -> None:

@@ -1,5 +1,6 @@
 """The `export` stage: subnets as standalone models with physically sliced weights (`dslim.load_subnet` reads them),
-in each of the chosen formats, each with its card (`<name>.config.json`); a trained dynamic model too. Every model
+in each of the chosen formats, each with its card (`<name>.config.json`, or a model folder's `config.json` and
+`README.md`); a trained dynamic model too. Every model
 goes through the one export door, `dslim.deploy.export.export_model`, as `dslim.export` does."""
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class ExportConfig:
     subnets: tuple[str, ...] = ()
     """Subnets to write as `export/<name>.safetensors` (empty: every named subnet, those of named-subnets files
     included)."""
-    formats: tuple[Literal["safetensors", "onnx"], ...] = ("safetensors",)
-    """Formats to write: `safetensors` (`export/<name>.safetensors`) and/or `onnx` (`export/<name>.onnx`; a dynamic
-    model as the folder `export/dynamic/`, graphs and routing.json)."""
+    formats: tuple[Literal["safetensors", "onnx", "folder"], ...] = ("safetensors",)
+    """Formats to write: `safetensors` (`export/<name>.safetensors`), `onnx` (`export/<name>.onnx`; a dynamic model
+    as the folder `export/dynamic/`, graphs and routing.json) and/or `folder` (`export/folders/<name>/`: a model
+    folder with its model card, as the Hugging Face Hub holds it)."""
     onnx_exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """ONNX exporter: `dynamo` (torch.export, PyTorch's default) or `torchscript` (deprecated, much faster)."""
 
@@ -57,10 +59,11 @@ def export_stage(ctx: StageContext) -> None:
     if ctx.accelerator.is_main_process:
 
         def export(name: str, subnet: Subnet | None) -> None:
-            folder = subnet is None  # a dynamic model's ONNX is a folder of graphs
-            outs = {fmt: ctx.dir / (name if folder and fmt == "onnx" else f"{name}.{fmt}") for fmt in cfg.formats}
+            paths = {"onnx": name if subnet is None else f"{name}.onnx", "safetensors": f"{name}.safetensors",
+                     "folder": f"folders/{name}"}  # (a dynamic model's ONNX is a folder of graphs)  # fmt: skip
+            outs = {fmt: ctx.dir / paths[fmt] for fmt in cfg.formats}
             export_model(net, ctx.config, name, subnet, outs, calibrate_batches=batches, run_dir=ctx.layout.root,
-                         exporter=cfg.onnx_exporter)  # fmt: skip
+                         recipe=ctx.recipe, exporter=cfg.onnx_exporter)  # fmt: skip
 
         for name, subnet in subnets.items():
             export(name, subnet)

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dslim.config import Config, TrainConfig, option_name, validate_fields
+from dslim.config import Config, TrainConfig, config_json, option_name, validate_fields
 from dslim.errors import Stopped, Terminated, UserError, signal_name
 from dslim.io.artifacts import load_supernet
 from dslim.io.outputs import MARKER, check_run_dir, mark, sweep
@@ -38,6 +38,7 @@ from dslim.stages.preflight import check_data, check_inputs, start_from
 from dslim.stages.record import check_record, write_record
 from dslim.stages.registry import STAGES
 from dslim.training import MetricsLog, make_accelerator
+from dslim.training.trackers import make_trackers, resolve_trackers, start_trackers
 
 
 def select_stages(config: Config, requested: Sequence[str]) -> list[str]:
@@ -50,9 +51,11 @@ def select_stages(config: Config, requested: Sequence[str]) -> list[str]:
 
 
 def validate(config: Config, stages: Sequence[str] | None = None, where: str = "config") -> None:
-    """Everything that can be checked before any work: field bounds, the model, and each stage's own checks
-    (of `stages`, default the pipeline's) against that model. Builds the model on the `meta` device: free."""
+    """Everything that can be checked before any work: field bounds, the trackers' packages, the model, and each
+    stage's own checks (of `stages`, default the pipeline's) against that model. Builds the model on the `meta`
+    device: free."""
     validate_fields(config)
+    resolve_trackers(config.log_with)
     for name in config.pipeline:
         try:
             STAGES.get(name)
@@ -120,7 +123,8 @@ def run_pipeline(
         raise UserError("--from-new-classifier replaces the classifier of the --from artifact: give --from F")
     resumed = check_run_dir(layout.root)
     record = check_record(layout, config, recipe, sys.argv if argv is None else argv)
-    acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
+    trackers = resolve_trackers(config.log_with)  # a missing package refused before any work
+    acc = make_accelerator(config.mixed_precision, layout.root)
     todo = [s for s in selected if not layout.finished(s)]
     for name in todo:  # a global batch these processes cannot split is refused before any work
         batching(getattr(config.stages, name), config.data.batch_size, name, acc.num_processes)
@@ -139,7 +143,7 @@ def run_pipeline(
             if record is not None:
                 write_record(layout, record)
         acc.wait_for_everyone()
-        _run_stages(config, selected, layout, acc, recipe, start)
+        _run_stages(config, selected, layout, acc, recipe, start, trackers)
     except BaseException:
         if acc.is_main_process and not resumed:
             _unmake_run(layout, made)
@@ -175,10 +179,13 @@ def _run_stage(name: str, config: Config, layout: RunLayout, acc: Accelerator, r
 
 
 def _run_stages(config: Config, selected: list[str], layout: RunLayout, acc: Accelerator, recipe: str,
-                start: tuple | None) -> None:  # fmt: skip
-    """Run each unfinished stage of `selected`; `start`: `(supernet, metadata, path)` of `--from`, for the first."""
-    if config.tensorboard:
-        acc.init_trackers("tensorboard")
+                start: tuple | None, trackers: list[str]) -> None:  # fmt: skip
+    """Run each unfinished stage of `selected`; `start`: `(supernet, metadata, path)` of `--from`, for the first;
+    `trackers`: the `--log-with` names, made here, once the run directory exists (a refused run writes nothing)."""
+    if trackers:
+        project = Path(recipe).stem
+        acc.log_with = make_trackers(trackers, layout.root, project)  # what Accelerator(log_with=...) keeps
+        start_trackers(acc, project, config_json(config))
     metrics = MetricsLog(layout.metrics, acc)
     for name in selected:
         if layout.finished(name):

@@ -8,26 +8,21 @@ seconds). config.json then takes the new config and keeps the earlier argv in `h
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import platform
 from collections.abc import Sequence
 
 import torch
 
-from dslim.config import Config
+from dslim.config import Config, config_json
 from dslim.errors import UserError
 from dslim.io import write_json
 from dslim.io.readers import RUN_RECORD, read_json
 from dslim.stages.layout import RunLayout
 from dslim.stages.registry import STAGES
 
-HARMLESS = ("pipeline", "tensorboard", "data.workers", "data.cache_dir", "data.eval_batch_size")
-"""Config fields that may change between invocations on one run directory: they cannot change any result."""
-
-
-def _plain(obj: object) -> object:
-    return json.loads(json.dumps(obj))
+HARMLESS = ("pipeline", "log_with", "tensorboard", "data.workers", "data.cache_dir", "data.eval_batch_size")
+"""Config fields that may change between invocations on one run directory: they cannot change any result
+(`tensorboard`: how runs of an earlier dslim recorded `--log-with tensorboard`)."""
 
 
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
@@ -54,7 +49,7 @@ def read_record(layout: RunLayout) -> dict:
 def check_record(layout: RunLayout, config: Config, recipe: str, argv: Sequence[str]) -> dict | None:
     """The record to write for this invocation (None: the one there stays as it is), or a `UserError` when the run
     was started with a config this one may not replace (see the module's rules). Writes nothing."""
-    record: dict = {"config": _plain(dataclasses.asdict(config)), "recipe": recipe, "argv": list(argv),
+    record: dict = {"config": config_json(config), "recipe": recipe, "argv": list(argv),
                     "versions": _versions(), "history": []}  # fmt: skip
     if not layout.config.is_file():
         return record

@@ -7,6 +7,7 @@ The one reader of a run directory for the commands (`open_run`); the pipeline re
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ from dslim.stages.layout import RunLayout, stage_order
 from dslim.stages.record import read_record
 from dslim.subnet import Subnet
 
+# -- reading a recorded config back -------------------------------------------------------------------------------
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
-# -- reading config.json back --------------------------------------------------------------------------------------
+
 def _convert(hint: object, value: object, where: str) -> object:
-    """`value` (as JSON decoded it) turned into the type `hint` describes: dataclasses and tuples rebuilt."""
+    """`value` (as JSON or YAML decoded it) turned into the type `hint` describes: dataclasses and tuples rebuilt,
+    every leaf checked (a `UserError` naming the field otherwise)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
         return _convert(args[0], value, where)
@@ -40,54 +44,99 @@ def _convert(hint: object, value: object, where: str) -> object:
         hint = stages_config_class()
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise UserError(f"{where} should be an object, not {value!r}")
+            raise UserError(f"{where} should be an object, not {json.dumps(value, default=str)}")
         return _dataclass(hint, value, where)  # type: ignore[arg-type]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} should be a list, not {value!r}")
+            raise UserError(f"{where} should be a list, not {json.dumps(value, default=str)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise UserError(f"{where} should have {len(args)} entries, not {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"{where} should be one of {', '.join(map(repr, args))}, not {value!r}")
+        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
+            raise UserError(f"{where} is {json.dumps(value, default=str)}; choose one of {', '.join(map(str, args))}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, bool, str) and (type(value) is not hint):
-        raise UserError(f"{where} should be {_KINDS[hint]}, not {value!r}")
+    if hint in _KINDS:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float and number:
+            return float(value)  # type: ignore[arg-type]
+        if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):  # type: ignore[arg-type]
+            return value
+        raise UserError(f"{where} should be {_KINDS[hint]}, not {json.dumps(value, default=str)}")  # type: ignore[index]
     return value
-
-
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _dataclass(cls: type, obj: dict, where: str) -> object:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(obj) - names)
+    unknown = sorted(map(str, set(obj) - names))
     if unknown:
         raise UserError(f"{where} has fields this dslim does not know: {unknown} (written by another version?)")
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in obj.items()})
 
 
-def config_from_json(obj: dict) -> Config:
-    """The `Config` that `dataclasses.asdict` turned into `obj`; missing fields take their defaults."""
-    return _dataclass(Config, obj, "config")  # type: ignore[return-value]
+def config_from_json(obj: dict, where: str = "config") -> Config:
+    """The `Config` that `dataclasses.asdict` turned into `obj` (missing fields take their defaults), every field
+    checked; `where` names it in messages. A record of an earlier dslim's `tensorboard` switch reads as
+    `log_with`."""
+    if "tensorboard" in obj:
+        legacy = _convert(bool, obj["tensorboard"], f"{where}.tensorboard")
+        obj = {k: v for k, v in obj.items() if k != "tensorboard"}
+        if legacy and "log_with" not in obj:
+            obj["log_with"] = ["tensorboard"]
+    return _dataclass(Config, obj, where)  # type: ignore[return-value]
+
+
+def read_config_file(path: str | Path) -> tuple[Config, str | None]:
+    """The config a file holds, for `dslim.train --config`: a run's config.json, a model folder's card (its
+    `training`), or a config alone; JSON, or YAML (`.yaml`/`.yml`, safe loading: plain values only). Returns the
+    config and the recipe the file records (None if it records none)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file (give a run's config.json, a card, or a YAML config)")
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    if path.stat().st_size > 2**24:
+        raise UserError(f"--config {path} holds {path.stat().st_size:,} bytes, far more than any config: not one")
+    try:
+        text = path.read_text()
+        obj = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--config {path} is not readable {'YAML' if is_yaml else 'JSON'} ({detail})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("training"), dict):
+        obj = obj["training"]  # an export card
+    recipe = None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        recipe = obj.get("recipe") if isinstance(obj.get("recipe"), str) else None
+        obj = obj["config"]  # a run's record
+    if not isinstance(obj, dict):
+        raise UserError(f"--config {path} holds no config (an object with model, data, stages ...)")
+    return config_from_json(obj, f"{path}: config"), recipe
 
 
 def load_config(run_dir: str | Path) -> Config:
-    """The resolved config a training run recorded in `run_dir/config.json`."""
+    """The resolved config a training run recorded in `run_dir/config.json`, checked."""
+    return _config(run_record(run_dir), RunLayout(run_dir))
+
+
+def run_record(run_dir: str | Path) -> dict:
+    """A run's `config.json` record, checked (`dslim.stages.record`): the resolved config (as JSON), recipe, argv,
+    versions."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise UserError(f"run directory {run_dir} does not exist (give the --out-dir of a dslim.train run)")
     if not layout.config.is_file():
         raise UserError(f"{run_dir} is not a dslim run: config.json is missing (written by dslim.train --out-dir)")
-    record = read_record(layout)
+    return read_record(layout)
+
+
+def _config(record: dict, layout: RunLayout) -> Config:
+    config = config_from_json(record["config"], f"{layout.config}: config")
     try:
-        config = config_from_json(record["config"])
         validate_fields(config)
     except UserError as e:
         raise UserError(f"{layout.config}: {e}") from None
@@ -104,6 +153,8 @@ class Run:
     supernet: Supernet
     subnet_files: dict[str, dict]
     """Named subnets of the run's `subnets` artifacts (search results, samples)."""
+    recipe: str | None = None
+    """The recipe the run was trained with, as given to `dslim.train`."""
 
     @property
     def dir(self) -> Path:
@@ -150,8 +201,9 @@ def open_run(run_dir: str | Path, model: str | Path | None = None) -> Run:
     """Config, supernet (weights and statistics of the latest finished stage, or of the artifact `model`: a stage's
     `ema.safetensors`) and named subnets of a run: how `dslim.profile`, `dslim.latency`, `dslim.evaluate` and
     `dslim.export` read one."""
-    config = load_config(run_dir)
     layout = RunLayout(run_dir)
+    record = run_record(run_dir)
+    config = _config(record, layout)
     order = stage_order(config)
     artifact = layout.supernet_before(order) if model is None else Path(model)
     if artifact is None:
@@ -159,4 +211,5 @@ def open_run(run_dir: str | Path, model: str | Path | None = None) -> Run:
     net, meta = load_supernet(artifact, arch_of(config.model))
     # evaluated and exported as its weights were trained (a run's own artifacts record its own data settings)
     config = preprocessing.adopt(config, preprocessing.read(meta, artifact))
-    return Run(layout, config, artifact, net, layout.named_subnets(order))
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), str) else None
+    return Run(layout, config, artifact, net, layout.named_subnets(order), recipe)

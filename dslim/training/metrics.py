@@ -1,4 +1,5 @@
-"""What the training loop logs: `metrics.jsonl` (and TensorBoard), and the progress bars on the terminal."""
+"""What a run logs: `metrics.jsonl` (and the experiment trackers, `dslim.training.trackers`), and the progress bars
+on the terminal."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from accelerate import Accelerator
 
 from dslim.io.atomic import append_line, write_text
 from dslim.io.readers import METRICS_RECORD, parse, read_text
+from dslim.training.trackers import RunSteps, log_table, tracker_values
 
 MAX_LOG_BYTES = 2**30
 """The largest metrics.jsonl read back (a line per logged step: long ImageNet runs stay far below)."""
 
 
 class MetricsLog:
-    """`metrics.jsonl` (one JSON object per line, main process only) and, optionally, TensorBoard.
+    """`metrics.jsonl` (one JSON object per line, main process only) and the accelerator's trackers, if any.
 
     A line cut short by a crash is dropped when the log is opened again, and a resumed stage first drops what it
     logged after its checkpoint, so the file always parses and holds each step once.
@@ -25,10 +27,13 @@ class MetricsLog:
 
     def __init__(self, path: str | os.PathLike, accelerator: Accelerator) -> None:
         self.path, self.accelerator = Path(path), accelerator
+        self.steps = RunSteps()
         if accelerator.is_main_process and self.path.is_file():
             text = self._text()
             if text and not text.endswith("\n"):
-                write_text(self.path, text[: text.rfind("\n") + 1])
+                text = text[: text.rfind("\n") + 1]
+                write_text(self.path, text)
+            self.steps = RunSteps([json.loads(line) for line in text.splitlines()])
 
     def _text(self) -> str:
         return read_text(self.path, "metrics log", max_bytes=MAX_LOG_BYTES)
@@ -48,9 +53,11 @@ class MetricsLog:
         if not self.accelerator.is_main_process:
             return
         append_line(self.path, json.dumps(record))
-        if self.accelerator.log_with:
-            numbers = {f"{record['stage']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
-            self.accelerator.log(numbers, step=record.get("step"))
+        step = self.steps.step(record)
+        if self.accelerator.trackers:
+            self.accelerator.log(tracker_values(record), step=step)
+            if record.get("kind") == "eval":
+                log_table(self.accelerator, record, step)
 
 
 def _after(record: dict, stage: str, step: int) -> bool:

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from types import FrameType
 
 import torch
@@ -38,9 +39,10 @@ def tune_allocator() -> bool:
 
 
 def make_accelerator(
-    mixed_precision: str = "no", project_dir: str | os.PathLike | None = None, tensorboard: bool = False
+    mixed_precision: str = "no", project_dir: str | os.PathLike | None = None, trackers: Sequence = ()
 ) -> Accelerator:
-    """The run's one Accelerator (Accelerate keeps its state per process, so stages share it).
+    """The run's one Accelerator (Accelerate keeps its state per process, so stages share it), logging to
+    `trackers` (`dslim.training.trackers.make_trackers`).
 
     Refuses the silent failures of multi-process launches: processes that each train alone, DeepSpeed dropped.
     Also tunes the allocator (`tune_allocator`): every command that trains or evaluates comes through here.
@@ -53,16 +55,9 @@ def make_accelerator(
         PartialState(backend="gloo")  # without it every DeepSpeed rank on CPU believes it is rank 0
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--mixed-precision fp16 needs a GPU (on CPU Accelerate would silently run fp32); use bf16")
-    log_with = None
-    if tensorboard:
-        try:
-            import tensorboard as _  # noqa: F401
-        except ImportError:
-            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        log_with = "tensorboard"
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        log_with=log_with,
+        log_with=list(trackers) or None,
         project_dir=None if project_dir is None else str(project_dir),
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
