@@ -99,8 +99,7 @@ def check(cmd: ExportCommand) -> None:
         out = Path(cmd.out)
         if out.suffix in (".onnx", ".safetensors", ".json"):
             raise UserError(f"--out {cmd.out!r}: --format folder writes a folder; give a folder name")
-        if out.exists():
-            raise UserError(f"--out {cmd.out} exists: a model folder is written only where nothing is; give a new name")
+        check_output(cmd.out, overwrite=cmd.overwrite, folder=True)
         return
     folder = cmd.dynamic and cmd.format == "onnx"
     suffix = {"safetensors": ".safetensors", "onnx": ".onnx"}[cmd.format]

@@ -2,7 +2,8 @@
 (the model card, `dslim.deploy.model_card`), the run's `pareto.png`, and for a whole supernet `subnets.json` (its
 slices, in the schema of a run's named-subnets files). `dslim.load_subnet(DIR)` reads the folder back (only its
 safetensors file and that file's JSON metadata); `huggingface_hub.upload_folder(folder_path=DIR, repo_id=...)`
-publishes it as it is. A folder is written whole, then moved into place (`dslim.io.atomic_dir`).
+publishes it as it is. A folder is written whole, then moved into place, marked as dslim's
+(`dslim.io.outputs.write_folder`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dslim.deploy.model_card import PLOT, readme
-from dslim.io import atomic_dir, write_json, write_text
+from dslim.io import write_json, write_text
+from dslim.io.outputs import write_folder as write_marked
 
 MODEL = "model.safetensors"
 
@@ -41,5 +43,5 @@ def write_folder(
             shutil.copyfile(run_dir / PLOT, tmp / PLOT)  # type: ignore[operator]
         write_text(tmp / "README.md", readme(card, name, out.name, run_dir, plot))
 
-    atomic_dir(out, fill)
+    write_marked(out, "model folder", fill)
     return card
