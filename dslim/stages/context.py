@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from dslim.stages.registry import Stage
 from dslim.stages.run import resolve
 from dslim.subnet import Subnet
 from dslim.training import Method, MetricsLog, Trainer
+from dslim.training.replicas import agree, parameter_digest, text_digest
 
 
 @dataclass
@@ -114,14 +116,19 @@ class StageContext:
 
     # -- outputs --------------------------------------------------------------------------------------------------
     def save_supernet(self, net: Supernet, **extra: object) -> None:
-        """Write this stage's `supernet` artifact (the main process writes; every process waits for it)."""
+        """Write this stage's `supernet` artifact (the main process writes; every process waits for it), once every
+        process is found to hold the same parameters (`dslim.training.replicas`)."""
+        self.accelerator.print(f"{self.name}: " + agree(self.accelerator, "parameters", parameter_digest(net)))
         if self.accelerator.is_main_process:
             save_supernet(net, self.layout.path(self.name, "supernet"), recipe=self.recipe, stage=self.name,
                           input_size=self.config.model.input_size, **extra)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
     def save_subnets(self, net: Supernet, subnets: Mapping[str, Subnet], scores: Mapping[str, dict]) -> None:
-        """Write this stage's named-subnets file: each subnet with its MACs, params and `scores[name]`."""
+        """Write this stage's named-subnets file: each subnet with its MACs, params and `scores[name]`, once every
+        process is found to hold the same subnets."""
+        found = json.dumps({name: subnet.to_json() for name, subnet in subnets.items()}, sort_keys=True)
+        self.accelerator.print(f"{self.name}: " + agree(self.accelerator, "subnets", text_digest(found)))
         if self.accelerator.is_main_process:
             size = self.config.model.input_size
             entries = {}

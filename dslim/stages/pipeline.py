@@ -173,8 +173,8 @@ def run_pipeline(
     if source is not None and not source.is_file():
         raise UserError(f"--from {from_}: no such file (give a stage's model.safetensors)")
     check_data(config, selected)
+    acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)  # refuses bad launches
     check_out_dir(layout.root)
-    acc = make_accelerator(config.mixed_precision, layout.root, config.tensorboard)
     layout.root.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         layout.sweep()
