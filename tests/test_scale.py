@@ -36,11 +36,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PYTHON, subprocess_env
 from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import PYTHON, subprocess_env  # noqa: E402
 
 RECIPE = ["--recipe", "scale_digits"]
 STAGES = ["supernet", "search", "dmcp", "bn_recalibration", "policy"]
