@@ -43,6 +43,7 @@ def test_torchrun_on_cpu_without_accelerate_use_cpu_is_refused(tmp_path, digits_
     assert err.count("dslim: error: launched as 2 processes but Accelerate sees 1") == 2, err[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags",
     [["--num_processes", "2"], ["--cpu", "--config_file", str(ROOT / "examples/launch/ddp_2nodes.yaml")]],
@@ -117,28 +118,28 @@ def test_launch_configs_parse_with_accelerate(path):
 
 
 def test_slurm_script_launches_accelerate_once_per_node(tmp_path):
-    """The sbatch script under stand-ins for srun, scontrol and accelerate: one `accelerate launch` per node, with the
-    node's rank, whose arguments Accelerate's launcher accepts."""
+    """The sbatch script under stand-ins for srun, scontrol and accelerate (3 nodes): one `accelerate launch` per
+    node, with the node's rank and SLURM's counts, whose arguments Accelerate's launcher accepts."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_ins = {
-        "srun": 'for node in 0 1; do SLURM_NODEID=$node "${@:2}"; done',  # drops --kill-on-bad-exit
-        "scontrol": "printf 'gpu-a\\ngpu-b\\n'",
+        "srun": 'for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node "${@:2}"; done',
+        "scontrol": "printf 'gpu-a\\ngpu-b\\ngpu-c\\n'",
         "accelerate": 'printf "%q " "$@" >> "$CALLS"; echo >> "$CALLS"',
     }
     for name, body in stand_ins.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-           "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_NNODES": "2"}  # fmt: skip
+           "SLURM_JOB_NODELIST": "gpu-[a-c]", "SLURM_NNODES": "3"}  # fmt: skip
     recipe = ["--recipe", "dsnet_mbv1", "--data.root", "/data/imagenet", "--out-dir", "runs/dsnet"]
     done = subprocess.run(["bash", "scripts/slurm_train.sbatch", *recipe], cwd=ROOT, env=env, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     calls = [shlex.split(line) for line in (tmp_path / "calls").read_text().splitlines()]
-    assert [c[0] for c in calls] == ["launch", "launch"]
+    assert [c[0] for c in calls] == ["launch"] * 3
     for node, call in enumerate(calls):
-        args = validated(call[1:])
-        assert (args.machine_rank, args.num_machines, args.num_processes) == (node, 2, 16)
+        args = validated(call[1:])  # SLURM's counts override the config file's 2 machines
+        assert (args.machine_rank, args.num_machines, args.num_processes) == (node, 3, 24)
         assert args.main_process_ip == "gpu-a" and args.module and args.training_script == "dslim.train"
         assert args.training_script_args == recipe

@@ -72,8 +72,8 @@ def check_launch(env: Mapping[str, str], gpus: int, mixed_precision: str) -> Non
 
 def check_world(accelerator: Accelerator, env: Mapping[str, str]) -> None:
     """The Accelerator has as many processes as were launched, each with its own rank, and no ZeRO-3. Every process
-    of a multi-process run then says who it is in one line (`dslim: process 1 of 16 (node 0, local rank 1, nccl,
-    restart 0)`): a node that did not join, or joined twice, shows at once."""
+    of a multi-process run then says who it is in one line on stderr (`dslim: process 1 of 16 (node 0, local rank 1,
+    nccl, restart 0)`): a node that did not join, or joined twice, shows at once."""
     launched = launched_processes(env) or 1
     n = accelerator.num_processes
     if n != launched:
@@ -96,7 +96,7 @@ def check_world(accelerator: Accelerator, env: Mapping[str, str]) -> None:
     where += [f"local rank {accelerator.local_process_index}", torch.distributed.get_backend()]
     if "TORCHELASTIC_RESTART_COUNT" in env:
         where.append(f"restart {env['TORCHELASTIC_RESTART_COUNT']}")
-    print(f"dslim: process {accelerator.process_index} of {n} ({', '.join(where)})", flush=True)
+    print(f"dslim: process {accelerator.process_index} of {n} ({', '.join(where)})", file=sys.stderr, flush=True)
     restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     if accelerator.is_main_process and restarts and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         print("dslim: warning: torchrun's shared rendezvous store cannot reconnect the processes after a restart "
