@@ -20,20 +20,23 @@ from dslim.errors import UserError
 class ChannelGroup:
     """Channels that are sliced together.
 
-    `choices` restricts the allowed counts (DS-Net's stage widths); without it any count in `[min, max]` is allowed.
+    `choices` restricts the allowed counts (DS-Net's stage widths); without it any count in `[min, max]` that is a
+    multiple of `step` is allowed (a converted grouped convolution moves in whole groups of `step` channels).
     """
 
     name: str
     max: int
     choices: tuple[int, ...] | None = None
     min: int = 1
+    step: int = 1
 
     def check(self, channels: int) -> None:
         if self.choices is not None and channels not in self.choices:
             raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.choices}")
-        if not self.min <= channels <= self.max:
+        if not self.min <= channels <= self.max or channels % self.step:
+            steps = f" in steps of {self.step}" if self.step > 1 else ""
             raise UserError(
-                f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.min}..{self.max}"
+                f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.min}..{self.max}{steps}"
             )
 
 
