@@ -114,7 +114,7 @@ def digests(log: str) -> dict[str, str]:
         stage, _, rest = line.partition(": ")
         if stage in STAGES and rest.startswith(("parameters ", "subnets ")):
             assert rest.endswith("the same on all 2 processes"), line
-            found[stage] = rest.split()[1]
+            found[stage] = rest.split()[1].rstrip(",")
     return found
 
 
@@ -147,6 +147,7 @@ def test_two_nodes_match_one_process(two_node_run, tmp_path, digits_cache):
                        if line.startswith("dslim: process ") and " of 2 (node " in line)  # fmt: skip
     assert processes == [0, 1], logs[0][-2000:]
     assert digests(logs[0]) == digests(logs[1]) and set(digests(logs[0])) == set(STAGES)
+    print("two-node digests:", digests(logs[0]))
 
     start = time.perf_counter()
     for stages, inputs in REFERENCES:
