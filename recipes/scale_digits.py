@@ -10,11 +10,14 @@ BatchNorm) runs
 - `policy`: BlockDrop's policy by REINFORCE, masks sampled per image, the ResNet frozen.
 Every stage prints a digest of its weights, which dslim checks to be the same on every process.
 
-Settings that make runs with different numbers of processes comparable: one epoch per stage at 256 images per
-process (two optimizer steps on two processes), no random crop (DALI draws crops per process, so a one-process run
-would see other crops), and plain SGD for the policy (Adam turns rounding differences of near-zero gradients into
-full steps). A one-process run equals a P-process run stage by stage when it accumulates P micro-batches
-(`--stages.<stage>.grad-accum P`) and calibrates on P times the batches; tests/test_scale.py checks it for P = 2.
+Settings that make runs with different numbers of processes comparable: one epoch per stage at 256 images per process
+(two optimizer steps on two processes), no random crop (DALI draws crops per process, so a one-process run would see
+other crops), plain SGD for the policy and DMCP's alphas (Adam turns rounding differences of near-zero gradients into
+full steps), and a small learning rate for DMCP's weights (at 0.1 its narrow random subnets grow rounding differences
+about 200-fold in one step: one process on 1 thread vs 2 threads differed by 5e-7 after the first step, 1e-4 after the
+second, and its alphas by 1e-2). A one-process run equals a P-process run stage by stage when it accumulates P
+micro-batches (`--stages.<stage>.grad-accum P`) and calibrates on P times the batches; tests/test_scale.py checks it for
+P = 2.
 """
 
 from dslim.config import Config, DataConfig, ModelConfig, OptimConfig
@@ -58,8 +61,8 @@ def recipe() -> Config:
                 min_width=0.1,
                 width_step=0.05,
                 warmup=0.0,
-                optim=weights,
-                arch_optim=OptimConfig(name="adam", lr=0.05, lr_batch=256, weight_decay=0.0),
+                optim=OptimConfig(lr=0.005, lr_batch=256, momentum=0.9, nesterov=True, weight_decay=4e-5),
+                arch_optim=OptimConfig(lr=0.05, lr_batch=256, weight_decay=0.0),
             ),
             bn_recalibration=BnCalibrationConfig(batches=2, subnets=("0.25",)),
             policy=PolicyConfig(curriculum_blocks=0, optim=OptimConfig(lr=0.05, lr_batch=256, weight_decay=0.0)),
