@@ -42,10 +42,12 @@ from safetensors.torch import load_file
 RECIPE = ["--recipe", "scale_digits"]
 STAGES = ["supernet", "search", "dmcp", "bn_recalibration", "policy"]
 TRAINED = ["supernet", "dmcp", "bn_recalibration", "policy"]
-# The one-process reference of a two-process run: the same global batch, as two accumulated micro-batches.
-ONE_PROCESS = ["--stages.supernet.grad-accum", "2", "--stages.dmcp.grad-accum", "2", "--stages.policy.grad-accum", "2",
-               "--stages.bn-recalibration.batches", "4"]  # fmt: skip
-# Each reference run: its stages, and the two-node stages copied in first as its input.
+# The one-process reference of a two-process stage: the same global batch, as two accumulated micro-batches.
+ONE_PROCESS = {"supernet": ["--stages.supernet.grad-accum", "2"], "dmcp": ["--stages.dmcp.grad-accum", "2"],
+               "policy": ["--stages.policy.grad-accum", "2"], "bn_recalibration": ["--stages.bn-recalibration.batches",
+               "4"]}  # fmt: skip
+# Each reference run: its stages, and the two-node stages copied in first as its input (with the run's record, so
+# that the reference continues that run; only the settings of stages it has not started may differ).
 REFERENCES = [(["supernet"], []), (["search", "dmcp"], ["supernet"]),
               (["bn_recalibration", "policy"], ["supernet", "search", "dmcp"])]  # fmt: skip
 
@@ -154,8 +156,10 @@ def test_two_nodes_match_one_process(two_node_run, tmp_path, digits_cache):
         ref = tmp_path / "-".join(stages)
         for stage in inputs:
             shutil.copytree(run / stage, ref / stage, ignore=shutil.ignore_patterns("state"))
-        cmd = [PYTHON, "-m", "dslim.train", *RECIPE, "--out-dir", str(ref), "--stages", *stages, *ONE_PROCESS,
-               "--data.cache-dir", str(digits_cache)]  # fmt: skip
+        for record in (".dslim", "config.json") if inputs else ():
+            shutil.copy(run / record, ref / record)
+        one_process = [flag for stage in stages for flag in ONE_PROCESS.get(stage, [])]
+        cmd = [PYTHON, *pipeline(ref, "--stages", *stages, *one_process, "--data.cache-dir", str(digits_cache))]
         done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         print(done.stdout)
