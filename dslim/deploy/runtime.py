@@ -86,20 +86,22 @@ def _dispatch(keys: np.ndarray, inputs: Sequence, graphs: Sequence, run: RunGrap
 
 def _chains(step: Mapping, env: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[str, ...] | None]]:
     """A `chain` step's key per image and, per key, the graphs that image runs (None: it runs none)."""
-    rows = np.stack([_keys(link, env, step["chain"]) for link in step["links"]], 1)
+    decisions, links = env[step["chain"]], step["links"]
+    columns = [link["column"] for link in links]
+    if None in columns:
+        rows = np.stack([decisions if c is None else decisions[:, c] for c in columns], 1)
+    else:
+        rows = decisions[:, columns]
     if len(rows) == 1 or (rows == rows[0]).all():
         distinct, keys = rows[:1], np.zeros(len(rows), np.int64)
     else:
         distinct, keys = np.unique(rows, axis=0, return_inverse=True)
     chains = []
     for row in distinct.tolist():
-        names = []
-        for link, k in zip(step["links"], row):
-            if not 0 <= k < len(link["graphs"]):
-                raise UserError(f"routing program: decision {k} has no graph (it lists {len(link['graphs'])})")
-            if link["graphs"][k] is not None:
-                names.append(link["graphs"][k])
-        chains.append(tuple(names) or None)
+        if not all(0 <= k < len(link["graphs"]) for k, link in zip(row, links)):
+            raise UserError(f"routing program: a decision in {row} has no graph")
+        names = tuple(g for g in (link["graphs"][k] for k, link in zip(row, links)) if g is not None)
+        chains.append((*names, *step.get("then", ())) or None)
     return keys.reshape(-1), chains
 
 
@@ -153,29 +155,36 @@ def execute(
 
 def fuse_chains(program: Mapping) -> dict:
     """`program` with each run of two or more consecutive `dispatch` steps on one decision, each reading one tensor
-    the one before made and nothing else reads, as one `chain` step: images grouped by their whole row of those
-    decisions (a BlockDrop route: its keep bits), each group running its chain of graphs once. It computes the
-    same; a runtime that pays for every graph it enters (onnxruntime reorders a tensor's memory layout at each
-    graph's edges) runs each distinct chain as one graph instead (`OnnxDynamic`). Never written to routing.json."""
+    the one before made and nothing else reads, as one `chain` step (with the `run` steps that follow it the same
+    way, as its `then`): images grouped by their whole row of those decisions (a BlockDrop route: its keep bits),
+    each group running its chain of graphs once. It computes the same; a runtime that pays for every graph it enters
+    (onnxruntime reorders a tensor's memory layout at each graph's edges) runs each distinct chain as one graph
+    instead (`OnnxDynamic`). Never written to routing.json."""
     steps = list(program["steps"])
     reads = Counter(i for s in steps for i in [*s.get("inputs", []), *(s[k] for k in ("from",) if k in s)])
     reads.update(program["outputs"].values())
 
-    def links(a: Mapping, b: Mapping) -> bool:
-        return ("dispatch" in a and "dispatch" in b and a["dispatch"] == b["dispatch"] and len(a["outputs"]) == 1
-                and b["inputs"] == a["outputs"] and len(b["outputs"]) == 1 and reads[a["outputs"][0]] == 1)  # fmt: skip
+    def feeds(a: Mapping, b: Mapping) -> bool:
+        """`b` reads exactly the one tensor `a` makes, which nothing else reads."""
+        return len(a["outputs"]) == 1 and b["inputs"] == a["outputs"] and reads[a["outputs"][0]] == 1
 
     fused, i = [], 0
     while i < len(steps):
         j = i + 1
-        while j < len(steps) and links(steps[j - 1], steps[j]) and len(steps[i]["inputs"]) == 1:
-            j += 1
+        if "dispatch" in steps[i] and len(steps[i]["inputs"]) == 1:
+            while j < len(steps) and steps[j].get("dispatch") == steps[i]["dispatch"] and feeds(steps[j - 1], steps[j]):
+                j += 1
         if j - i < 2:
             fused.append(steps[i])
-        else:
-            run = steps[i:j]
-            fused.append({"chain": run[0]["dispatch"], "inputs": run[0]["inputs"], "outputs": run[-1]["outputs"],
-                          "links": [{"column": s.get("column"), "graphs": s["graphs"]} for s in run]})  # fmt: skip
+            i = j
+            continue
+        links = [{"column": s.get("column"), "graphs": s["graphs"]} for s in steps[i:j]]
+        then, last = [], steps[j - 1]
+        while j < len(steps) and "run" in steps[j] and len(steps[j]["outputs"]) == 1 and feeds(last, steps[j]):
+            then.append(steps[j]["run"])
+            last, j = steps[j], j + 1
+        fused.append({"chain": steps[i]["dispatch"], "inputs": steps[i]["inputs"], "outputs": last["outputs"],
+                      "links": links, "then": then})  # fmt: skip
         i = j
     return {**program, "steps": fused}
 
@@ -224,9 +233,10 @@ class Graph:
             detail = str(e).splitlines()[0][:200]
             raise UserError(f"{where} is not an ONNX model onnxruntime can load ({detail})") from None
         self.names = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, dict(zip(self.names, inputs)))
+        return self.session.run(self.outputs, dict(zip(self.names, inputs)))
 
 
 def _graph(path: Path, threads: int | None) -> Graph:
