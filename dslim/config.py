@@ -109,6 +109,9 @@ class ModelConfig:
     ignore it."""
     min_bin: Positive = 1
     """Smallest bin a group may shrink to, at most `channel_bins` (mmrazor's AutoSlim: 2 of 12)."""
+    channel_divisor: Annotated[int, in_range(1, 1024)] = 1
+    """Searched (AutoSlim) and sampled (DMCP) subnets keep channel counts that are multiples of this (8: what CPU
+    and GPU kernels run fastest) in every group without choices of its own, besides the group's full width."""
 
 
 @dataclass(frozen=True)

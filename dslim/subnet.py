@@ -28,6 +28,16 @@ class ChannelGroup:
     choices: tuple[int, ...] | None = None
     min: int = 1
 
+    def divisible(self, channels: int, divisor: int) -> int:
+        """`channels` moved to the nearest count in this group's range that is a multiple of `divisor` (ties
+        upwards), the group's full width counting as one so that the largest subnet stays reachable; a group with
+        its own choices (or `divisor` 1) keeps `channels` as they are."""
+        if divisor <= 1 or self.choices is not None:
+            return channels
+        low = channels // divisor * divisor
+        counts = [c for c in (low, low + divisor) if self.min <= c <= self.max] + [self.max]
+        return min(counts, key=lambda c: (abs(c - channels), -c))
+
     def check(self, channels: int) -> None:
         if self.choices is not None and channels not in self.choices:
             raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.choices}")

@@ -218,14 +218,15 @@ def layer_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int]]:
     return dict(leaves.shapes)
 
 
-def _features(c_in: float, c_out: float) -> list[float]:
-    # a layer's time: a fixed overhead, its arithmetic (a product of channels for convs and linears) and its memory
-    # traffic (the tensors it reads and writes: linear in channels, all norms, activations and depthwise convs have)
-    return [1.0, c_in * c_out, c_in + c_out]
+def features(c_in, c_out):  # type: ignore[no-untyped-def]
+    """What a layer's time is fitted on: a fixed overhead, its arithmetic (a product of channels for convs and
+    linears) and its memory traffic (the tensors it reads and writes: linear in channels, all norms, activations and
+    depthwise convs have). Floats or tensors (then differentiable)."""
+    return [c_in * 0 + 1.0, c_in * c_out, c_in + c_out]
 
 
 def predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
-    return max(0.0, float(np.dot(coef, _features(c_in, c_out))))
+    return max(0.0, float(np.dot(coef, features(c_in, c_out))))
 
 
 def random_subnet(supernet: Supernet, rng: random.Random, bins: int, min_bin: int) -> Subnet:
@@ -249,7 +250,7 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
 
     fits = {}
     for key, pts in points.items():
-        X = np.array([_features(p[0], p[1]) for p in pts])
+        X = np.array([features(p[0], p[1]) for p in pts])
         # non-negative coefficients: more channels never make a layer faster, and noise cannot say otherwise
         fits[key] = {str(b): nnls(X, np.array([p[2][str(b)] for p in pts]))[0].tolist() for b in batches}
     sums: dict[str, dict[str, float]] = defaultdict(dict)
