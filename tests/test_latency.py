@@ -78,7 +78,14 @@ def test_routes_of_a_dynamic_model():
 
 def test_commands_on_the_digits_recipes(tmp_path, capsys):
     us, ds = tmp_path / "us.json", tmp_path / "ds.json"
-    latency.main(["--recipe", "usnet_digits", "--batch", "1", "2", "--warmup", "0", "--repeats", "2", "--out", str(us)])
+    latency.main(["--recipe", "usnet_digits", "--batch", "1", "2", "--warmup", "0", "--repeats", "2", "--out", str(us),
+                  "--layers", "2", "--checks", "1"])  # fmt: skip
+    errors = json.loads(us.read_text())["errors"]  # the per-layer table's error on each subnet timed whole
+    assert [e["subnet"] for e in errors] == ["0.25", "0.5", "0.75", "1.0", "probe-0", "probe-1", "check-0"]
+    assert [e["held_out"] for e in errors] == [False] * 6 + [True]
+    for e in errors:
+        assert all(e["error"][b] == pytest.approx(e["estimate"][b] / e["ms"][b] - 1) for b in ("1", "2"))
+    assert "held out of the fit" in capsys.readouterr().out
     latency.main(["--recipe", "dsnet_digits", "--batch", "1", "--warmup", "0", "--repeats", "2", "--out", str(ds)])
     out = capsys.readouterr().out
     assert "route uniform-3" in out and "threads" in out
@@ -86,7 +93,7 @@ def test_commands_on_the_digits_recipes(tmp_path, capsys):
     profile.main(["--recipe", "usnet_digits", "--widths", "0.5", "0.3", "--latency", str(us), "--json"])
     rows = {r["subnet"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["0.5"]["latency_ms"] == json.loads(us.read_text())["subnets"]["0.5"]["ms"]
-    assert rows["0.3"]["latency_ms"] is None  # not measured, no per-layer table
+    assert rows["0.3"]["latency_estimated"] and set(rows["0.3"]["latency_ms"]) == {"1", "2"}  # by the per-layer fit
 
 
 def test_export_card_carries_the_runs_latency(tmp_path, capsys):

@@ -266,16 +266,18 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
         # subnets grow (time outside the layers, the offset, is never negative either)
         scale, offset = nnls(X, y)[0] if len(probes) > 1 else (y[0] / X[0, 0], 0.0)
         calibration[b] = [float(scale), float(offset)]
-    return {"probes": {n: s.to_json() for n, s in probes.items()}, "points": dict(points), "fits": fits,
+    return {"probes": {n: s.to_json() for n, s in probes.items()}, "totals": dict(totals), "points": dict(points),
+            "fits": fits,
             "calibration": calibration}  # fmt: skip
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
 def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, batches: Sequence[int],
                   device: torch.device, warmup: int = 3, repeats: int = 15, layers: int = 0, bins: int = 12,
-                  min_bin: int = 1, seed: int = 0) -> dict:  # fmt: skip
+                  min_bin: int = 1, seed: int = 0, checks: int = 0) -> dict:  # fmt: skip
     """The content of `latency.json`: every subnet (and route, and graph of a dynamic model) at every batch size;
-    with `layers`, a per-layer table from the subnets and `layers` random subnets."""
+    with `layers`, a per-layer table from the subnets and `layers` random subnets, and `checks` more random subnets
+    measured apart (`checks`), never fitted on: what the table's error is judged on."""
     load_before = device_info(device)["load"]
     rows: dict[str, dict] = {}
     done: dict[Subnet, dict] = {}  # two names of one subnet (DS-Net's `smallest` is `uniform-0`) are timed once
@@ -299,5 +301,11 @@ def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, 
             totals[f"probe-{i}"] = time_module(extract(supernet, probe, weights=False), size, batches, device,
                                                warmup, repeats)  # fmt: skip
         table["layers"] = layer_table(supernet, probes, totals, size, batches, device, warmup, repeats)
+        table["checks"] = {}
+        for i in progress(range(checks), f"latency ({checks} subnets held out of the fit)", checks):
+            subnet = random_subnet(supernet, rng, bins, min_bin)
+            table["checks"][f"check-{i}"] = {"subnet": subnet.to_json(), "macs": measure(supernet, size, subnet).macs,
+                                             "ms": time_module(extract(supernet, subnet, weights=False), size,
+                                                               batches, device, warmup, repeats)}  # fmt: skip
     table["device"] = {**device_info(device), "load_before": load_before}
     return table

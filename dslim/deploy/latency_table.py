@@ -130,6 +130,23 @@ class LatencyTable:
         return max(0.0, scale * total + offset)
 
 
+def estimate_errors(table: LatencyTable, supernet: Supernet) -> list[dict]:
+    """The per-layer table's estimate of every subnet the table timed whole, against the time measured: a row per
+    subnet (`subnet`, `held_out`: measured apart from the fit, `ms` and `estimate` per batch, `error`: the relative
+    error per batch)."""
+    layers, checks = table.data.get("layers", {}), table.data.get("checks", {})
+    totals = layers.get("totals", {})
+    timed = {**{n: (p, totals[n]) for n, p in layers.get("probes", {}).items() if n in totals},
+             **{n: (r["subnet"], r["ms"]) for n, r in checks.items()}}  # fmt: skip
+    rows = []
+    for name, (subnet_json, ms) in timed.items():
+        subnet = Subnet.from_json(subnet_json, f"{table.where}: {name!r}")
+        estimate = {str(b): table.estimate(supernet, subnet, b) for b in table.batches}
+        rows.append({"subnet": name, "held_out": name in checks, "ms": ms,
+                     "estimate": estimate, "error": {b: estimate[b] / ms[b] - 1 for b in estimate}})  # fmt: skip
+    return rows
+
+
 def add_latency(rows: list[dict], net: Supernet, subnets: dict[str, Subnet], path: str, input_size: int) -> list[int]:
     """Each row's `latency_ms` (`{batch: ms}`, or None) and `latency_estimated` from the table at `path`; returns
     the table's batch sizes."""
