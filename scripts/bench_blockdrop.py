@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_dynamic import batches
-from benchlib import HEADER, load, row, timed_pair, verdict
+from benchlib import HEADER, load, row, timed_pair, verdict, weight_mb
 
 from dslim.deploy.extraction import extract_dynamic
 from dslim.models import create_supernet
@@ -95,6 +95,8 @@ def main() -> None:
     print(f"blocks per image {keep.sum(1).double().mean():.2f} of {keep.shape[1]}, "
           f"{len(torch.unique(keep, dim=0))} distinct policies; MAdds speed-up {macs_speedup:.3f} "
           f"(BlockDrop's FLOPs: {flops_speedup:.3f})")  # fmt: skip
+    print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (policy included), full ResNet "
+          f"{weight_mb(full):.1f} MB")  # fmt: skip
     met = []
     for run in range(args.runs):
         print(f"\nrun {run + 1} of {args.runs} (load {load()})\n{HEADER}")

@@ -23,7 +23,7 @@ import argparse
 from functools import partial
 
 import torch
-from benchlib import HEADER, load, row, timed_pair, verdict
+from benchlib import HEADER, load, row, timed_pair, verdict, weight_mb
 
 from dslim.deploy.extraction import extract, extract_dynamic
 from dslim.models import create_supernet
@@ -89,6 +89,8 @@ def main() -> None:
           f"{args.allocator}, load {load()}")  # fmt: skip
     print(f"routes used: {torch.bincount(decisions, minlength=len(routes)).tolist()} (images per route); "
           f"MAdds speed-up over the widest route {macs_speedup:.3f} (gate included)")  # fmt: skip
+    print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (every route's own), widest route "
+          f"{weight_mb(static):.1f} MB")  # fmt: skip
     met = []
     for run in range(args.runs):
         print(f"\nrun {run + 1} of {args.runs} (load {load()})\n{HEADER}")

@@ -47,6 +47,13 @@ def timed_pair(static: Callable[[], object], routed: Callable[[], object], repea
                 med(a / b for a, b in zip(*cpu)))  # fmt: skip
 
 
+def weight_mb(module) -> float:  # type: ignore[no-untyped-def]
+    """Megabytes of a module's parameters and buffers, each storage counted once (shared parts are shared)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values()) / 2**20
+
+
 def load() -> str:
     """The machine's load averages over 1, 5 and 15 minutes, as `uptime` prints them."""
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
