@@ -5,7 +5,7 @@ For one recipe per built-in architecture, measures what `python -m dslim.latency
 layer and fitted, then 4 more random subnets held out of the fit) and prints, per architecture, the largest error
 of the table's estimate against the measured latency on the held-out subnets (goal: within 10%) and on the subnets
 it was fitted on, at batch 1 with `--threads` threads. Architectures without channel choices (the CIFAR ResNets)
-have one subnet only: their table is exact by construction, and they are listed for completeness.
+have one subnet only, timed again as each probe and check: their error is how well a timing repeats.
 
     python scripts/bench_latency_table.py [--threads 1] [--layers 8] [--checks 4] [--recipes autoslim_mbv2 ...]
 """
