@@ -15,11 +15,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads its OpenMP runtime
 
 __version__ = "0.1.0"
-__all__ = ["Subnet", "Supernet", "create_supernet", "extract", "load_subnet", "save_subnet"]
+__all__ = ["Subnet", "Supernet", "convert", "create_supernet", "extract", "load_subnet", "save_subnet"]
 
 _HOMES = {
     "Subnet": "dslim.subnet",
     "Supernet": "dslim.models",
+    "convert": "dslim.models.convert",
     "create_supernet": "dslim.models",
     "extract": "dslim.deploy.extraction",
     "load_subnet": "dslim.deploy.extraction",

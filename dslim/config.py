@@ -88,7 +88,8 @@ class ModelConfig:
     input_size: Annotated[int, in_range(8, 4096)] = 224
     """Square input resolution used for profiling and training crops."""
     max_width: Annotated[float, in_range(0.0, 4.0, open_low=True)] = 1.0
-    """Width multiplier of the supernet itself (1.5 for AutoSlim/DMCP MobileNetV2). Width-multiplier models only."""
+    """Width multiplier of the supernet itself (1.5 for AutoSlim/DMCP MobileNetV2). Built-in width-multiplier
+    models only (a converted model is at most its own width)."""
     widths: Annotated[tuple[float, ...], in_range(0.0, 4.0, open_low=True)] = (0.25, 0.5, 0.75, 1.0)
     """Named widths (width-multiplier models): the subnets trained by S-Net, evaluated and profiled by default."""
     width_range: Annotated[tuple[float, float] | None, in_range(0.0, 4.0, open_low=True)] = None
@@ -109,9 +110,22 @@ class ModelConfig:
     ignore it."""
     min_bin: Positive = 1
     """Smallest bin a group may shrink to, at most `channel_bins` (mmrazor's AutoSlim: 2 of 12)."""
+    module: str | None = None
+    """A model of your own instead of `arch`: `FILE.py:NAME` or `package.module:NAME`, a class or a function
+    returning an `nn.Module` (given `num_classes` if it takes that argument). Its file runs (as timm or torch.hub
+    would); what dslim writes reloads without it. See docs/your-model.md."""
+    module_args: tuple[str, ...] = ()
+    """Constructor arguments of `--model.module` as `NAME=VALUE` (VALUE read as JSON, else as a string)."""
+    weights: str | None = None
+    """Weights to load into `--model.module` before it is converted: safetensors or a torch file (read with
+    `weights_only=True`)."""
     channel_divisor: Annotated[int, in_range(1, 1024)] = 1
-    """Searched (AutoSlim) and sampled (DMCP) subnets keep channel counts that are multiples of this (8: what CPU
-    and GPU kernels run fastest) in every group without choices of its own, besides the group's full width."""
+    """Channel counts are multiples of this (8: what CPU and GPU kernels run fastest, as the MobileNets do) in a
+    converted model's widths, and in searched (AutoSlim) and sampled (DMCP) subnets of any model, in every group
+    without choices of its own, besides the group's full width."""
+    channel_order: Literal["original", "bn", "l1"] = "original"
+    """Converted models: which channels a narrower subnet keeps first: the model's own order, or the most important
+    by BatchNorm scale (`bn`) or by the L1 norm of their weights (`l1`); the full model is unchanged either way."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -20,30 +21,34 @@ from dslim.errors import UserError
 class ChannelGroup:
     """Channels that are sliced together.
 
-    `choices` restricts the allowed counts (DS-Net's stage widths); without it any count in `[min, max]` is allowed.
+    `choices` restricts the allowed counts (DS-Net's stage widths); without it any count in `[min, max]` that is a
+    multiple of `step` is allowed (a converted grouped convolution moves in whole groups of `step` channels).
     """
 
     name: str
     max: int
     choices: tuple[int, ...] | None = None
     min: int = 1
+    step: int = 1
 
     def divisible(self, channels: int, divisor: int) -> int:
-        """`channels` moved to the nearest count in this group's range that is a multiple of `divisor` (ties
-        upwards), the group's full width counting as one so that the largest subnet stays reachable; a group with
-        its own choices (or `divisor` 1) keeps `channels` as they are."""
-        if divisor <= 1 or self.choices is not None:
+        """`channels` moved to the nearest count in this group's range that is a multiple of `divisor` and of the
+        group's step (ties upwards), the group's full width counting as one so that the largest subnet stays
+        reachable; a group with its own choices (or `divisor` 1) keeps `channels` as they are."""
+        unit = math.lcm(divisor, self.step)
+        if unit == self.step or self.choices is not None:
             return channels
-        low = channels // divisor * divisor
-        counts = [c for c in (low, low + divisor) if self.min <= c <= self.max] + [self.max]
+        low = channels // unit * unit
+        counts = [c for c in (low, low + unit) if self.min <= c <= self.max] + [self.max]
         return min(counts, key=lambda c: (abs(c - channels), -c))
 
     def check(self, channels: int) -> None:
         if self.choices is not None and channels not in self.choices:
             raise UserError(f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.choices}")
-        if not self.min <= channels <= self.max:
+        if not self.min <= channels <= self.max or channels % self.step:
+            steps = f" in steps of {self.step}" if self.step > 1 else ""
             raise UserError(
-                f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.min}..{self.max}"
+                f"channel group {self.name!r} cannot have {channels} channels; allowed: {self.min}..{self.max}{steps}"
             )
 
 

@@ -40,7 +40,8 @@ def parse(command: type[C], argv: Sequence[str] | None, description: str, requir
     return parsed
 
 
-def has_run(argv: Sequence[str] | None) -> bool:
-    """Whether the command line gives `--run D` (then a recipe is not needed: the run recorded its config)."""
+def names_model(argv: Sequence[str] | None) -> bool:
+    """Whether the command line gives `--run D` (the run recorded its config) or `--model.module M` (a model of the
+    user's own): then a recipe is not needed."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return any(a == "--run" or a.startswith("--run=") for a in args)
+    return any(a == o or a.startswith(o + "=") for a in args for o in ("--run", "--model.module"))

@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for option, value in (("--batches", cmd.batches), ("--calibrate-batches", cmd.calibrate_batches)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be at least 1, not {value}")
+    from dslim.models.registry import model_name
     from dslim.stages.evaluate import calibration_batches, evaluation_names
     from dslim.stages.run import open_run
 
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(report))
         return
     size = config.model.input_size
-    where = f"{run.dir}: {config.model.arch} ({run.artifact.parent.name} stage) at {size}px, {cmd.split} split"
+    where = f"{run.dir}: {model_name(config.model)} ({run.artifact.parent.name} stage) at {size}px, {cmd.split} split"
     print_results(rows, dynamic, where)
 
 

@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.deploy.export import export_model
     from dslim.io.channels import read_channels, write_channels
     from dslim.models.complexity import measure
+    from dslim.models.registry import model_name
     from dslim.stages.evaluate import calibration_batches
     from dslim.stages.run import open_run
 
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cmd.channels_out is not None:
         cost = measure(net, size, subnet)
         write_channels(cmd.channels_out, net, subnet)
-        print(f"wrote {cmd.channels_out}: channel configuration of {config.model.arch} subnet {name}, "
+        print(f"wrote {cmd.channels_out}: channel configuration of {model_name(config.model)} subnet {name}, "
               f"{cost.macs / 1e6:,.1f}M MACs, {cost.params / 1e6:,.3f}M params")  # fmt: skip
     if cmd.out is None:
         return
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         what, cost_text = "dynamic model", f"routes of {min(macs):,.1f}M to {max(macs):,.1f}M MACs"
     else:
         what, cost_text = f"subnet {name}", f"{card['macs'] / 1e6:,.1f}M MACs"
-    print(f"wrote {cmd.out} and {card_path(cmd.out).name}: {config.model.arch} {what} from "
+    print(f"wrote {cmd.out} and {card_path(cmd.out).name}: {model_name(config.model)} {what} from "
           f"{run.artifact.parent.name}, {cost_text}, {card['params'] / 1e6:,.3f}M params at {size}px")  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from dslim.cli.args import has_run, parse
+from dslim.cli.args import names_model, parse
 from dslim.config import Config, NonNegative, Positive, at_least, validate_fields
 from dslim.errors import UserError, exits_cleanly
 
@@ -62,7 +62,7 @@ class LatencyCommand:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not has_run(argv))
+    cmd = parse(LatencyCommand, argv, __doc__ or "", require_recipe=not names_model(argv))
     validate_fields(cmd)
     if argv is None:  # as a program (an in-process call keeps the environment it has)
         use_wait_policy(cmd.wait_policy)
@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dslim.deploy.latency import measure_table
     from dslim.io import write_json
     from dslim.models import from_config
+    from dslim.models.registry import model_name
 
     if cmd.run is not None:
         from dslim.stages.run import open_run
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_json(out, table)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
-    print_latency(table, f"{model.arch} at {model.input_size}px")
+    print_latency(table, f"{model_name(model)} at {model.input_size}px")
     if cmd.layers:
         print_errors(table)
     print(f"wrote {out}")

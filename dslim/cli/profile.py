@@ -1,12 +1,14 @@
 """`python -m dslim.profile --recipe R [--widths W ...] [--channels FILE ...] [--json]`: exact MACs and params.
 
 No data is needed: one forward of random images per subnet, costed by hooks on the executed (sliced) shapes.
-`--run D` profiles a training run's model instead (its config), so names from its named-subnets files (a search's
-`autoslim-300M`, a sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from
-`python -m dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the
-table has per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from
-files (dslim subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its stem; a file that does
-not fit the model is refused, naming its first offending entry.
+`--model.module FILE.py:NAME` profiles a model of your own, converted (no recipe needed; `--model.input-size` is its
+input), after what its conversion found (channel groups, and what stays at full width and why). `--run D` profiles a
+training run's model instead (its config), so names from its named-subnets files (a search's `autoslim-300M`, a
+sample's `dmcp-expected`) resolve as the supernet's own names do. `--latency latency.json` (from `python -m
+dslim.latency`) adds each subnet's measured latency per batch size, or its estimate (marked `~`) when the table has
+per-layer times; `-` where the table can say nothing. `--channels` profiles channel configurations from files (dslim
+subnet `.json`, mmrazor channel-config `.yaml`), one row per file named by its stem; a file that does not fit the
+model is refused, naming its first offending entry.
 """
 
 from __future__ import annotations
@@ -18,18 +20,19 @@ from typing import Annotated
 
 import tyro
 
-from dslim.cli.args import has_run, parse
+from dslim.cli.args import names_model, parse
 from dslim.config import Config
 from dslim.errors import UserError, exits_cleanly
 from dslim.io.channels import read_named
 from dslim.models import from_config
 from dslim.models.complexity import profile_subnets
+from dslim.models.registry import model_name
 
 
 @dataclass(frozen=True)
 class ProfileCommand:
     recipe: str
-    """Recipe name (see `recipes/`) or path to a recipe file (not needed with `--run`)."""
+    """Recipe name (see `recipes/`) or path to a recipe file (not needed with `--run` or `--model.module`)."""
     config: Annotated[Config, tyro.conf.arg(name="")]
     widths: tuple[str, ...] = ()
     """Subnets to profile, by width (any width in a universally slimmable range) or name; default: all named."""
@@ -47,7 +50,7 @@ class ProfileCommand:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not has_run(argv))
+    cmd = parse(ProfileCommand, argv, __doc__ or "", require_recipe=not names_model(argv))
     if cmd.run is not None:
         from dslim.stages.run import open_run
 
@@ -55,15 +58,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         config, net = run.config, run.supernet
         names = list(cmd.widths) or ([] if cmd.channels else run.names())
         subnets = {n: run.resolve(n) for n in names}
-        title = f"{cmd.run}: {config.model.arch} at {config.model.input_size}px"
+        title = f"{cmd.run}: {model_name(config.model)} at {config.model.input_size}px"
     else:
-        if not cmd.recipe:
-            raise UserError("give --recipe R or --run D")
+        if not cmd.recipe and not cmd.config.model.module:
+            raise UserError("give --recipe R, --run D or --model.module FILE.py:NAME")
         config = cmd.config
         net = from_config(config.model)
         names = list(cmd.widths) or ([] if cmd.channels else list(net.named_subnets()))
         subnets = {name: net.resolve(name) for name in names}  # all errors before any work
-        title = f"{cmd.recipe}: {config.model.arch} at {config.model.input_size}px"
+        if config.model.module and not cmd.json:
+            print(net.describe())  # type: ignore[attr-defined]
+        title = f"{cmd.recipe or 'profile'}: {model_name(config.model)} at {config.model.input_size}px"
     subnets |= read_named(cmd.channels, net)
     rows = profile_subnets(net, subnets, config.model.input_size)
     batches = []

@@ -42,7 +42,7 @@ def has_statistics(supernet: Supernet, subnet: Subnet) -> bool:
 
 
 def _reset(bn: SlimBatchNorm2d, subnet: Subnet, device: torch.device) -> None:
-    channels = bn.num_features if bn.group is None else subnet[bn.group]
+    channels = bn.channels(subnet)
     bn.affine_params(subnet.key, channels)  # a switchable BN without this subnet's affine raises a UserError
     bn.add_subnet(subnet.key, channels)
     stats = bn.stats[subnet.key].to(device)

@@ -101,9 +101,15 @@ MMCLS_NAMES: dict[str, Callable[[nn.Module], dict[str, str]]] = {
 
 
 def layers(net: Supernet) -> dict[str, tuple[str, list[Port]]]:
-    """File name -> (dslim module path, ports) of every layer with channels, in the network's order."""
+    """File name -> (dslim module path, ports) of every layer with channels, in the network's order; a `UserError`
+    if layer counts cannot express the network's groups (a converted model's layers follow several groups)."""
     mmcls = MMCLS_NAMES[net.arch](net) if net.arch in MMCLS_NAMES else {}
-    return {mmcls.get(path, path): (path, ports(m)) for path, m in net.named_modules() if ports(m)}
+    found = {mmcls.get(path, path): (path, ports(m)) for path, m in net.named_modules() if ports(m)}
+    named = {group for _, entries in found.values() for _, group, _ in entries if group is not None}
+    if set(net.groups) - named:
+        raise UserError(f"an mmrazor channel config cannot express {net.arch}'s channel groups (its layers' counts do "
+                        f"not name them): use a dslim subnet .json")  # fmt: skip
+    return found
 
 
 # -- reading ---------------------------------------------------------------------------------------------------

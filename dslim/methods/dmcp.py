@@ -51,7 +51,7 @@ from dslim.errors import UserError
 from dslim.methods.sandwich import sandwich_pass
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
-from dslim.nn import SlimBatchNorm2d
+from dslim.nn import SlimModule
 from dslim.subnet import Subnet
 from dslim.training import Batch, Method, ParamSet, StepContext, Update, Where
 
@@ -127,7 +127,7 @@ def make_chains(net: Supernet, min_width: float, max_width: float, step: float) 
     for name, g in net.groups.items():
         if g.choices is not None:
             raise UserError(f"{net.arch}'s group {name!r} has fixed choices; DMCP needs width-multiplier groups")
-        size = int(step * g.max / max_width)
+        size = int(step * g.max / max_width) // g.step * g.step  # a group moving in steps keeps whole steps
         n = bins if size > 0 else 0  # a group too narrow for one bin keeps its width
         keep = g.max - size * n
         if keep < g.min:
@@ -257,15 +257,16 @@ def per_group_random(chains: list[Chain], rng: np.random.Generator) -> Subnet:
 
 @contextlib.contextmanager
 def soft_masks(net: Supernet, masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Every BatchNorm of a masked group multiplies its output by the group's mask inside the block."""
-    bns = [m for m in net.modules() if isinstance(m, SlimBatchNorm2d) and m.group in masks]
-    for bn in bns:
-        bn.mask = masks[bn.group]
+    """Every BatchNorm of a masked group multiplies its output by the group's mask inside the block (a converted
+    model's group without a normalization layer: its layers' outputs)."""
+    layers = [m for m in net.modules() if isinstance(m, SlimModule)]
+    for m in layers:
+        m.mask_channels(masks)
     try:
         yield
     finally:
-        for bn in bns:
-            bn.mask = None
+        for m in layers:
+            m.mask_channels(None)
 
 
 def latency_loss(expected_ms: torch.Tensor, target_ms: float, macs_per_ms: float) -> torch.Tensor:

@@ -126,8 +126,9 @@ class Supernet(nn.Module):
                 if not 1 <= min_bin <= bins:
                     raise UserError(f"--model.min-bin {min_bin} must be in [1, --model.channel-bins {bins}]")
                 counts = {self.round_channels(g.max * i / bins) for i in range(min_bin, bins + 1)}
+                counts = {max(g.step, round(c / g.step) * g.step) for c in counts}
             else:
-                counts = set(range(g.min, g.max + 1))
+                counts = set(range(g.min, g.max + 1, g.step))
             counts = {g.divisible(c, divisor) for c in counts if g.min <= c <= g.max}
             out[name] = tuple(sorted(counts))
         return out
@@ -160,7 +161,7 @@ class Supernet(nn.Module):
         for subnet in subnets:
             for m in self._layers:
                 if isinstance(m, SlimBatchNorm2d):
-                    m.add_subnet(subnet.key, m.num_features if m.group is None else subnet[m.group])
+                    m.add_subnet(subnet.key, m.channels(subnet))
                     m.to(device)
 
     def init_weights(self) -> None:

@@ -1,8 +1,11 @@
 """One complexity model: exact MACs/params from the executed shapes, and its differentiable expectation.
 
 Conventions (those of the slimmable-networks and DS-Net tables): a conv costs `C_in * C_out * k * k * H_out * W_out
-/ groups`, a linear `in * out`, an average pool the number of its input elements; BatchNorm, activations and
-elementwise products are free. Params are those of the sliced subnet (what an exported module holds).
+/ groups` (grouped and depthwise alike), a transposed conv `C_in * C_out / groups * k * k * H_in * W_in`, a linear
+`in * out` (per position for one applied to a channels-last map), an average pool the number of its input elements;
+BatchNorm, LayerNorm, activations and elementwise products are free. A converted model's matrix products are
+costed by their layers (`dslim.nn.indexed.GraphOp`). Params are those of the sliced subnet (what an exported module
+holds).
 
 `measure` records every costed layer once with its channel groups (each slimmable layer says what it costs:
 `SlimModule.cost`); `MacsModel` re-evaluates those terms for any channel counts, so expected channels (DMCP) or
@@ -44,23 +47,29 @@ class Cost:
 
 def _plain_cost(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
     """The cost of a standard torch layer (an exported network holds these)."""
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         c_in, c_out = x.shape[1], y.shape[1]
-        depthwise = m.groups == c_in > 1
-        if not depthwise and m.groups != 1:
-            raise NotImplementedError("grouped (non-depthwise) convs are not costed")
         k = m.kernel_size[0] * m.kernel_size[1]
-        params = c_out * (1 if depthwise else c_in) * k + (c_out if m.bias is not None else 0)
-        kind = "per_input" if depthwise else "dense"
-        return LayerCost(kind, None, None, c_in, c_out, k * y.shape[2] * y.shape[3]), params
+        # a transposed conv scatters every input pixel: its spatial factor is the input's
+        spatial = x.shape[2] * x.shape[3] if isinstance(m, nn.ConvTranspose2d) else y.shape[2] * y.shape[3]
+        params = m.weight.numel() + (c_out if m.bias is not None else 0)
+        if m.groups == 1:
+            return LayerCost("dense", None, None, c_in, c_out, k * spatial), params
+        # grouped and depthwise: each output (transposed: input) channel sees one group of `width` channels
+        width = m.weight.shape[1]
+        c = c_in if isinstance(m, nn.ConvTranspose2d) else c_out
+        return LayerCost("per_input", None, None, c, c, k * spatial * width), params
     if isinstance(m, nn.Linear):
         c_in, c_out = x.shape[-1], y.shape[-1]
-        return LayerCost("dense", None, None, c_in, c_out, 1), c_in * c_out + (c_out if m.bias is not None else 0)
+        rows = x[0].numel() // c_in if x.dim() > 2 else 1
+        return LayerCost("dense", None, None, c_in, c_out, rows), c_in * c_out + (c_out if m.bias is not None else 0)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
         c = x.shape[1]
         return LayerCost("per_input", None, None, c, c, x.shape[2] * x.shape[3]), 0
-    if isinstance(m, nn.BatchNorm2d):
+    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
         return None, 2 * x.shape[1]
+    if isinstance(m, nn.LayerNorm):
+        return None, sum(p.numel() for p in m.parameters())
     return None, 0
 
 
@@ -89,7 +98,8 @@ def measure(model: nn.Module, input_size: int, subnet: Subnet | None = None) -> 
 
     def hook(m: nn.Module, args: tuple, y: torch.Tensor) -> None:
         nonlocal params
-        cost, n = m.cost(args[0], y) if isinstance(m, SlimModule) else _plain_cost(m, args[0], y)
+        x = args[0] if args else None
+        cost, n = m.cost(x, y) if isinstance(m, SlimModule) else _plain_cost(m, x, y)
         params += n
         if cost is not None:
             terms.append(Term(name_of[m], cost, block_of.get(m)))
@@ -146,11 +156,7 @@ class MacsModel:
     def macs(self, channels: Mapping[str, torch.Tensor | float], keep: torch.Tensor | None = None) -> torch.Tensor:
         total = torch.zeros(())
         for t in self.terms:
-            c = t.cost
-            cost = c.macs(
-                c.c_in if c.in_group is None else channels[c.in_group],
-                c.c_out if c.out_group is None else channels[c.out_group],
-            )
+            cost = t.cost.macs(*t.cost.at(channels))
             if keep is not None and t.block is not None:
                 cost = cost * keep[..., t.block]
             total = total + cost
@@ -163,8 +169,7 @@ class MacsModel:
             c = t.cost
             if subnet.blocks is not None and t.block is not None and not subnet.blocks[t.block]:
                 continue
-            total += c.macs(c.c_in if c.in_group is None else subnet[c.in_group],
-                            c.c_out if c.out_group is None else subnet[c.out_group])  # fmt: skip
+            total += c.macs(*c.at(subnet))
         return int(total)
 
     def expected(self, probs: Mapping[str, torch.Tensor], choices: Mapping[str, tuple[int, ...]]) -> torch.Tensor:

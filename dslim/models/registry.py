@@ -12,14 +12,19 @@ if TYPE_CHECKING:
     from dslim.models.base import Supernet
 
 ARCHITECTURES: Registry[type] = Registry("architecture", sort_names=True)
+_UNLISTED: set[str] = set()
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str, listed: bool = True) -> Callable[[type], type]:
+    """Register a supernet class; `listed=False` for one that is made, not chosen (a converted model)."""
+    if not listed:
+        _UNLISTED.add(name)
     return ARCHITECTURES.decorator(name)
 
 
 def names() -> list[str]:
-    return ARCHITECTURES.names()
+    """The architectures `--model.arch` chooses from."""
+    return [n for n in ARCHITECTURES.names() if n not in _UNLISTED]
 
 
 def supernet_class(name: str) -> type:
@@ -31,6 +36,16 @@ def create_supernet(name: str, **kwargs: object) -> Supernet:
     return supernet_class(name)(**kwargs)
 
 
+def arch_of(cfg: ModelConfig) -> str:
+    """The architecture a model config builds: `converted` for a model of the user's own (`--model.module`)."""
+    return "converted" if cfg.module else cfg.arch
+
+
+def model_name(cfg: ModelConfig) -> str:
+    """How commands name a run's model: the architecture, or the user's `--model.module`."""
+    return cfg.module or cfg.arch
+
+
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
-    return supernet_class(cfg.arch).from_config(cfg)
+    return supernet_class(arch_of(cfg)).from_config(cfg)

@@ -6,7 +6,7 @@ A new layer kind (a zero-padding shortcut, a gate head) implements these four me
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +21,9 @@ class LayerCost:
     """One costed layer: `coef * c_in * c_out` MACs (`dense`) or `coef * c_in` (`per_input`: depthwise, pooling).
 
     `in_group` / `out_group` name the channel groups `c_in` / `c_out` follow (None: a fixed width), so the same
-    term can be re-evaluated at any channel counts (expected channels, per-route widths).
+    term can be re-evaluated at any channel counts (expected channels, per-route widths). A layer whose channels
+    come from several groups (a converted model's layer after a concatenation) gives `in_count` / `out_count`
+    instead: its channels as a function of every group's count.
     """
 
     kind: Literal["dense", "per_input"]
@@ -30,6 +32,26 @@ class LayerCost:
     c_in: int
     c_out: int
     coef: int
+    in_count: Callable[[Mapping], object] | None = None
+    out_count: Callable[[Mapping], object] | None = None
+
+    def at(self, channels: Mapping) -> tuple:
+        """`(c_in, c_out)` at the channel counts `channels` (group -> count)."""
+        c_in = (
+            self.in_count(channels)
+            if self.in_count
+            else self.c_in
+            if self.in_group is None
+            else channels[self.in_group]
+        )
+        c_out = (
+            self.out_count(channels)
+            if self.out_count
+            else self.c_out
+            if self.out_group is None
+            else channels[self.out_group]
+        )
+        return c_in, c_out
 
     def macs(self, c_in: float | torch.Tensor | None = None, c_out: float | torch.Tensor | None = None):  # type: ignore[no-untyped-def]
         c_in = self.c_in if c_in is None else c_in
@@ -46,6 +68,9 @@ class SlimModule(nn.Module):
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
         """MACs term and parameter count per image for one forward from `x` to `y` (the executed shapes)."""
         return None, 0
+
+    def mask_channels(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+        """Multiply this layer's output by per-group soft channel masks (DMCP's architecture pass), or stop."""
 
     def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
         """Fill this layer (built at a subnet's exact widths) from the same layer of a wider supernet, with the

@@ -13,7 +13,7 @@ Statistics are fp32 and accumulate either as an EMA (`momentum`) or, during cali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,26 @@ class SlimBatchNorm2d(SlimModule):
         self.track = mode != "calibrated"
         self.mask: torch.Tensor | None = None
 
+    plain_type: type = nn.BatchNorm2d
+    """The standard module it exports as."""
+
     def follow(self, subnet: Subnet) -> None:
         object.__setattr__(self, "key", subnet.key)
+
+    def channels(self, subnet: Subnet) -> int:
+        """Its channels at `subnet`."""
+        return self.num_features if self.group is None else subnet[self.group]
+
+    def front(self, t: torch.Tensor, channels: int) -> torch.Tensor:
+        """The entries of a per-channel vector (affine, mask) for the `channels` that arrive."""
+        return t if channels == t.shape[0] else t[:channels]
+
+    def pick(self, t: torch.Tensor) -> torch.Tensor:
+        """The entries of a wider supernet's per-channel vector this layer (built at a subnet's widths) holds."""
+        return t[: self.num_features]
+
+    def mask_channels(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+        self.mask = None if masks is None else masks.get(self.group)  # type: ignore[arg-type]
 
     def add_subnet(self, key: str, channels: int) -> None:
         """Allocate statistics (and, if switchable, an affine) for a subnet ahead of training."""
@@ -84,9 +102,7 @@ class SlimBatchNorm2d(SlimModule):
                 )
             a = self.affine[key]
             return a.weight, a.bias
-        if channels == self.num_features:
-            return self.weight, self.bias
-        return self.weight[:channels], self.bias[:channels]
+        return self.front(self.weight, channels), self.front(self.bias, channels)
 
     def stats_for(self, key: str | None) -> _Stats | None:
         return self.stats[key] if key is not None and key in self.stats else None
@@ -115,7 +131,10 @@ class SlimBatchNorm2d(SlimModule):
             y = F.batch_norm(x, stats.running_mean, stats.running_var, weight, bias, False, 0.0, self.eps)
         if self.mask is not None:
             m = self.mask
-            y = y * (m[:c].view(1, -1, 1, 1) if m.dim() == 1 else m[:, :c, None, None])
+            spatial = [1] * (y.dim() - 2)
+            y = y * (
+                self.front(m, c).view(1, -1, *spatial) if m.dim() == 1 else m[:, :c].view(*m.shape[:1], c, *spatial)
+            )
         return y
 
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:
@@ -123,9 +142,8 @@ class SlimBatchNorm2d(SlimModule):
 
     def copy_from(self, source: SlimModule, keys: Sequence[str]) -> None:
         assert isinstance(source, SlimBatchNorm2d)
-        c = self.num_features
         if self.mode != "switchable":
-            copy_(self, weight=source.weight[:c], bias=source.bias[:c])
+            copy_(self, weight=self.pick(source.weight), bias=self.pick(source.bias))
         for key in keys:
             stats = source.stats_for(key)
             if stats is None:
@@ -136,7 +154,7 @@ class SlimBatchNorm2d(SlimModule):
                 self.affine[key].load_state_dict(source.affine[key].state_dict())
 
     def to_plain(self, key: str | None) -> nn.Module:
-        out = nn.BatchNorm2d(self.num_features, eps=self.eps)
+        out = self.plain_type(self.num_features, eps=self.eps)
         stats = self.stats_for(key)
         if stats is not None:
             weight, bias = self.affine_params(key, self.num_features)

@@ -14,6 +14,7 @@ from dslim.config import Config, Positive
 from dslim.evaluation.accuracy import run_evaluation
 from dslim.evaluation.report import print_results, write_report
 from dslim.models.base import Supernet
+from dslim.models.registry import model_name
 from dslim.stages.checks import check_names
 from dslim.stages.context import StageContext
 from dslim.stages.registry import register_stage
@@ -54,5 +55,5 @@ def evaluate_stage(ctx: StageContext) -> None:
     ctx.metrics.write({"kind": "eval", "stage": ctx.name, "subnets": rows, "dynamic": dynamic})
     if ctx.accelerator.is_main_process:
         write_report(ctx.layout.root, rows, dynamic)
-        print_results(rows, dynamic, f"{ctx.recipe}: {ctx.config.model.arch} at {ctx.config.model.input_size}px")
+        print_results(rows, dynamic, f"{ctx.recipe}: {model_name(ctx.config.model)} at {ctx.config.model.input_size}px")
     ctx.accelerator.wait_for_everyone()

@@ -31,6 +31,7 @@ from dslim.errors import UserError
 from dslim.io import write_json
 from dslim.io.artifacts import load_supernet
 from dslim.models import from_config
+from dslim.models.registry import arch_of
 from dslim.stages.context import StageContext
 from dslim.stages.evaluate import calibration_batches
 from dslim.stages.layout import RunLayout, stage_order
@@ -193,7 +194,7 @@ def run_pipeline(
         source = None
         if start is not None:
             acc.print(f"{name}: starting from {start}")
-        net, meta = load_supernet(start, config.model.arch) if start is not None else (None, {})
+        net, meta = load_supernet(start, arch_of(config.model)) if start is not None else (None, {})
         ctx = StageContext(
             stage=stage,
             settings=getattr(config.stages, name),

@@ -17,6 +17,7 @@ from dslim.config import Config, StagesConfig, stages_config_class
 from dslim.errors import UserError
 from dslim.io.artifacts import load_supernet
 from dslim.models.base import Supernet
+from dslim.models.registry import arch_of
 from dslim.stages.layout import RunLayout, stage_order
 from dslim.subnet import Subnet
 
@@ -142,5 +143,5 @@ def open_run(run_dir: str | Path) -> Run:
     artifact = layout.supernet_before(order)
     if artifact is None:
         raise UserError(f"{run_dir} has no finished stage yet (no <stage>/model.safetensors): train it first")
-    net, _ = load_supernet(artifact, config.model.arch)
+    net, _ = load_supernet(artifact, arch_of(config.model))
     return Run(layout, config, artifact, net, layout.named_subnets(order))
