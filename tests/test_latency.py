@@ -45,8 +45,11 @@ def test_measured_subnets_are_answered_exactly_and_others_refused():
 
 
 def test_per_layer_table_tracks_measured_latency():
-    """Estimates of widths the table never measured follow their measured latency (ordered, within 50%: the
-    machine running the tests is busy, and a broken estimator is off by far more or out of order)."""
+    """Estimates of widths the table never measured follow their measured latency: in order, and each estimate's
+    ratio to its measured time within 50% of the others' (a broken estimator is off by far more or out of order).
+    The machine running the tests is busy: each width is timed in three interleaved rounds and its fastest kept
+    (one other job starting during a single timing made it 3x slower), and the ratios are judged against each other,
+    since the table was measured earlier under another load; the level only within 3x."""
     torch.manual_seed(0)
     net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5, 0.75, 1.0), width_range=(0.25, 1.0),
                           bn="calibrated")  # fmt: skip
@@ -54,16 +57,19 @@ def test_per_layer_table_tracks_measured_latency():
     data = measure_table(net, net.named_subnets(), size, (batch,), CPU, warmup=2, repeats=9, layers=4)
     table = LatencyTable(data)
     assert len(data["layers"]["probes"]) == 8 and data["layers"]["fits"]
-    estimates, measured = [], []
-    for width in (0.35, 0.6, 0.9):
-        subnet = net.resolve(str(width))
+    subnets = [net.resolve(str(width)) for width in (0.35, 0.6, 0.9)]
+    estimates = []
+    for subnet in subnets:
         ms, estimated = table.latency(subnet, batch, net)
         assert estimated
         estimates.append(ms)
-        measured.append(time_module(extract(net, subnet, weights=False), size, (batch,), CPU, 2, 9)[str(batch)])
-    assert estimates == sorted(estimates), (estimates, measured)
-    for e, m in zip(estimates, measured):
-        assert abs(e - m) / m < 0.5, (estimates, measured)
+    models = [extract(net, subnet, weights=False) for subnet in subnets]
+    rounds = [[time_module(m, size, (batch,), CPU, 2, 9)[str(batch)] for m in models] for _ in range(3)]
+    measured = [min(times) for times in zip(*rounds)]
+    assert estimates[0] < estimates[1] < estimates[2], (estimates, measured)
+    ratios = [e / m for e, m in zip(estimates, measured)]
+    middle = sorted(ratios)[1]
+    assert 1 / 3 < middle < 3 and all(abs(r / middle - 1) < 0.5 for r in ratios), (estimates, measured)
 
 
 def test_routes_of_a_dynamic_model():
