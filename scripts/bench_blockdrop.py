@@ -21,12 +21,10 @@ import dslim  # (first: sets torch's OpenMP wait policy as every dslim command d
 # isort: on
 
 import argparse
-from functools import partial
 from pathlib import Path
 
 import torch
-from bench_dynamic import batches
-from benchlib import HEADER, load, row, timed_pair, verdict, weight_mb
+from benchlib import load, measure, weight_mb
 
 from dslim.deploy.extraction import extract_dynamic
 from dslim.models import create_supernet
@@ -97,16 +95,7 @@ def main() -> None:
           f"(BlockDrop's FLOPs: {flops_speedup:.3f})")  # fmt: skip
     print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (policy included), full ResNet "
           f"{weight_mb(full):.1f} MB")  # fmt: skip
-    met = []
-    for run in range(args.runs):
-        print(f"\nrun {run + 1} of {args.runs} (load {load()})\n{HEADER}")
-        met.append([])
-        for batch in (1, 64):
-            pair = timed_pair(partial(batches, full, x, batch), partial(batches, routed, x, batch), args.repeats)
-            text, ok = row(net.arch, batch, pair, len(x) // batch, macs_speedup, GOAL)
-            print(text)
-            met[-1].append(ok)
-    print(f"\nload {load()}; {verdict(met, GOAL)}")
+    measure([(net.arch, full, routed, x, macs_speedup)], args.runs, args.repeats, GOAL)
 
 
 if __name__ == "__main__":

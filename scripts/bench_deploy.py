@@ -24,13 +24,12 @@ import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dsl
 import argparse
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 from bench_blockdrop import synthetic
-from bench_dynamic import batches, calibrated_dsnet, dsnet_macs_speedup, spread_gate
-from benchlib import HEADER, load, row, timed_pair, verdict
+from bench_dynamic import calibrated_dsnet, dsnet_macs_speedup, spread_gate
+from benchlib import load, measure
 
 from dslim.deploy import runtime
 from dslim.deploy.onnx import export_dynamic, export_static
@@ -92,18 +91,7 @@ def main() -> None:
             models.append((name, runtime.load(static, args.threads), dynamic, images, macs_speedup))
         print(f"onnxruntime {onnxruntime.__version__}, {args.threads} thread(s) per session, exporter {args.exporter}, "
               f"load {load()}")  # fmt: skip
-        met = []
-        for run in range(args.runs):
-            print(f"\nrun {run + 1} of {args.runs} (load {load()})\n{HEADER}")
-            met.append([])
-            for name, static, dynamic, images, macs_speedup in models:
-                for batch in (1, 64):
-                    pair = timed_pair(partial(batches, static, images, batch),
-                                      partial(batches, dynamic, images, batch), args.repeats)  # fmt: skip
-                    text, ok = row(name, batch, pair, len(images) // batch, macs_speedup, GOAL)
-                    print(text)
-                    met[-1].append(ok)
-        print(f"\nload {load()}; {verdict(met, GOAL)}")
+        measure(models, args.runs, args.repeats, GOAL)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dsl
 # isort: on
 
 import argparse
-from functools import partial
 
 import torch
-from benchlib import HEADER, load, row, timed_pair, verdict, weight_mb
+from benchlib import load, measure, weight_mb
 
 from dslim.deploy.extraction import extract, extract_dynamic
 from dslim.models import create_supernet
@@ -91,28 +90,13 @@ def main() -> None:
           f"MAdds speed-up over the widest route {macs_speedup:.3f} (gate included)")  # fmt: skip
     print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (every route's own), widest route "
           f"{weight_mb(static):.1f} MB")  # fmt: skip
-    met = []
-    for run in range(args.runs):
-        print(f"\nrun {run + 1} of {args.runs} (load {load()})\n{HEADER}")
-        met.append([])
-        for batch in (1, 64):
-            pair = timed_pair(partial(batches, static, x, batch), partial(batches, routed, x, batch), args.repeats)
-            text, ok = row("ds_mobilenet_v1", batch, pair, len(x) // batch, macs_speedup, GOAL)
-            print(text)
-            met[-1].append(ok)
-    print(f"\nload {load()}; {verdict(met, GOAL)}")
+    measure([("ds_mobilenet_v1", static, routed, x, macs_speedup)], args.runs, args.repeats, GOAL)
 
 
 def dsnet_macs_speedup(net, decisions: torch.Tensor, size: int) -> float:  # type: ignore[no-untyped-def]
     """MAdds of the widest route run statically (no gate) over the routed mean (gate included)."""
     widest = float(net.route_macs(size)[-1]) - net.gate_block.gate.in_channels * net.gate_block.gate.out_channels
     return widest / float(net.routed_macs(decisions, size).double().mean())
-
-
-def batches(model, x, batch: int) -> None:  # type: ignore[no-untyped-def]
-    """`model` on `x` (a tensor or an array) in batches of `batch`."""
-    for i in range(0, len(x), batch):
-        model(x[i : i + batch])
 
 
 if __name__ == "__main__":

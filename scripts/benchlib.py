@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,25 @@ def verdict(met: list[list[bool]], goal: float) -> str:
     good = sum(all(run) for run in met)
     return (f"goal (speed-up / MAdds speed-up >= {goal} in every row): met in {good} of {len(met)} run(s)"
             f"{'' if good == len(met) else ' -- NOT MET'}")  # fmt: skip
+
+
+def batches(model, x, batch: int) -> None:  # type: ignore[no-untyped-def]
+    """`model` on `x` (a tensor or an array) in batches of `batch`."""
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch])
+
+
+def measure(models: Sequence[tuple[str, Callable, Callable, Any, float]], runs: int, repeats: int, goal: float) -> None:
+    """`runs` whole measurements in a row, each a table of every (name, static, routed, images, MAdds speed-up) at
+    batch 1 and 64; then the verdict line."""
+    met: list[list[bool]] = []
+    for run in range(runs):
+        print(f"\nrun {run + 1} of {runs} (load {load()})\n{HEADER}")
+        met.append([])
+        for name, static, routed, x, macs_speedup in models:
+            for batch in (1, 64):
+                pair = timed_pair(partial(batches, static, x, batch), partial(batches, routed, x, batch), repeats)
+                text, ok = row(name, batch, pair, len(x) // batch, macs_speedup, goal)
+                print(text)
+                met[-1].append(ok)
+    print(f"\nload {load()}; {verdict(met, goal)}")
