@@ -14,7 +14,8 @@ import torch
 from dslim.deploy.extraction import extract
 from dslim.deploy.latency import FORMAT, layer_shapes, random_subnet
 from dslim.deploy.latency_table import ExpectedLatency, LatencyTable
-from dslim.methods.dmcp import MarkovChannels, flops_loss, latency_loss, make_chains
+from dslim.methods.dmcp import flops_loss, latency_loss
+from dslim.methods.dmcp_chains import MarkovChannels, make_chains
 from dslim.models import create_supernet
 from dslim.subnet import ChannelGroup, Subnet
 
