@@ -85,7 +85,9 @@ class ModelConfig:
     """Weights to load into `--model.module` before it is converted: safetensors or a torch file (read with
     `weights_only=True`)."""
     channel_divisor: Annotated[int, in_range(1, 1024)] = 1
-    """Converted models: channel counts of a width are rounded to multiples of this (8 as the MobileNets do)."""
+    """Channel counts are multiples of this (8: what CPU and GPU kernels run fastest, as the MobileNets do) in a
+    converted model's widths, and in searched (AutoSlim) and sampled (DMCP) subnets of any model, in every group
+    without choices of its own, besides the group's full width."""
     channel_order: Literal["original", "bn", "l1"] = "original"
     """Converted models: which channels a narrower subnet keeps first: the model's own order, or the most important
     by BatchNorm scale (`bn`) or by the L1 norm of their weights (`l1`); the full model is unchanged either way."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +30,17 @@ class ChannelGroup:
     choices: tuple[int, ...] | None = None
     min: int = 1
     step: int = 1
+
+    def divisible(self, channels: int, divisor: int) -> int:
+        """`channels` moved to the nearest count in this group's range that is a multiple of `divisor` and of the
+        group's step (ties upwards), the group's full width counting as one so that the largest subnet stays
+        reachable; a group with its own choices (or `divisor` 1) keeps `channels` as they are."""
+        unit = math.lcm(divisor, self.step)
+        if unit == self.step or self.choices is not None:
+            return channels
+        low = channels // unit * unit
+        counts = [c for c in (low, low + unit) if self.min <= c <= self.max] + [self.max]
+        return min(counts, key=lambda c: (abs(c - channels), -c))
 
     def check(self, channels: int) -> None:
         if self.choices is not None and channels not in self.choices:

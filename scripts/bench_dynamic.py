@@ -1,13 +1,15 @@
-"""Does DS-Net's per-image routing save real time? Routed inference vs the widest route run statically.
+"""Does DS-Net's per-image routing save real time? The deployed dynamic model vs its widest route, static.
 
-Prints, at batch 1 and batch 64 on this machine's CPU, the wall-time speed-up of `forward_routed` (the routing
-protocol of `dslim.models.routing`) over the widest route run as a static subnet, the MAdds speed-up of the same
+Prints, at batch 1 and batch 64 on this machine's CPU, the wall-time speed-up of the deployed dynamic model
+(`extract_dynamic`: each route a plain static network with its own sliced weights, the shared prefix run once, the
+batch grouped by route) over the widest route exported statically (`dslim.extract`), the MAdds speed-up of the same
 two (`routed_macs`: the gate's own MAdds included), and their ratio (goal: >= 0.9; the original realized none,
-because it ran the full width and masked). The gate is fitted so the images spread evenly over the routes.
-Static and routed passes alternate (the order flips every repeat); each is the median of its repeats.
+because it ran the full width and masked). The gate is fitted so the images spread evenly over the routes. The two
+alternate in one process (`benchlib.timed_pair`: medians of per-repeat ratios, wall and CPU time); the whole
+measurement is made `--runs` times in a row, and the last line says in how many every row met the goal.
 The allocator is set as every dslim command sets it (`dslim.training.tune_allocator`) unless `--allocator system`.
 
-    python scripts/bench_dynamic.py [--size 224] [--repeats 5] [--threads 1] [--allocator dslim|system]
+    python scripts/bench_dynamic.py [--size 224] [--repeats 7] [--runs 3] [--threads 1] [--allocator dslim|system]
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dsl
 # isort: on
 
 import argparse
-import os
-import statistics
-import time
 
 import torch
+from benchlib import load, measure, weight_mb
 
+from dslim.deploy.extraction import extract, extract_dynamic
 from dslim.models import create_supernet
 from dslim.training import tune_allocator
+
+GOAL = 0.9
 
 
 def calibrated_dsnet(size: int) -> torch.nn.Module:
@@ -60,22 +63,11 @@ def spread_gate(net, x: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
             opt.step()
 
 
-def timed_pair(static, routed, repeats: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    static(), routed()  # warm-up
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(repeats):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for k in order:
-            start = time.perf_counter()
-            (static, routed)[k]()
-            times[k].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=3, help="whole measurements in a row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--allocator", choices=["dslim", "system"], default="dslim")
     args = parser.parse_args()
@@ -86,36 +78,25 @@ def main() -> None:
     torch.set_grad_enabled(False)
     net = calibrated_dsnet(args.size)
     routes = net.route_subnets()
-    widest = routes[-1]
     x = torch.randn(64, 3, args.size, args.size)
     spread_gate(net, x)
-    _, decisions = net.forward_routed(x)
-    route_macs = net.routed_macs(torch.arange(len(routes)), args.size).double()
-    gate_macs = net.gate_block.gate.in_channels * net.gate_block.gate.out_channels
-    static_macs = float(route_macs[-1]) - gate_macs  # the widest route run statically has no gate
-    macs_speedup = static_macs / float(net.routed_macs(decisions, args.size).double().mean())
+    routed = extract_dynamic(net, args.size)
+    static = extract(net, routes[-1])
+    decisions = routed.route(x)
+    macs_speedup = dsnet_macs_speedup(net, decisions, args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.size}px, allocator "
-          f"{args.allocator}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"routes used: {torch.bincount(decisions, minlength=len(routes)).tolist()} (images per route)")
-    print(f"MAdds: widest route {static_macs / 1e6:.1f}M, routed mean "
-          f"{static_macs / macs_speedup / 1e6:.1f}M (gate included), MAdds speed-up {macs_speedup:.3f}")  # fmt: skip
-    print("| batch | static ms/batch | routed ms/batch | speed-up | MAdds speed-up | speed-up / MAdds speed-up |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for batch in (1, 64):
+          f"{args.allocator}, load {load()}")  # fmt: skip
+    print(f"routes used: {torch.bincount(decisions, minlength=len(routes)).tolist()} (images per route); "
+          f"MAdds speed-up over the widest route {macs_speedup:.3f} (gate included)")  # fmt: skip
+    print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (every route's own), widest route "
+          f"{weight_mb(static):.1f} MB")  # fmt: skip
+    measure([("ds_mobilenet_v1", static, routed, x, macs_speedup)], args.runs, args.repeats, GOAL)
 
-        def static(batch: int = batch) -> None:
-            with net.using(widest):
-                for i in range(0, len(x), batch):
-                    net(x[i : i + batch])
 
-        def routed(batch: int = batch) -> None:
-            for i in range(0, len(x), batch):
-                net.forward_routed(x[i : i + batch])
-
-        t_static, t_routed = (t / len(x) * batch for t in timed_pair(static, routed, args.repeats))
-        speedup = t_static / t_routed
-        print(f"| {batch} | {t_static * 1e3:.2f} | {t_routed * 1e3:.2f} | {speedup:.3f} | {macs_speedup:.3f} | "
-              f"{speedup / macs_speedup:.3f} |")  # fmt: skip
+def dsnet_macs_speedup(net, decisions: torch.Tensor, size: int) -> float:  # type: ignore[no-untyped-def]
+    """MAdds of the widest route run statically (no gate) over the routed mean (gate included)."""
+    widest = float(net.route_macs(size)[-1]) - net.gate_block.gate.in_channels * net.gate_block.gate.out_channels
+    return widest / float(net.routed_macs(decisions, size).double().mean())
 
 
 if __name__ == "__main__":

@@ -60,26 +60,35 @@ def test_dynamic_runs_narrower_tensors():
     assert net.subnet == net.largest()  # the active subnet is left as it was
 
 
-def test_dynamic_export_routes_per_input(tmp_path):
+def test_dynamic_export_holds_each_route_as_a_static_network(tmp_path):
+    """Each route is a plain network holding its own sliced, contiguous weights, equal to the supernet at that
+    route; the prefix they share lives once; saved and loaded, the model routes as the supernet does."""
     import dslim
-    from dslim.deploy.extraction import RoutedNet, extract_dynamic
+    from dslim.deploy.extraction import TORCH, Pruned, RoutedNet, extract_dynamic
+    from dslim.deploy.runtime import execute
 
     net = _dsnet_with_mixed_routes()
     x = torch.randn(8, 3, 64, 64, dtype=torch.float64)
     _spread_routes(net, x)
     expected, route = net.forward_routed(x)
     routed = extract_dynamic(net).double()
-    assert routed.net.stages[4][1].pw.weight.shape[0] == 736 + 32 * 3  # cut to the widest route
+    assert len(routed.nets) == len(net.routes())
+    for r, subnet in enumerate(net.routes()):
+        static = routed.nets[subnet.key]
+        layers = [m for m in static.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert layers and all(type(m) in (torch.nn.Conv2d, torch.nn.Linear) and m.weight.is_contiguous()
+                              for m in layers)  # fmt: skip
+        assert static.stages[4][1].pw.weight.shape[0] == 736 + 32 * r  # its own width, not the widest route's
+        assert isinstance(static.stem[0], Pruned) == (r > 0)  # the shared prefix is in route 0's network only
+        with torch.no_grad(), net.using(subnet):  # every image forced to this route
+            env = execute(routed.plan.program, routed.run_graph, x, {"route": r}, arrays=TORCH)
+            torch.testing.assert_close(env["logits"], net(x), atol=1e-5, rtol=1e-5)
     dslim.save_subnet(routed, None, tmp_path / "dyn.safetensors", input_size=64)
     loaded = dslim.load_subnet(tmp_path / "dyn.safetensors").double()
     assert isinstance(loaded, RoutedNet)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
         assert torch.equal(loaded.route(x), route)
-    # any single route as a static model
-    static = dslim.extract(net, net.routes()[2]).double()
-    idx = (route == 2).nonzero().flatten()
-    torch.testing.assert_close(static(x[idx]), expected[idx], atol=1e-5, rtol=1e-5)
 
 
 def test_per_image_block_masks_equal_each_image_alone():

@@ -45,8 +45,11 @@ def test_measured_subnets_are_answered_exactly_and_others_refused():
 
 
 def test_per_layer_table_tracks_measured_latency():
-    """Estimates of widths the table never measured follow their measured latency (ordered, within 50%: the
-    machine running the tests is busy, and a broken estimator is off by far more or out of order)."""
+    """Estimates of widths the table never measured follow their measured latency: in order, and each estimate's
+    ratio to its measured time within 50% of the others' (a broken estimator is off by far more or out of order).
+    The machine running the tests is busy: each width is timed in three interleaved rounds and its fastest kept
+    (one other job starting during a single timing made it 3x slower), and the ratios are judged against each other,
+    since the table was measured earlier under another load; the level only within 3x."""
     torch.manual_seed(0)
     net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5, 0.75, 1.0), width_range=(0.25, 1.0),
                           bn="calibrated")  # fmt: skip
@@ -54,16 +57,19 @@ def test_per_layer_table_tracks_measured_latency():
     data = measure_table(net, net.named_subnets(), size, (batch,), CPU, warmup=2, repeats=9, layers=4)
     table = LatencyTable(data)
     assert len(data["layers"]["probes"]) == 8 and data["layers"]["fits"]
-    estimates, measured = [], []
-    for width in (0.35, 0.6, 0.9):
-        subnet = net.resolve(str(width))
+    subnets = [net.resolve(str(width)) for width in (0.35, 0.6, 0.9)]
+    estimates = []
+    for subnet in subnets:
         ms, estimated = table.latency(subnet, batch, net)
         assert estimated
         estimates.append(ms)
-        measured.append(time_module(extract(net, subnet, weights=False), size, (batch,), CPU, 2, 9)[str(batch)])
-    assert estimates == sorted(estimates), (estimates, measured)
-    for e, m in zip(estimates, measured):
-        assert abs(e - m) / m < 0.5, (estimates, measured)
+    models = [extract(net, subnet, weights=False) for subnet in subnets]
+    rounds = [[time_module(m, size, (batch,), CPU, 2, 9)[str(batch)] for m in models] for _ in range(3)]
+    measured = [min(times) for times in zip(*rounds)]
+    assert estimates[0] < estimates[1] < estimates[2], (estimates, measured)
+    ratios = [e / m for e, m in zip(estimates, measured)]
+    middle = sorted(ratios)[1]
+    assert 1 / 3 < middle < 3 and all(abs(r / middle - 1) < 0.5 for r in ratios), (estimates, measured)
 
 
 def test_routes_of_a_dynamic_model():
@@ -78,7 +84,14 @@ def test_routes_of_a_dynamic_model():
 
 def test_commands_on_the_digits_recipes(tmp_path, capsys):
     us, ds = tmp_path / "us.json", tmp_path / "ds.json"
-    latency.main(["--recipe", "usnet_digits", "--batch", "1", "2", "--warmup", "0", "--repeats", "2", "--out", str(us)])
+    latency.main(["--recipe", "usnet_digits", "--batch", "1", "2", "--warmup", "0", "--repeats", "2", "--out", str(us),
+                  "--layers", "2", "--checks", "1"])  # fmt: skip
+    errors = json.loads(us.read_text())["errors"]  # the per-layer table's error on each subnet timed whole
+    assert [e["subnet"] for e in errors] == ["0.25", "0.5", "0.75", "1.0", "probe-0", "probe-1", "check-0"]
+    assert [e["held_out"] for e in errors] == [False] * 6 + [True]
+    for e in errors:
+        assert all(e["error"][b] == pytest.approx(e["estimate"][b] / e["ms"][b] - 1) for b in ("1", "2"))
+    assert "held out of the fit" in capsys.readouterr().out
     latency.main(["--recipe", "dsnet_digits", "--batch", "1", "--warmup", "0", "--repeats", "2", "--out", str(ds)])
     out = capsys.readouterr().out
     assert "route uniform-3" in out and "threads" in out
@@ -86,7 +99,7 @@ def test_commands_on_the_digits_recipes(tmp_path, capsys):
     profile.main(["--recipe", "usnet_digits", "--widths", "0.5", "0.3", "--latency", str(us), "--json"])
     rows = {r["subnet"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["0.5"]["latency_ms"] == json.loads(us.read_text())["subnets"]["0.5"]["ms"]
-    assert rows["0.3"]["latency_ms"] is None  # not measured, no per-layer table
+    assert rows["0.3"]["latency_estimated"] and set(rows["0.3"]["latency_ms"]) == {"1", "2"}  # by the per-layer fit
 
 
 def test_export_card_carries_the_runs_latency(tmp_path, capsys):

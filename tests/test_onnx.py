@@ -333,6 +333,13 @@ def test_blockdrop_folder_routes_like_pytorch(tmp_path, arch, size):
     logits, decisions = model(x.numpy())
     np.testing.assert_array_equal(decisions, keep.long().numpy())
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+    # each distinct policy ran as one graph composed from the blocks it keeps (the classifier too), compiled once
+    (chain,) = [s for s in model.fused["steps"] if "chain" in s]
+    assert len(chain["links"]) == len(net.blocks) and chain["then"] == ["classifier"]
+    assert model.routes.stats["compiled"] == len(torch.unique(keep, dim=0)) == model.routes.stats["hits"]
+    uncompiled = onnx_runtime.OnnxDynamic(folder, cache_mb=0)  # no room: each chain graph by graph, same outputs
+    np.testing.assert_allclose(uncompiled(x.numpy())[0], logits, atol=1e-5, rtol=1e-5)
+    assert uncompiled.routes.stats["compiled"] == 0 < uncompiled.routes.stats["graph_by_graph"]
     single, d = model(x[:1].numpy())  # one image: its own policy, no grouping
     assert d.tolist() == keep[:1].long().tolist()
     np.testing.assert_allclose(single, expected[:1].numpy(), atol=1e-4, rtol=1e-4)

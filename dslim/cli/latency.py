@@ -6,7 +6,9 @@ sequence, that route's decisions forced) and each graph alone. Median of `--repe
 batch size. Writes `latency.json` (into D with `--run`, else the current directory, or `--out`), which
 `python -m dslim.profile ... --latency latency.json`, export cards and latency targets read. `--layers N` adds a
 per-layer table (N random subnets besides the named ones) from which any subnet's latency is estimated: what a
-search needs, since the subnets it finds are in no table. Weights are not needed: a recipe alone suffices.
+search needs, since the subnets it finds are in no table; `--checks M` more random subnets are then measured apart
+from the fit, and the command prints the table's error on every subnet it timed whole (written to the table as
+`errors`). Weights are not needed: a recipe alone suffices.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class LatencyCommand:
     layers: Annotated[int, in_range(0, 1000)] = 0
     """Random subnets (drawn with `--seed`) to time layer by layer, besides the named ones: a per-layer table from
     which the latency of any subnet is estimated (8 to 32 fit well; each costs about as long as a named subnet)."""
+    checks: Annotated[int, in_range(0, 1000)] = 4
+    """With `--layers`: random subnets measured apart from the fit, on which the per-layer table's error is
+    reported (the error on the subnets it was fitted on is reported too, and is smaller)."""
     wait_policy: Literal["passive", "active"] | None = None
     """How idle OpenMP threads wait for work (`OMP_WAIT_POLICY`, recorded in the table): `passive` (they sleep) or
     `active` (they spin). Default: the environment's `OMP_WAIT_POLICY`, which dslim sets to passive when it loads
@@ -95,9 +100,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = config.model
     warn_if_busy(cmd.device)
     table = measure_table(net, subnets, model.input_size, cmd.batch, torch.device(cmd.device), cmd.warmup,
-                          cmd.repeats, cmd.layers, model.channel_bins or 12, model.min_bin, config.seed)  # fmt: skip
+                          cmd.repeats, cmd.layers, model.channel_bins or 12, model.min_bin, config.seed,
+                          cmd.checks)  # fmt: skip
+    if cmd.layers:
+        from dslim.deploy.latency_table import LatencyTable, estimate_errors
+
+        table["errors"] = estimate_errors(LatencyTable(table), net)
     write_json(out, table)  # (a failed write is one line: the writer says which file and why)
     print_latency(table, f"{model_name(model)} at {model.input_size}px")
+    if cmd.layers:
+        print_errors(table)
     print(f"wrote {out}")
 
 
@@ -146,6 +158,21 @@ def print_latency(table: dict, title: str) -> None:
     ]
     load = f"load {dev['load_before'][0]:.1f} -> {dev['load'][0]:.1f}"
     print_table(f"{title}: latency on {where} ({load})", ("subnet", "MACs (M)", *(f"ms @{b}" for b in batches)), rows)
+
+
+def print_errors(table: dict) -> None:
+    """The per-layer table's estimate against the measured latency of every subnet timed whole."""
+    from dslim.ui import print_table
+
+    batches = [str(b) for b in table["batches"]]
+    rows = [(r["subnet"] + (" (held out)" if r["held_out"] else ""),
+             *(f"{r['ms'][b]:.2f} / {r['estimate'][b]:.2f} / {100 * r['error'][b]:+.1f}%" for b in batches))
+            for r in table["errors"]]  # fmt: skip
+    print_table("per-layer table: measured ms / estimated ms / error", ("subnet", *(f"@{b}" for b in batches)), rows)
+    held = [abs(e) for r in table["errors"] if r["held_out"] for e in r["error"].values()]
+    fitted = [abs(e) for r in table["errors"] if not r["held_out"] for e in r["error"].values()]
+    print(f"largest error: {100 * max(held, default=0):.1f}% on subnets held out of the fit, "
+          f"{100 * max(fitted, default=0):.1f}% on those it was fitted on")  # fmt: skip
 
 
 if __name__ == "__main__":

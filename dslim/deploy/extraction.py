@@ -13,13 +13,16 @@ subnet.
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from dslim.deploy.runtime import Arrays, execute
 from dslim.errors import UserError
 from dslim.evaluation.calibration import has_statistics
 from dslim.io import preprocessing
@@ -34,12 +37,12 @@ from dslim.io.artifacts import (
 from dslim.io.readers import expect
 from dslim.models.base import Supernet
 from dslim.models.registry import supernet_class
-from dslim.models.routing import GraphSpec, RoutedNet
+from dslim.models.routing import ExportPlan, GraphSpec
 from dslim.nn import SlimModule
 from dslim.subnet import Subnet
 
 FORMAT = "dslim.subnet/1"
-DYNAMIC_FORMAT = "dslim.dynamic/1"
+DYNAMIC_FORMAT = "dslim.dynamic/2"
 SUBNET_META = {"format": str, "arch": str, "arch_kwargs": dict, "subnet": dict, "input_size": int, "routes?": [dict]}
 """The metadata of an exported subnet or dynamic model."""
 INPUT_SIZES = (8, 4096)
@@ -97,17 +100,20 @@ def extract_graph(supernet: Supernet, spec: GraphSpec, weights: bool = True) -> 
     return extract_graphs(supernet, {"graph": spec}, weights)["graph"]
 
 
+def _nets(
+    arch: str, arch_kwargs: dict, specs: Mapping[str, GraphSpec], source: Supernet | None
+) -> dict[Subnet, nn.Module]:
+    """The network of each distinct subnet of `specs`, built once (filled from `source` when given): a plan of one
+    graph per block (BlockDrop) would otherwise hold one whole network per block."""
+    return {s: _build(arch, arch_kwargs, s, source) for s in dict.fromkeys(spec.subnet for spec in specs.values())}
+
+
 def extract_graphs(supernet: Supernet, specs: Mapping[str, GraphSpec], weights: bool = True) -> dict[str, GraphModule]:
-    """Every graph of an export plan (`extract_graph`), the network of each distinct subnet built once and shared
-    by its graphs: a plan of one graph per block (BlockDrop) would otherwise hold one whole network per block."""
-    built: dict[Subnet, nn.Module] = {}
-    out = {}
-    for name, spec in specs.items():
-        if spec.subnet not in built:
-            supernet.check(spec.subnet)
-            built[spec.subnet] = _build(supernet.arch, supernet.arch_kwargs, spec.subnet, supernet if weights else None)
-        out[name] = GraphModule(built[spec.subnet], spec).eval()
-    return out
+    """Every graph of an export plan (`extract_graph`), the networks of its subnets shared (`_nets`)."""
+    for spec in specs.values():
+        supernet.check(spec.subnet)
+    nets = _nets(supernet.arch, supernet.arch_kwargs, specs, supernet if weights else None)
+    return {name: GraphModule(nets[spec.subnet], spec).eval() for name, spec in specs.items()}
 
 
 def widest(subnets: list[Subnet]) -> Subnet:
@@ -115,25 +121,111 @@ def widest(subnets: list[Subnet]) -> Subnet:
     return Subnet.of({g: max(s[g] for s in subnets) for g in subnets[0]})
 
 
-def extract_dynamic(supernet: Supernet) -> RoutedNet:
-    """The routing model to deploy: slimmable layers sliced to the widest route, every route's statistics."""
+def _take(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    return x.index_select(0, torch.from_numpy(idx).to(x.device))
+
+
+def _put(out: torch.Tensor, idx: np.ndarray, y: torch.Tensor) -> None:
+    out.index_copy_(0, torch.from_numpy(idx).to(out.device), y)
+
+
+TORCH = Arrays(lambda t: t.detach().cpu().numpy(), _take, lambda y, n: y.new_empty((n, *y.shape[1:])), _put)
+"""PyTorch tensors for `dslim.deploy.runtime.execute`: the routing program run on PyTorch graphs."""
+
+
+class Pruned(nn.Module):
+    """Where a layer was that none of its network's graphs runs (its part lives in another network of the model)."""
+
+    def forward(self, *args: object) -> None:
+        raise RuntimeError("a layer pruned from a deployed route ran: the routing program and its graphs disagree")
+
+
+class RoutedNet(nn.Module):
+    """A deployed dynamic model: the static graphs of its export plan, run by the plan's routing program.
+
+    Each distinct subnet of the plan (DS-Net: each route; BlockDrop: the whole network) is one plain network holding
+    that subnet's weights already sliced and contiguous, and only the layers its graphs run: a part shared by the
+    routes (DS-Net's prefix and gate) lives in one network and runs once per batch. The program groups the batch
+    by decision and runs each route's graph once per group (`dslim.deploy.runtime.execute`, which the onnxruntime
+    runner also uses), so routing adds only the router and the gather and scatter. `forward` returns each image's
+    logits, `route(x)` its decisions (int64), `routed(x)` both.
+    """
+
+    def __init__(self, nets: Mapping[Subnet, nn.Module], plan: ExportPlan, input_size: int) -> None:
+        super().__init__()
+        self.plan, self.keys = plan, {s: s.key for s in nets}
+        self.nets = nn.ModuleDict({s.key: net for s, net in nets.items()})
+        for key, used in _used_layers(self.nets, plan, input_size).items():
+            for name, m in list(self.nets[key].named_modules()):
+                if name and name not in used and next(m.children(), None) is None and _has_state(m):
+                    parent, _, attr = name.rpartition(".")
+                    self.nets[key].get_submodule(parent)._modules[attr] = Pruned()
+
+    def run_graph(self, name: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        spec = self.plan.graphs[name]
+        out = getattr(self.nets[self.keys[spec.subnet]], spec.method)(*spec.args, *inputs)
+        return out if isinstance(out, tuple) else (out,)
+
+    @torch.no_grad()
+    def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        env = execute(self.plan.program, self.run_graph, x, arrays=TORCH)
+        out = self.plan.program["outputs"]
+        return env[out["logits"]], torch.from_numpy(env[out["decisions"]]).to(x.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.routed(x)[0]
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.routed(x)[1]
+
+
+def _has_state(m: nn.Module) -> bool:
+    return next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+
+
+def _used_layers(nets: nn.ModuleDict, plan: ExportPlan, size: int) -> dict[str, set[str]]:
+    """Names of the modules each network runs over all the plan's graphs: one pass of every graph, on a copy of
+    the networks on PyTorch's `meta` device (shapes only, nothing computed), every decision forced to the first
+    route's."""
+    with torch.device("meta"):
+        skeletons = nn.ModuleDict({k: copy.deepcopy(net).to("meta") for k, net in nets.items()})
+    used: dict[str, set[str]] = {k: set() for k in nets}
+    hooks = [m.register_forward_pre_hook(lambda m, a, k=k, n=n: used[k].add(n))
+             for k, net in skeletons.items() for n, m in net.named_modules()]  # fmt: skip
+    keys = {spec.subnet: spec.subnet.key for spec in plan.graphs.values()}
+
+    def run(name: str, inputs: Sequence[torch.Tensor]) -> tuple:
+        spec = plan.graphs[name]
+        out = getattr(skeletons[keys[spec.subnet]], spec.method)(*spec.args, *inputs)
+        return out if isinstance(out, tuple) else (out,)
+
+    first = next(iter(plan.program["routes"].values()))["decisions"]
+    try:
+        with torch.no_grad():
+            execute(plan.program, run, torch.empty(2, 3, size, size, device="meta"), first, every_graph=True,
+                    arrays=TORCH)  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+    return used
+
+
+def extract_dynamic(supernet: Supernet, input_size: int = 64) -> RoutedNet:
+    """The routing model to deploy: every graph of the export plan, each route's weights sliced (`RoutedNet`).
+
+    `input_size`: an image size the graphs accept (only shapes are traced, to find the layers each network runs)."""
     if not supernet.is_dynamic:
         raise UserError(f"{supernet.arch} does not route per input: export a subnet instead")
+    plan = supernet.export_plan()  # type: ignore[attr-defined]
+    for spec in plan.graphs.values():
+        supernet.check(spec.subnet)
     routes = supernet.route_subnets()  # type: ignore[attr-defined]
-    cut = widest(routes)
-    net = supernet_class(supernet.arch)(**supernet.arch_kwargs, channels=dict(cut.items()))
-    src_modules = dict(supernet.named_modules())
-    keys = list(dict.fromkeys(r.key for r in routes))
-    for name, m in net.named_modules():
-        if isinstance(m, SlimModule):
-            m.copy_from(src_modules[name], keys)
-    net.router_trained = supernet.router_trained
-    routed = RoutedNet(net).eval()
+    routed = RoutedNet(_nets(supernet.arch, supernet.arch_kwargs, plan.graphs, supernet), plan, input_size).eval()
     routed.dslim_meta = {
         "format": DYNAMIC_FORMAT,
         "arch": supernet.arch,
         "arch_kwargs": supernet.arch_kwargs,
-        "subnet": cut.to_json(),
+        "subnet": widest(routes).to_json(),
         "routes": [r.to_json() for r in routes],
     }
     return routed
@@ -155,11 +247,10 @@ def save_subnet(
             raise TypeError("save_subnet needs a supernet and a subnet, or a module made by extract()")
         model = extract(model, subnet)
     check_input_size(input_size, f"save_subnet({os.fspath(path)!r})")
-    state = model.net.state_dict() if isinstance(model, RoutedNet) else model.state_dict()
     meta = {**extra, **model.dslim_meta, "input_size": input_size}
     if convention is not None:
         meta["preprocessing"] = convention
-    save_tensors(state, path, meta)
+    save_tensors(model.state_dict(), path, meta)
 
 
 def _input_size(meta: dict, path: str | os.PathLike) -> int:
@@ -204,10 +295,13 @@ def load_subnet(path: str | os.PathLike, subnet: str | None = None) -> nn.Module
     def build() -> nn.Module:
         if kind == FORMAT:
             return _build(arch, kwargs, channels, None)  # type: ignore[arg-type]
-        return cls(**kwargs, channels=dict(channels.items()))
+        cut = cls(**kwargs, channels=dict(channels.items()))  # the supernet cut to its routes: their plan
+        if meta.get("routes") != [r.to_json() for r in cut.route_subnets()]:
+            raise UserError(f"{file}: its routes are not the ones this version of dslim builds for its architecture")
+        plan = cut.export_plan()
+        return RoutedNet(_nets(arch, kwargs, plan.graphs, None), plan, size)  # type: ignore[arg-type]
 
-    net = build_checked(build, tensors, file, f"{arch} subnet")
-    model = RoutedNet(net) if kind == DYNAMIC_FORMAT else net
+    model = build_checked(build, tensors, file, f"{arch} subnet")
     model.dslim_meta = {k: v for k, v in meta.items() if k != "input_size"}
     model.input_size = size
     model.preprocessing = preprocessing.read(meta, path)

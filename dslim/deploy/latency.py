@@ -218,14 +218,15 @@ def layer_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int]]:
     return dict(leaves.shapes)
 
 
-def _features(c_in: float, c_out: float) -> list[float]:
-    # a layer's time: a fixed overhead, its arithmetic (a product of channels for convs and linears) and its memory
-    # traffic (the tensors it reads and writes: linear in channels, all norms, activations and depthwise convs have)
-    return [1.0, c_in * c_out, c_in + c_out]
+def features(c_in, c_out):  # type: ignore[no-untyped-def]
+    """What a layer's time is fitted on: a fixed overhead, its arithmetic (a product of channels for convs and
+    linears) and its memory traffic (the tensors it reads and writes: linear in channels, all norms, activations and
+    depthwise convs have). Floats or tensors (then differentiable)."""
+    return [c_in * 0 + 1.0, c_in * c_out, c_in + c_out]
 
 
 def predict(coef: Sequence[float], c_in: float, c_out: float) -> float:
-    return max(0.0, float(np.dot(coef, _features(c_in, c_out))))
+    return max(0.0, float(np.dot(coef, features(c_in, c_out))))
 
 
 def random_subnet(supernet: Supernet, rng: random.Random, bins: int, min_bin: int) -> Subnet:
@@ -249,7 +250,7 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
 
     fits = {}
     for key, pts in points.items():
-        X = np.array([_features(p[0], p[1]) for p in pts])
+        X = np.array([features(p[0], p[1]) for p in pts])
         # non-negative coefficients: more channels never make a layer faster, and noise cannot say otherwise
         fits[key] = {str(b): nnls(X, np.array([p[2][str(b)] for p in pts]))[0].tolist() for b in batches}
     sums: dict[str, dict[str, float]] = defaultdict(dict)
@@ -265,16 +266,18 @@ def layer_table(supernet: Supernet, probes: Mapping[str, Subnet], totals: Mappin
         # subnets grow (time outside the layers, the offset, is never negative either)
         scale, offset = nnls(X, y)[0] if len(probes) > 1 else (y[0] / X[0, 0], 0.0)
         calibration[b] = [float(scale), float(offset)]
-    return {"probes": {n: s.to_json() for n, s in probes.items()}, "points": dict(points), "fits": fits,
+    return {"probes": {n: s.to_json() for n, s in probes.items()}, "totals": dict(totals), "points": dict(points),
+            "fits": fits,
             "calibration": calibration}  # fmt: skip
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
 def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, batches: Sequence[int],
                   device: torch.device, warmup: int = 3, repeats: int = 15, layers: int = 0, bins: int = 12,
-                  min_bin: int = 1, seed: int = 0) -> dict:  # fmt: skip
+                  min_bin: int = 1, seed: int = 0, checks: int = 0) -> dict:  # fmt: skip
     """The content of `latency.json`: every subnet (and route, and graph of a dynamic model) at every batch size;
-    with `layers`, a per-layer table from the subnets and `layers` random subnets."""
+    with `layers`, a per-layer table from the subnets and `layers` random subnets, and `checks` more random subnets
+    measured apart (`checks`), never fitted on: what the table's error is judged on."""
     load_before = device_info(device)["load"]
     rows: dict[str, dict] = {}
     done: dict[Subnet, dict] = {}  # two names of one subnet (DS-Net's `smallest` is `uniform-0`) are timed once
@@ -298,5 +301,11 @@ def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, 
             totals[f"probe-{i}"] = time_module(extract(supernet, probe, weights=False), size, batches, device,
                                                warmup, repeats)  # fmt: skip
         table["layers"] = layer_table(supernet, probes, totals, size, batches, device, warmup, repeats)
+        table["checks"] = {}
+        for i in progress(range(checks), f"latency ({checks} subnets held out of the fit)", checks):
+            subnet = random_subnet(supernet, rng, bins, min_bin)
+            table["checks"][f"check-{i}"] = {"subnet": subnet.to_json(), "macs": measure(supernet, size, subnet).macs,
+                                             "ms": time_module(extract(supernet, subnet, weights=False), size,
+                                                               batches, device, warmup, repeats)}  # fmt: skip
     table["device"] = {**device_info(device), "load_before": load_before}
     return table

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -66,6 +66,15 @@ class DmcpConfig(TrainConfig):
     target_macs: NonNegativeFloat = 0.0
     """MACs per image the architecture is pulled to (e.g. 211e6); must lie between the smallest and the largest
     subnet of the chains."""
+    target_ms: NonNegativeFloat = 0.0
+    """Latency (ms per batch of `latency_batch` on the device `latency_table` was measured on) the architecture is
+    pulled to, with or instead of `target_macs`: the expected latency, the table's per-layer fits at the expected
+    channels, in a loss like the FLOPs loss (0: none)."""
+    latency_table: str | None = None
+    """The model's `latency.json` with a per-layer table (`python -m dslim.latency --recipe R --layers 8`); needed
+    by `target_ms`."""
+    latency_batch: Positive = 1
+    """Batch size `target_ms` is for (one the table measured)."""
     min_width: Width = 0.1
     """Narrowest width of every chain (its kept prefix) and of the smallest subnet, as a multiplier like
     `--model.max-width`."""
@@ -100,13 +109,18 @@ class DmcpRecord:
     """What DMCP's training leaves for sampling: the artifact's `"dmcp"` metadata (an imported checkpoint's too)."""
 
     target_macs: float
-    """The MACs target it trained towards (0: unknown, an imported checkpoint)."""
+    """The MACs target it trained towards (0: none, or unknown: an imported checkpoint)."""
     expected_macs: float
     """The chains' expected MACs at the end of training."""
     chains: MarkovChannels
+    target_ms: float = 0.0
+    """The latency target it trained towards (0: none)."""
+    expected_ms: float = 0.0
+    """The chains' expected latency at the end of training (by the table it trained with; 0: none)."""
 
     def to_json(self) -> dict:
-        return {"target_macs": self.target_macs, "expected_macs": self.expected_macs, "chains": self.chains.to_json()}
+        return {"target_macs": self.target_macs, "expected_macs": self.expected_macs, "chains": self.chains.to_json(),
+                "target_ms": self.target_ms, "expected_ms": self.expected_ms}  # fmt: skip
 
     @classmethod
     def from_json(cls, obj: object, net: Supernet, where: str) -> DmcpRecord:
@@ -115,7 +129,8 @@ class DmcpRecord:
             raise UserError(f"{where} holds no DMCP record (target, expected MACs, chains)")
         chains = MarkovChannels.from_json(obj.get("chains"), net, where)
         try:
-            return cls(float(obj.get("target_macs", 0)), float(obj.get("expected_macs", 0)), chains)
+            return cls(float(obj.get("target_macs", 0)), float(obj.get("expected_macs", 0)), chains,
+                       float(obj.get("target_ms", 0)), float(obj.get("expected_ms", 0)))  # fmt: skip
         except (TypeError, ValueError):
             raise UserError(f"{where}: its DMCP target or expected MACs is not a number") from None
 
@@ -167,6 +182,12 @@ def soft_masks(net: Supernet, masks: Mapping[str, torch.Tensor]) -> Iterator[Non
             m.mask_channels(None)
 
 
+def latency_loss(expected_ms: torch.Tensor, target_ms: float, macs_per_ms: float) -> torch.Tensor:
+    """The FLOPs loss of a latency: both sides converted to MACs at `macs_per_ms` (the largest subnet's MACs over
+    its latency), so that the loss's constants (its band, its 200M step) keep their meaning."""
+    return flops_loss(expected_ms * macs_per_ms, target_ms * macs_per_ms)
+
+
 def flops_loss(expected_macs: torch.Tensor, target_macs: float) -> torch.Tensor:
     """The original's `log_l1` loss, in millions of MACs: zero inside `[0.95 T, T)`, else the log of the distance
     (to `T` below the band, to `0.95 T` above it), the distance scaled by 0.1 when it exceeds 200M."""
@@ -186,25 +207,35 @@ class Dmcp(Method):
 
     The method attaches the chains to the network (`net.dmcp`), so that the alphas are trained, reduced across
     processes and checkpointed with it, until `finish` takes them off again and returns them as a `DmcpRecord`.
+    `latency` (channels per group -> ms, differentiable: a latency table's `ExpectedLatency`) adds the latency loss
+    towards `cfg.target_ms`.
     """
 
-    def __init__(
-        self, cfg: DmcpConfig, net: Supernet, macs: MacsModel, chains: MarkovChannels, grid: WidthGrid
-    ) -> None:
-        self.cfg, self.macs, self.chains, self.grid = cfg, macs, chains, grid
+    def __init__(self, cfg: DmcpConfig, net: Supernet, macs: MacsModel, chains: MarkovChannels, grid: WidthGrid,
+                 latency: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None) -> None:  # fmt: skip
+        self.cfg, self.macs, self.chains, self.grid, self.latency = cfg, macs, chains, grid, latency
         net.dmcp = chains
         self.start_epoch = cfg.warmup * cfg.epochs
         self.largest = net.largest()
+        if latency is not None:
+            top = dict(self.largest.items())
+            self.macs_per_ms = float(macs.macs(top)) / float(latency(top))
 
     def expected_macs(self) -> float:
         """The chains' expected MACs now."""
         with torch.no_grad():
             return float(self.macs.macs(self.chains.expected_channels()))
 
+    def expected_ms(self) -> float:
+        """The chains' expected latency now (ms; 0 without a latency table)."""
+        with torch.no_grad():
+            return 0.0 if self.latency is None else float(self.latency(self.chains.expected_channels()))
+
     def finish(self, net: Supernet) -> DmcpRecord:
         """The chains taken off `net` (its artifact holds the architecture's own tensors only) as the record the
         sample stage reads."""
-        record = DmcpRecord(self.cfg.target_macs, self.expected_macs(), self.chains)
+        record = DmcpRecord(self.cfg.target_macs, self.expected_macs(), self.chains, self.cfg.target_ms,
+                            self.expected_ms())  # fmt: skip
         del net.dmcp
         return record
 
@@ -262,10 +293,20 @@ class Dmcp(Method):
         net = ctx.supernet
         net.train()
         net.set_subnet(net.largest())
+        cfg, logs = self.cfg, {}
         with ctx.backward_pass(last=True), soft_masks(net, self.chains.masks()):
-            ce = F.cross_entropy(model(images).float(), labels, label_smoothing=self.cfg.label_smoothing)
-            expected = self.macs.macs(self.chains.expected_channels())
-            floss = flops_loss(expected, self.cfg.target_macs)
-            ctx.backward(ce + self.cfg.flops_weight * floss.float())
-        return {"loss/arch": ce.detach(), "loss/flops": floss.detach().float(),
-                "expected_mmacs": expected.detach().float() / 1e6}  # fmt: skip
+            ce = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
+            channels = self.chains.expected_channels()
+            expected = self.macs.macs(channels)
+            loss = ce
+            if cfg.target_macs > 0:
+                floss = flops_loss(expected, cfg.target_macs)
+                loss = loss + cfg.flops_weight * floss.float()
+                logs["loss/flops"] = floss.detach().float()
+            if self.latency is not None:
+                ms = self.latency(channels)
+                lloss = latency_loss(ms, cfg.target_ms, self.macs_per_ms)
+                loss = loss + cfg.flops_weight * lloss.float()
+                logs.update({"loss/latency": lloss.detach().float(), "expected_ms": ms.detach().float()})
+            ctx.backward(loss)
+        return {"loss/arch": ce.detach(), **logs, "expected_mmacs": expected.detach().float() / 1e6}

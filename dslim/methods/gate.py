@@ -1,12 +1,13 @@
-"""DS-Net stage II: gate training with sandwich gate sparsification (SGS) and a MAdds penalty.
+"""DS-Net stage II: gate training with sandwich gate sparsification (SGS) and a MAdds (or latency) penalty.
 
 Only the gate learns; the supernet is frozen with BatchNorm in eval mode. Per micro-batch:
 - the smallest subnet classifies the batch without gradients; the SGS target of an image is the slimmest route if
   it was right (the image is easy), else the widest route;
 - the model routes every image by a straight-through Gumbel-softmax sample of the gate (`forward_gumbel`);
 - loss = sgs_weight * CE(gate logits, target) + CE(routed output, label), both label-smoothed as the original's,
-  + macs_weight * (mean routed MAdds / macs_unit)^2: the square of the batch's mean, as the original's, the MAdds
-  differentiable through the one-hot.
+  + macs_weight * (mean routed cost)^2: the square of the batch's mean, as the original's, the cost differentiable
+  through the one-hot: the route's MAdds / macs_unit, or, given each route's latency (ms, from a latency table),
+  its ms / latency_unit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslim.config import Fraction, NonNegativeFloat, TrainConfig, at_least
+from dslim.config import Fraction, NonNegativeFloat, Positive, TrainConfig, at_least
 from dslim.models.base import Supernet
 from dslim.training import Batch, Method, ParamSet, StepContext
 
@@ -39,14 +40,27 @@ class GateConfig(TrainConfig):
     """MAdds are divided by this before squaring (1e9: GMAdds, as the original)."""
     gumbel_tau: Annotated[float, at_least(1e-3)] = 1.0
     """Gumbel-softmax temperature of the straight-through route samples in training."""
+    latency_table: str | None = None
+    """Penalize each route's latency instead of its MAdds: the model's `latency.json`, measured on the target device
+    (`python -m dslim.latency --recipe R --batch 1`, which times every route)."""
+    latency_batch: Positive = 1
+    """Batch size whose latencies the penalty uses (one the table measured)."""
+    latency_unit: NonNegativeFloat = 0.0
+    """Latencies are divided by this (ms) before squaring; 0: the unit that gives the widest route the penalty its
+    MAdds would, so that `macs_weight` keeps its meaning and only the routes' relative costs change."""
 
 
 class GateTraining(Method):
-    """The gate's weights alone, one optimizer; the routes' MAdds are measured once, at construction."""
+    """The gate's weights alone, one optimizer; the routes' costs are measured once, at construction (MAdds, or
+    `route_ms`: each route's latency)."""
 
-    def __init__(self, cfg: GateConfig, net: Supernet, input_size: int) -> None:
+    def __init__(self, cfg: GateConfig, net: Supernet, input_size: int, route_ms: torch.Tensor | None = None) -> None:
         self.cfg = cfg
         self.macs = net.route_macs(input_size)  # type: ignore[attr-defined]
+        self.costs = self.macs / cfg.macs_unit
+        if route_ms is not None:
+            unit = cfg.latency_unit or float(route_ms[-1]) * cfg.macs_unit / float(self.macs[-1])
+            self.costs = route_ms.double() / unit
         self.smallest = net.routes()[0]  # type: ignore[attr-defined]
 
     def param_sets(self, net: Supernet) -> dict[str, ParamSet]:
@@ -64,7 +78,7 @@ class GateTraining(Method):
             sgs = F.cross_entropy(gate.float(), target, label_smoothing=cfg.sgs_label_smoothing)
             ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             routed = onehot @ self.macs.to(onehot.device)
-            penalty = (routed.mean() / cfg.macs_unit) ** 2
+            penalty = ((onehot @ self.costs.to(onehot.device, onehot.dtype)).mean()) ** 2
             loss = cfg.sgs_weight * sgs + ce + cfg.macs_weight * penalty
             ctx.backward(loss)
         return {

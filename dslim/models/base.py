@@ -133,22 +133,31 @@ class Supernet(nn.Module):
             self.__dict__["_largest"] = Subnet.of({name: g.max for name, g in self.groups.items()})
         return self.__dict__["_largest"]
 
-    def group_choices(self, bins: int = 0, min_bin: int = 1) -> dict[str, tuple[int, ...]]:
+    def group_choices(self, bins: int = 0, min_bin: int = 1, divisor: int = 1) -> dict[str, tuple[int, ...]]:
         """The channel counts each group may take: its own choices, or `min_bin/bins .. bins/bins` of its widest
-        width rounded by the architecture's rule (AutoSlim's bins), or, with `bins=0`, every count in its range."""
+        width rounded by the architecture's rule (AutoSlim's bins), or, with `bins=0`, every count in its range;
+        with `divisor`, only multiples of it (and the full width: `ChannelGroup.divisible`)."""
         out = {}
         for name, g in self.groups.items():
             if g.choices is not None:
                 out[name] = g.choices
-            elif bins:
+                continue
+            if bins:
                 if not 1 <= min_bin <= bins:
                     raise UserError(f"--model.min-bin {min_bin} must be in [1, --model.channel-bins {bins}]")
                 counts = {self.round_channels(g.max * i / bins) for i in range(min_bin, bins + 1)}
                 counts = {max(g.step, round(c / g.step) * g.step) for c in counts}
-                out[name] = tuple(sorted(c for c in counts if g.min <= c <= g.max))
             else:
-                out[name] = tuple(range(g.min, g.max + 1, g.step))
+                counts = set(range(g.min, g.max + 1, g.step))
+            counts = {g.divisible(c, divisor) for c in counts if g.min <= c <= g.max}
+            out[name] = tuple(sorted(counts))
         return out
+
+    def divisible(self, subnet: Subnet, divisor: int) -> Subnet:
+        """`subnet` with every group's channels at the nearest multiple of `divisor` (`ChannelGroup.divisible`): a
+        searched or sampled subnet rounded to what the hardware runs fastest (`--model.channel-divisor`)."""
+        channels = {g: self.groups[g].divisible(c, divisor) for g, c in subnet.items()}
+        return Subnet.of(channels, subnet.blocks)
 
     # -- building ---------------------------------------------------------------------------------------------
     def norm(self, channels: int, group: str | None) -> SlimBatchNorm2d:

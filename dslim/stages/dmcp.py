@@ -10,6 +10,7 @@ artifact loads into the architecture as it is. The `sample` stage (`dslim.stages
 from __future__ import annotations
 
 from dslim.config import Config
+from dslim.deploy.latency_table import ExpectedLatency, LatencyTable
 from dslim.errors import UserError
 from dslim.methods.dmcp import Dmcp, DmcpConfig, WidthGrid
 from dslim.methods.dmcp_chains import MarkovChannels, make_chains, narrowest
@@ -41,13 +42,36 @@ def check_target(target: float, net: Supernet, chains: MarkovChannels, input_siz
                         f"{low:,} .. {high:,} MACs at {input_size}px")  # fmt: skip
 
 
-def check(config: Config, net: Supernet, cfg: DmcpConfig) -> None:
+def check(config: Config, net: Supernet, cfg: DmcpConfig) -> LatencyTable | None:
+    """Refuse what cannot train; the latency table of a latency target (None without one)."""
     if net.bn_mode != "calibrated":
         raise UserError("DMCP runs subnets it never trained and soft-masked widths: use --model.bn calibrated")
-    if cfg.target_macs <= 0:
-        raise UserError("give DMCP's target: --stages.dmcp.target-macs 211e6 (MACs per image)")
+    if cfg.target_macs <= 0 and cfg.target_ms <= 0:
+        raise UserError("give DMCP's target: --stages.dmcp.target-macs 211e6 (MACs per image) and/or "
+                        "--stages.dmcp.target-ms 8 with --stages.dmcp.latency-table latency.json")  # fmt: skip
+    (chains, _), size = dmcp_chains(config, net), config.model.input_size
+    if cfg.target_macs > 0:
+        check_target(cfg.target_macs, net, chains, size, "--stages.dmcp.target-macs")
+    if (cfg.target_ms > 0) != (cfg.latency_table is not None):
+        raise UserError("a latency target needs both --stages.dmcp.target-ms MS and --stages.dmcp.latency-table "
+                        "latency.json (measured with python -m dslim.latency --layers N)")  # fmt: skip
+    if cfg.latency_table is None:
+        return None
+    return LatencyTable.for_budgets(cfg.latency_table, net, size, cfg.latency_batch, "--stages.dmcp.latency-table")
+
+
+def expected_latency(config: Config, net: Supernet, cfg: DmcpConfig) -> ExpectedLatency | None:
+    """The expected latency a latency target is judged by (None without one), the target checked to be reachable."""
+    table = check(config, net, cfg)
+    if table is None:
+        return None
+    latency = ExpectedLatency(table, net, cfg.latency_batch)
     chains, _ = dmcp_chains(config, net)
-    check_target(cfg.target_macs, net, chains, config.model.input_size, "--stages.dmcp.target-macs")
+    low, high = (float(latency(dict(s.items()))) for s in (narrowest(chains.chains), net.largest()))
+    if not low <= cfg.target_ms <= high:
+        raise UserError(f"--stages.dmcp.target-ms {cfg.target_ms:g} is outside what {net.arch} can reach with its "
+                        f"DMCP chains: {low:.3f} .. {high:.3f} ms by {cfg.latency_table}")  # fmt: skip
+    return latency
 
 
 @register_stage("dmcp", DmcpConfig, from_scratch=True, check=check)
@@ -55,18 +79,21 @@ def dmcp(ctx: StageContext) -> None:
     """DMCP: weights, then weights and Markov channel alphas alternately, towards a MACs target."""
     cfg: DmcpConfig = ctx.settings  # type: ignore[assignment]
     net = ctx.supernet()
-    check(ctx.config, net, cfg)  # the supernet read may differ from the model settings (`--from`)
+    latency = expected_latency(ctx.config, net, cfg)  # the supernet read may differ from the model settings (`--from`)
     size = ctx.config.model.input_size
     macs = MacsModel(net, size)
     chains, grid = dmcp_chains(ctx.config, net)
-    method = Dmcp(cfg, net, macs, chains.to(net.device), grid)
+    method = Dmcp(cfg, net, macs, chains.to(net.device), grid, latency)
     trainer = ctx.trainer(net, method, cfg)
     validate = ctx.epoch_evaluator(trainer, {"largest": net.largest()})
 
     def on_epoch_end(epoch: int) -> dict[str, float]:
         out = {**validate(epoch), "expected_macs": round(method.expected_macs())}
-        ctx.accelerator.print(f"dmcp epoch {epoch + 1}: expected {out['expected_macs'] / 1e6:,.3f}M MACs "
-                              f"(target {cfg.target_macs / 1e6:,.3f}M)")  # fmt: skip
+        said = f"expected {out['expected_macs'] / 1e6:,.3f}M MACs (target {cfg.target_macs / 1e6:,.3f}M)"
+        if latency is not None:
+            out["expected_ms"] = round(method.expected_ms(), 4)
+            said += f", {out['expected_ms']:.3f} ms (target {cfg.target_ms:g} ms)"
+        ctx.accelerator.print(f"dmcp epoch {epoch + 1}: {said}")
         return out
 
     chains = method.chains.chains

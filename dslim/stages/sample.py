@@ -52,14 +52,18 @@ def check_sample(config: Config, net: Supernet, cfg: SampleConfig) -> None:
 
 
 def direct_samples(chains: MarkovChannels, macs: MacsModel, target: float, cfg: SampleConfig,
-                   rng: np.random.Generator) -> tuple[list, int]:  # fmt: skip
-    """The first `cfg.count` walks of the chains within the tolerance of `target`, and the number of walks made."""
+                   rng: np.random.Generator, net: Supernet, divisor: int = 1) -> tuple[list, int]:  # fmt: skip
+    """The first `cfg.count` walks of the chains within the tolerance of `target`, and the number of walks made;
+    each walk's channels at multiples of `divisor` (`Supernet.divisible`) before its MACs are judged."""
     found: list = []
     drawn = 0
     while len(found) < cfg.count and drawn < cfg.max_draws:
         n = min(4096, cfg.max_draws - drawn)
         bins = chains.sample_bins(rng, n)
         channels = {c.group: torch.from_numpy(c.keep + c.size * bins[c.group]).double() for c in chains.chains}
+        if divisor > 1:
+            channels = {g: torch.tensor([net.groups[g].divisible(int(c), divisor) for c in ch], dtype=torch.float64)
+                        for g, ch in channels.items()}  # fmt: skip
         cost = macs.macs(channels).expand(n)
         for i in np.flatnonzero((cost - target).abs().numpy() <= cfg.tolerance * target):
             if len(found) < cfg.count:
@@ -101,7 +105,7 @@ def sample(ctx: StageContext) -> None:
                         "dmcp/model.safetensors")  # fmt: skip
     record = DmcpRecord.from_json(ctx.input_meta["dmcp"], net, "the dmcp artifact")
     chains = record.chains
-    target = cfg.target_macs or record.target_macs
+    target = cfg.target_macs or record.target_macs or (record.expected_macs if record.target_ms else 0.0)
     if target <= 0:
         raise UserError(
             "the dmcp artifact records no target (an imported checkpoint): give --stages.sample.target-macs"
@@ -110,12 +114,13 @@ def sample(ctx: StageContext) -> None:
     check_target(target, net, chains, size, "--stages.sample.target-macs")
     macs = MacsModel(net, size)
     rng = np.random.default_rng((ctx.config.seed, 0xD3C9))
-    found, drawn = direct_samples(chains, macs, target, cfg, rng)
+    divisor = ctx.config.model.channel_divisor
+    found, drawn = direct_samples(chains, macs, target, cfg, rng, net, divisor)
     if len(found) < cfg.count:
         raise UserError(f"sample: only {len(found)} of {drawn:,} walks of the chains are within "
                         f"{cfg.tolerance:.1%} of {target:,.0f} MACs; raise --stages.sample.max-draws or "
                         f"--stages.sample.tolerance, or train the dmcp stage longer")  # fmt: skip
-    expected = chains.expected_subnet()
+    expected = net.divisible(chains.expected_subnet(), divisor)
     subnets = {f"{cfg.prefix}-expected": expected}
     scores: dict[str, dict] = {f"{cfg.prefix}-expected": {"target_macs": target, "expected_macs": record.expected_macs}}
     for i, (channels, draw) in enumerate(found):

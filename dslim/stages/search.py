@@ -98,7 +98,7 @@ def check(config: Config, net: Supernet, cfg: SearchConfig) -> None:
     if net.bn_mode == "switchable":
         raise UserError("the search needs a shared BatchNorm affine to run subnets it was not trained at "
                         "(--model.bn calibrated or private), not switchable BatchNorm")  # fmt: skip
-    choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
+    choices = net.group_choices(config.model.channel_bins, config.model.min_bin, config.model.channel_divisor)
     if all(len(c) < 2 for c in choices.values()):
         raise UserError(f"{net.arch} has no channel group with a choice to search (--model.channel-bins 0?)")
     floor = MacsModel(net, config.model.input_size).exact(smallest_of(choices))
@@ -115,14 +115,8 @@ def latency_table(config: Config, net: Supernet, cfg: SearchConfig) -> LatencyTa
     if not cfg.targets_ms or cfg.latency_table is None:
         raise UserError("latency budgets need both --stages.search.targets-ms MS ... and --stages.search.latency-table "
                         "latency.json (measured with python -m dslim.latency --layers N)")  # fmt: skip
-    table = LatencyTable.read(cfg.latency_table)
-    table.check(net, config.model.input_size)
-    if cfg.latency_batch not in table.batches:
-        raise UserError(f"--stages.search.latency-batch {cfg.latency_batch}: {cfg.latency_table} measured batches "
-                        f"{table.batches} only")  # fmt: skip
-    if "layers" not in table.data:
-        raise UserError(f"{cfg.latency_table} has no per-layer table to estimate the subnets a search finds: measure "
-                        "it again with python -m dslim.latency ... --layers 8")  # fmt: skip
+    table = LatencyTable.for_budgets(cfg.latency_table, net, config.model.input_size, cfg.latency_batch,
+                                     "--stages.search.latency-table")  # fmt: skip
     return table
 
 
@@ -133,7 +127,7 @@ def search(ctx: StageContext) -> None:
     config, acc = ctx.config, ctx.accelerator
     net = ctx.supernet().eval()
     check(config, net, cfg)  # the supernet read may differ from the model settings (`--from`)
-    choices = net.group_choices(config.model.channel_bins, config.model.min_bin)
+    choices = net.group_choices(config.model.channel_bins, config.model.min_bin, config.model.channel_divisor)
     macs_model = MacsModel(net, config.model.input_size)
     table, latency = latency_table(config, net, cfg), {}
 

@@ -1,0 +1,106 @@
+"""What the routed-inference benchmarks share: timing two models side by side, and the table they print.
+
+On a machine shared with other work, a timing includes waiting for a core. So the two sides run in one process,
+alternating (the order flips every repeat), and a row reports the median over repeats of the per-repeat ratio,
+which cancels slow drifts of the machine's load, for wall time and for CPU time (`time.process_time`, which leaves
+out the time spent waiting for a core but not the slowdown of sharing caches). The load (`os.getloadavg`) is printed
+before and after. The goal is judged on wall time, the CPU-time ratio is printed beside it: when the two disagree,
+the machine was busy.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Medians of a static and a routed side timed alternately: seconds per repeat, and per-repeat ratios."""
+
+    static_wall: float
+    routed_wall: float
+    static_cpu: float
+    routed_cpu: float
+    speedup_wall: float
+    """Median over repeats of static / routed wall time."""
+    speedup_cpu: float
+
+
+def timed_pair(static: Callable[[], object], routed: Callable[[], object], repeats: int, warmup: int = 1) -> Pair:
+    """Alternate `static()` and `routed()` `repeats` times after `warmup` untimed calls of each."""
+    for _ in range(warmup):
+        static(), routed()
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            w, c = time.perf_counter(), time.process_time()
+            (static, routed)[k]()
+            wall[k].append(time.perf_counter() - w)
+            cpu[k].append(time.process_time() - c)
+    med = statistics.median
+    return Pair(med(wall[0]), med(wall[1]), med(cpu[0]), med(cpu[1]), med(a / b for a, b in zip(*wall)),
+                med(a / b for a, b in zip(*cpu)))  # fmt: skip
+
+
+def weight_mb(module) -> float:  # type: ignore[no-untyped-def]
+    """Megabytes of a module's parameters and buffers, each storage counted once (shared parts are shared)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values()) / 2**20
+
+
+def load() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes, as `uptime` prints them."""
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+HEADER = (
+    "| model | batch | static ms/batch | routed ms/batch | speed-up | MAdds speed-up | ratio | CPU ratio | goal |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def row(model: str, batch: int, pair: Pair, batches: int, macs_speedup: float, goal: float) -> tuple[str, bool]:
+    """A table row (times per batch; `batches` batches per repeat) and whether the wall-time ratio meets `goal`."""
+    ratio, cpu_ratio = pair.speedup_wall / macs_speedup, pair.speedup_cpu / macs_speedup
+    met = ratio >= goal
+    text = (f"| {model} | {batch} | {pair.static_wall / batches * 1e3:.2f} | {pair.routed_wall / batches * 1e3:.2f} | "
+            f"{pair.speedup_wall:.3f} | {macs_speedup:.3f} | **{ratio:.3f}** | {cpu_ratio:.3f} | "
+            f"{'met' if met else 'NOT met'} (>= {goal}) |")  # fmt: skip
+    return text, met
+
+
+def verdict(met: list[list[bool]], goal: float) -> str:
+    """The closing line: in how many of the runs every row met the goal."""
+    good = sum(all(run) for run in met)
+    return (f"goal (speed-up / MAdds speed-up >= {goal} in every row): met in {good} of {len(met)} run(s)"
+            f"{'' if good == len(met) else ' -- NOT MET'}")  # fmt: skip
+
+
+def batches(model, x, batch: int) -> None:  # type: ignore[no-untyped-def]
+    """`model` on `x` (a tensor or an array) in batches of `batch`."""
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch])
+
+
+def measure(models: Sequence[tuple[str, Callable, Callable, Any, float]], runs: int, repeats: int, goal: float) -> None:
+    """`runs` whole measurements in a row, each a table of every (name, static, routed, images, MAdds speed-up) at
+    batch 1 and 64; then the verdict line."""
+    met: list[list[bool]] = []
+    for run in range(runs):
+        print(f"\nrun {run + 1} of {runs} (load {load()})\n{HEADER}")
+        met.append([])
+        for name, static, routed, x, macs_speedup in models:
+            for batch in (1, 64):
+                pair = timed_pair(partial(batches, static, x, batch), partial(batches, routed, x, batch), repeats)
+                text, ok = row(name, batch, pair, len(x) // batch, macs_speedup, goal)
+                print(text)
+                met[-1].append(ok)
+    print(f"\nload {load()}; {verdict(met, goal)}")
