@@ -121,6 +121,20 @@ def test_weights_that_do_not_fit_are_refused(capsys, tmp_path):
     assert code == 2 and "does not fit" in stderr
 
 
+@pytest.mark.parametrize("saved", ["whole model", "not a torch file"])
+def test_weights_torch_cannot_load_safely_are_refused_without_its_advice(capsys, tmp_path, saved):
+    """`torch.save(model)` pickles the model's class: weights_only=True refuses it with many lines ending in advice
+    to turn the protection off; dslim says what to save instead."""
+    path = tmp_path / "w.pth"
+    if saved == "whole model":
+        torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), path)
+    else:
+        path.write_text("not a checkpoint")
+    code, _, stderr = profile(capsys, "--model.module", EXAMPLE, "--model.weights", str(path))
+    assert code == 2 and stderr.count("\n") == 1 and "save model.state_dict()" in stderr, stderr
+    assert "weights_only` set to `False" not in stderr and "\x1b" not in stderr
+
+
 @pytest.mark.parametrize("kind", ["safetensors", "torch"])
 def test_pretrained_weights_are_the_largest_subnet(tmp_path, kind):
     sys.path.insert(0, str(ROOT / "examples"))

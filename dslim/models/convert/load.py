@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
             state: object = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # PyTorch's refusal: many lines, ending in advice to turn weights_only off
+        what = "pickled Python objects (a whole model saved with torch.save(model)?)" if "GLOBAL" in str(e) else \
+            "data other than tensors"  # fmt: skip
+        raise UserError(f"--model.weights {path} holds {what}: dslim reads torch files with weights_only=True, so "
+                        "save model.state_dict() (or safetensors) instead") from None  # fmt: skip
     except Exception as e:
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"--model.weights {path} cannot be read as safetensors or a weights-only torch file: "
