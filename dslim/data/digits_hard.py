@@ -2,12 +2,12 @@
 difficulty, so that capacity matters and some images need a wider network than others.
 
 Every image gets a difficulty `d`, uniform in [0, 1], which sets all of its distortions at once:
-- scale: the digit's side shrinks from 26 px (d = 0) to 12 px (d = 1);
+- scale: the digit's side shrinks from 26 px (d = 0) to 14 px (d = 1);
 - position: it moves off centre by up to `d` times the free margin;
-- contrast: its ink dims to `1 - 0.4 d`;
-- clutter: `round(5 d)` fainter fragments of other digits of the same split lie under it;
-- occlusion: with probability `d`, a bar of background hides `0.3 d` of its side;
-- noise: Gaussian pixel noise of standard deviation `0.12 d` (of the ink range).
+- contrast: its ink dims to `1 - 0.3 d`;
+- clutter: `round(4 d)` fainter fragments of other digits of the same split lie under it;
+- occlusion: with probability `d`, a bar of background hides `0.25 d` of its side;
+- noise: Gaussian pixel noise of standard deviation `0.1 d` (of the ink range).
 Easy images look like `digits`; hard ones are small, faint, partly hidden digits among strokes of others.
 
 Each source digit gives `VARIANTS[split]` images of independent difficulties; fragments come only from digits of
@@ -35,6 +35,9 @@ VARIANTS = {"train": 2, "val": 3}
 """Images per source digit: more validation images than `digits` has, so that a point of accuracy is measurable."""
 SEED = 0
 DIFFICULTY_FILE = "difficulty.json"
+READ_SETTINGS = {"data.root": "digits-hard", "data.augment": "pad_crop", "data.pad": 2, "data.crop_fraction": 1.0}
+"""How the `*_hard` recipes read it: the digit may sit near an edge, so crops shift by 2 pixels at most (a random
+resized crop could cut it off) and evaluation sees the whole image."""
 
 
 def digits_hard_root(cache_dir: str | os.PathLike[str]) -> Path:
@@ -52,24 +55,24 @@ def render(digit: np.ndarray, pool: np.ndarray, d: float, rng: np.random.Generat
     """One `SIZE` x `SIZE` uint8 image of `digit` (ink in [0, 1], 8x8) at difficulty `d`, its clutter cut from
     `pool` (N x 8 x 8)."""
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
-    side = round(26 - 14 * d)
-    for _ in range(round(5 * d)):
+    side = round(26 - 12 * d)
+    for _ in range(round(4 * d)):
         other = pool[rng.integers(len(pool))]
         k = int(rng.integers(3, 6))
         y, x = rng.integers(0, 9 - k, size=2)
-        fragment = _scaled(other[y : y + k, x : x + k], max(2, round(k * side / 8))) * rng.uniform(0.3, 0.6)
+        fragment = _scaled(other[y : y + k, x : x + k], max(2, round(k * side / 8))) * rng.uniform(0.25, 0.5)
         _paste(canvas, fragment, *rng.integers(0, SIZE - len(fragment) + 1, size=2))
     margin = (SIZE - side) / 2
     top, left = (round(margin + d * margin * rng.uniform(-1, 1)) for _ in range(2))
-    _paste(canvas, _scaled(digit, side) * (1 - 0.4 * d), top, left)
+    _paste(canvas, _scaled(digit, side) * (1 - 0.3 * d), top, left)
     if rng.random() < d:
-        width = max(1, round(0.3 * d * side))
+        width = max(1, round(0.25 * d * side))
         start = int(rng.integers(0, side - width + 1))
         if rng.random() < 0.5:
             canvas[top + start : top + start + width, left : left + side] = 0
         else:
             canvas[top : top + side, left + start : left + start + width] = 0
-    canvas += rng.normal(0, 0.12 * d, canvas.shape).astype(np.float32)
+    canvas += rng.normal(0, 0.1 * d, canvas.shape).astype(np.float32)
     return np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
 
 

@@ -1,0 +1,46 @@
+"""The `*_hard` recipes learn on `digits-hard`: the first training stage of each, a few epochs in tiny settings
+(part of the training images), with a falling loss and no epoch at chance level after the warm-up epoch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, subprocess_env
+
+TRAIN_IMAGES = 1024
+"""Training images kept (the rest of the 2,874 are held out): epochs of 16 steps."""
+EPOCHS = 3
+CHANCE = 10.0
+"""Top-1 (%) of a guess among the 10 classes."""
+STAGES = {"dsnet_hard": "supernet", "snet_hard": "supernet", "usnet_hard": "supernet", "autoslim_hard": "supernet",
+          "dmcp_hard": "supernet", "blockdrop_hard": "pretrain"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dslim.data.digits_hard import digits_hard_root
+
+    cache = tmp_path_factory.mktemp("hard-cache")
+    digits_hard_root(cache)
+    return cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(STAGES))
+def test_recipe_learns(recipe: str, cache: Path, tmp_path: Path) -> None:
+    stage = STAGES[recipe]
+    holdout = len(list((cache / "digits-hard-v1" / "train").glob("*/*.png"))) - TRAIN_IMAGES
+    args = ["--recipe", recipe, "--out-dir", str(tmp_path / "run"), "--data.cache-dir", str(cache),
+            "--data.holdout", str(holdout), "--pipeline", stage, f"--stages.{stage}.epochs", str(EPOCHS)]  # fmt: skip
+    done = subprocess.run([PYTHON, "-m", "dslim.train", *args], env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    epochs = [r for r in map(json.loads, lines) if r["kind"] == "epoch" and r["stage"] == stage]
+    assert len(epochs) == EPOCHS
+    assert epochs[-1]["loss"] < 0.9 * epochs[0]["loss"], [e["loss"] for e in epochs]
+    for epoch in epochs[1:]:
+        top1 = {k: v for k, v in epoch.items() if k.startswith("top1/")}
+        assert top1 and min(top1.values()) > 2 * CHANCE, (epoch["epoch"], top1)
