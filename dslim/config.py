@@ -110,6 +110,11 @@ class ModelConfig:
     ignore it."""
     min_bin: Positive = 1
     """Smallest bin a group may shrink to, at most `channel_bins` (mmrazor's AutoSlim: 2 of 12)."""
+    prune_head: bool = False
+    """MobileNet v2 / MNasNet: make the last 1x1 conv a channel group of its own (`head`), pruned like every other
+    layer (the original DMCP prunes it by its own chain); off, it keeps its 1280 x max(1, max-width) channels in
+    every subnet, as the slimmable networks' S-/US-MobileNet v2. Other architectures prune every layer already (a
+    converted model too: the `dmcp_*` recipes' setting holds for it)."""
     module: str | None = None
     """A model of your own instead of `arch`: `FILE.py:NAME` or `package.module:NAME`, a class or a function
     returning an `nn.Module` (given `num_classes` if it takes that argument). Its file runs (as timm or torch.hub

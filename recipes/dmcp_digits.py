@@ -2,14 +2,15 @@
 export, MobileNet v2 (1.0x, 6.1M MACs at 32px) pruned to 3M MACs, a few minutes on 2 CPU cores.
 
 The stages of `dmcp_mbv2`, shortened: a short sandwich pre-training of the supernet (per-group random subnets in 10
-bins), then the dmcp stage with chains of [0.1, 1.0, 0.1] (9 bins per group): a quarter of its epochs weights only,
-then weights and alphas alternately; direct and expected sampling; the expected subnet retrained from scratch.
+bins), then the dmcp stage with chains of [0.1, 1.0, 0.1] (9 bins per group, the last 1x1 conv's too): a quarter of its
+epochs weights only, then weights and alphas alternately; direct and expected sampling; the expected subnet retrained
+from scratch.
 
-Two settings differ from the original's because this run makes about 130 architecture steps where ImageNet makes
-50,000: the alphas learn with Adam (lr 0.1, whose steps do not depend on the gradient's scale) instead of SGD, and
-the FLOPs loss weighs 2 instead of 0.1 (at 0.1 its gradient is some 70 times smaller than the cross-entropy's noise,
-which averages out only over many steps). With them the expected MACs reach the target within the first
-architecture epoch (docs/dmcp.md has the trajectory).
+Two settings differ from the original's because this run makes about 130 architecture steps where ImageNet makes 50,000:
+the alphas learn with Adam (lr 0.1, whose steps do not depend on the gradient's scale) instead of SGD, and the FLOPs
+loss weighs 2 instead of 0.1 (at 0.1 its gradient is some 70 times smaller than the cross-entropy's noise, which
+averages out only over many steps). With them the expected MACs reach the target within the first architecture epoch
+(docs/dmcp.md has the trajectory).
 """
 
 from dslim.config import Config, DataConfig, ModelConfig, OptimConfig, ScheduleConfig
@@ -33,6 +34,7 @@ def recipe() -> Config:
             num_classes=10,
             input_size=32,
             channel_bins=10,
+            prune_head=True,
         ),
         data=DataConfig(
             root="digits", batch_size=64, random_area=(0.5, 1.0), flip=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)

@@ -1,7 +1,8 @@
 """DMCP (Guo et al., CVPR 2020) on ImageNet: MobileNet v2 x1.5 pruned to a MACs target, then retrained.
 
 The original's settings (Zx55/dmcp `config/mbv2`): every channel group split by [0.1, 1.5, 0.1] into a kept prefix
-and 14 bins, calibrated BatchNorm; 40 epochs, the first 20 of weights only, then weights and alphas alternately
+and 14 bins, the last 1x1 conv too (a group of its own, `prune_head`: the original's `alpha_last`), calibrated
+BatchNorm; 40 epochs, the first 20 of weights only, then weights and alphas alternately
 every step; weight updates on the largest, the smallest and two (scheduled) random subnets with in-place
 distillation, label smoothing 0.1, SGD Nesterov 0.9, weight decay 4e-5 (not on BatchNorm and biases), lr warmed up
 from 0.2 to 0.5 over 1,000 steps then cosine to 0.08; alphas: SGD Nesterov lr 0.5 cosine to 0.1, no weight decay;
@@ -25,7 +26,9 @@ def recipe() -> Config:
     weights = OptimConfig(lr=0.5, lr_batch=512, momentum=0.9, nesterov=True, weight_decay=4e-5)
     retrain = OptimConfig(lr=0.8, lr_batch=512, momentum=0.9, nesterov=True, weight_decay=4e-5)
     return Config(
-        model=ModelConfig(arch="mobilenet_v2", max_width=1.5, widths=(0.5, 0.75, 1.0, 1.5), bn="calibrated"),
+        model=ModelConfig(
+            arch="mobilenet_v2", max_width=1.5, widths=(0.5, 0.75, 1.0, 1.5), bn="calibrated", prune_head=True
+        ),
         data=DataConfig(root="/data/imagenet", batch_size=64),
         stages=stages_config(
             dmcp=DmcpConfig(

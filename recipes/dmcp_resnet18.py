@@ -17,6 +17,7 @@ def recipe():  # type: ignore[no-untyped-def]
         load("dmcp_mbv2"),
         **{
             "model.arch": "resnet18",
+            "model.prune_head": False,  # dmcp_mbv2 prunes its last 1x1 conv; a ResNet has none at a fixed width
             "model.max_width": 1.0,
             "model.widths": (0.25, 0.5, 0.75, 1.0),
             "stages.dmcp.target_macs": 1.04e9,

@@ -178,7 +178,7 @@ def _channels(net, values):
             take(g)
     elif net.arch == "mobilenet_v2":
         take("stem")
-        for i, (_, g_mid, g_out, _) in enumerate(net.plan):
+        for i, (_, g_mid, g_out, *_) in enumerate(net.plan):
             if i:
                 take(g_mid)
             take(g_out)

@@ -64,7 +64,6 @@ def test_num_batches_limits_and_state_is_restored():
     net = _usnet().eval()  # the released US-Net calibrated in eval mode and so changed nothing
     net.set_subnet(net.resolve("0.5"))
     bn = net.stem[1]
-    bn.mask = torch.ones(16)
     subnet = net.resolve("0.3")
     assert not has_statistics(net, subnet)
     recalibrate(net, {"0.3": subnet}, iter(_batches(5)), num_batches=2)
@@ -72,7 +71,6 @@ def test_num_batches_limits_and_state_is_restored():
     assert int(bn.stats[subnet.key].num_batches_tracked) == 2
     assert not net.training and net.subnet == net.resolve("0.5")
     assert all(m.momentum == 0.1 and not m.track for m in net.modules() if isinstance(m, SlimBatchNorm2d))
-    assert bn.mask is not None
     with pytest.raises(UserError):
         recalibrate(net, {"0.3": subnet}, [], num_batches=2)
     with pytest.raises(UserError):

@@ -118,6 +118,23 @@ def test_whole_supernet_params():
     assert measure(create_supernet("resnet50", bn="private"), 224).params == 25_557_032  # torchvision's ResNet-50
 
 
+def test_a_pruned_head_keeps_the_tables_and_costs_its_channels():
+    from dslim.config import ModelConfig
+    from dslim.errors import UserError
+    from dslim.models import from_config
+
+    plain = create_supernet("mobilenet_v2", widths=(0.35, 1.0), bn="calibrated")
+    pruned = create_supernet("mobilenet_v2", widths=(0.35, 1.0), bn="calibrated", prune_head=True)
+    for w in ("0.35", "1.0"):  # every width multiplier keeps the head at 1280, as the zoo
+        assert measure(pruned, 224, pruned.resolve(w)).macs == measure(plain, 224, plain.resolve(w)).macs
+    half = Subnet.of({**pruned.largest(), "head": 640})
+    # 640 channels fewer out of the head conv (from 320, at 7x7), into the pool (7x7) and into the classifier
+    assert measure(pruned, 224).macs - measure(pruned, 224, half).macs == 640 * (320 * 49 + 49 + 1000)
+    assert float(MacsModel(pruned, 224).macs(dict(half.items()))) == measure(pruned, 224, half).macs
+    with pytest.raises(UserError, match="--model.prune-head: resnet18 keeps no layer at a fixed width"):
+        from_config(ModelConfig(arch="resnet18", prune_head=True))
+
+
 def _random_subnet(net, gen):
     return Subnet.of(
         {

@@ -144,3 +144,17 @@ def test_pretrained_weights_are_the_largest_subnet(tmp_path, kind):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad(), net.using(net.largest(), train=False):
         torch.testing.assert_close(net(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_dmcp_recipe_builds_a_users_model():
+    """`dmcp_digits` prunes MobileNet v2's last 1x1 conv (`prune_head`); a converted model prunes every layer it
+    can already, so the recipe's setting holds for it instead of being refused (as it is for a ResNet)."""
+    from dataclasses import replace
+
+    from dslim import recipes
+    from dslim.models import from_config
+
+    cfg = recipes.load("dmcp_digits").model
+    assert cfg.prune_head
+    net = from_config(replace(cfg, module=EXAMPLE))
+    assert net.arch == "converted" and net.largest() == net.resolve("1.0")

@@ -164,7 +164,8 @@ def test_only_what_cannot_be_sliced_stays_at_full_width(name):
 def test_dmcp_soft_masks_reach_every_group(name):
     """DMCP's architecture pass: every chain's alphas get a gradient from the loss through its soft masks (after a
     BatchNorm, or a LayerNorm, or the layers' outputs of a group without normalization: ConvNeXt's 4x expansion)."""
-    from dslim.methods.dmcp import MarkovChannels, make_chains, soft_masks
+    from dslim.methods.dmcp import soft_masks
+    from dslim.methods.dmcp_chains import MarkovChannels, make_chains
 
     _, net = converted(name)
     chains = MarkovChannels(make_chains(net, 0.3, 1.0, 0.1))  # ShuffleNet's split groups keep a few channels

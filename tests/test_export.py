@@ -73,6 +73,19 @@ def test_save_and_load_subnet_roundtrip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
 
 
+def test_a_pruned_head_exports():
+    """With `prune_head` the last 1x1 conv, its pool and the classifier's input follow the `head` group."""
+    net = create_supernet("mnasnet", num_classes=5, bn="private", widths=(0.5,), prune_head=True)
+    subnet = Subnet.of({**net.resolve("0.5"), "head": 424})
+    net.name_subnets({"pruned": subnet})
+    _randomize(net)
+    static = dslim.extract(net, subnet)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), net.using(subnet):
+        torch.testing.assert_close(static(x), net(x), atol=1e-5, rtol=1e-5)
+    assert static.classifier.in_features == static.head[0].out_channels == 424
+
+
 def test_dropped_blocks_are_gone_from_the_export():
     net = _randomize(create_supernet("resnet18", num_classes=3, bn="private", widths=(1.0,)))
     blocks = tuple(i not in (1, 5) for i in range(len(net.blocks)))

@@ -81,7 +81,7 @@ def recalibrate(
 
     `supernet` is the unwrapped model (a DDP wrapper would broadcast rank 0's buffers at each forward). The
     batches are drawn once: each one runs through every subnet in turn, so all subnets see the same images and
-    nothing is held in memory. Momentum, tracking, mode, masks and the active subnet are restored afterwards.
+    nothing is held in memory. Momentum, tracking, mode and the active subnet are restored afterwards.
     `show=False` hides the progress bar (a search calibrating thousands of candidates).
     """
     if num_batches < 1:
@@ -94,12 +94,12 @@ def recalibrate(
         supernet.check(subnet)
         for bn in bns:
             _reset(bn, subnet, device)
-    saved = [(bn.momentum, bn.track, bn.mask) for bn in bns]
+    saved = [(bn.momentum, bn.track) for bn in bns]
     try:
         with supernet.using(train=False):  # dropout and the rest as at evaluation; only BatchNorm in train mode
             for bn in bns:
                 bn.train()
-                bn.momentum, bn.track, bn.mask = None, True, None
+                bn.momentum, bn.track = None, True
             autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
             total = min(num_batches, len(batches)) if hasattr(batches, "__len__") else num_batches
             seen = 0
@@ -118,8 +118,8 @@ def recalibrate(
         if accelerator is not None and accelerator.num_processes > 1:
             _reduce(supernet, subnets.values(), accelerator)
     finally:
-        for bn, (momentum, track, mask) in zip(bns, saved):
-            bn.momentum, bn.track, bn.mask = momentum, track, mask
+        for bn, (momentum, track) in zip(bns, saved):
+            bn.momentum, bn.track = momentum, track
 
 
 @contextlib.contextmanager

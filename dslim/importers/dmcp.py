@@ -10,11 +10,15 @@ expansion-1 block), `conv_last`/`bn_last`, `fc` (a 1x1 conv with bias). ResNets:
 `alpha_last.alpha`. An alpha tied by a residual appears under every block that shares it (the same values), and
 every alpha layer holds a constant `alpha0` buffer.
 
-dslim's chains are its channel groups, so each group takes the alpha of its layers (tied copies must agree). dslim's
-MobileNet v2 keeps its last 1x1 conv at full width: the original's `alpha_last` has no chain here and is left out
-(said in the artifact's note). BatchNorm statistics are left out too: DMCP trained with mixed widths, so they belong
-to no subnet; the calibrated BatchNorm computes them per subnet (`bn_recalibration`, or evaluation).
-The artifact carries the chains like a `dmcp` stage's, so `--stages sample --from F` samples from them.
+dslim's chains are its channel groups, so each group takes the alpha of its layers (tied copies must agree); the
+MobileNet v2 supernet has its last 1x1 conv as a group of its own (`prune_head`), whose chain is `alpha_last`.
+BatchNorm statistics are left out: DMCP trained with mixed widths, so they belong to no subnet; the calibrated
+BatchNorm computes them per subnet (`bn_recalibration`, or evaluation). The artifact carries the chains like a
+`dmcp` stage's, so `--stages sample --from F` samples from them.
+
+Refused as not supported: the original's CIFAR-10 MobileNet v2 (built whenever `num_classes` is 10: its third stage
+has 24 channels and stride 1, which dslim's mobilenet_v2 does not have). Another max width than the shipped configs'
+is read with `--max-width`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch
 from dslim.config import in_range
 from dslim.errors import UserError
 from dslim.importers.common import ImportOptions, no_leftovers, strip_prefix, take
-from dslim.methods.dmcp import DmcpRecord, MarkovChannels, make_chains
+from dslim.methods.dmcp import DmcpRecord
+from dslim.methods.dmcp_chains import MarkovChannels, make_chains
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
 from dslim.models.registry import supernet_class
@@ -47,6 +52,8 @@ class Options(ImportOptions):
     """The `width[0]` (min width) of the original's config (0.1 in every shipped config)."""
     width_step: Annotated[float, in_range(0.0, 4.0, open_low=True)] = 0.1
     """The `width[2]` (width offset) of the original's config (0.1 in every shipped config)."""
+    max_width: Annotated[float, in_range(0.0, 4.0)] = 0.0
+    """The `width[1]` (max width) of the original's config; 0: the shipped configs' (MobileNet v2 1.5, ResNets 1.0)."""
 
 
 def _state(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -99,11 +106,21 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     """The supernet of a DMCP stage-1 file with its chains' alphas, and its metadata."""
     path, state = opts.path, _state(ckpt)
     arch = _arch(state)
-    width = MAX_WIDTH[arch]
+    width = opts.max_width or MAX_WIDTH[arch]
     fc = take(state, "fc.weight", tuple(state["fc.weight"].shape), path)
     if fc.dim() != 4:
         raise UserError(f"{path}: fc.weight has shape {tuple(fc.shape)}, not the original's 1x1 conv")
-    net: Supernet = supernet_class(arch)(num_classes=fc.shape[0], max_width=width, widths=(width,), bn="calibrated")
+    if arch == "mobilenet_v2" and fc.shape[0] == 10:
+        raise UserError(f"{path} is the original's CIFAR-10 DMCP MobileNet v2 (10 classes: a third stage of 24 "
+                        "channels at stride 1), which dslim's mobilenet_v2 does not have: not supported")  # fmt: skip
+    head = {"prune_head": True} if arch == "mobilenet_v2" else {}  # the original prunes it by `alpha_last`
+    net: Supernet = supernet_class(arch)(
+        num_classes=fc.shape[0], max_width=width, widths=(width,), bn="calibrated", **head
+    )
+    stem = take(state, "conv1.weight", tuple(state["conv1.weight"].shape), path)
+    if stem.shape[0] != net.groups["stem"].max:
+        raise UserError(f"{path}: a stem of {stem.shape[0]} channels, not the {net.groups['stem'].max} of {arch} at "
+                        f"max width {width:g}: give the original config's width[1] with --max-width")  # fmt: skip
     used = {k for k in state if k.endswith((".alpha0", "running_mean", "running_var", "num_batches_tracked"))}
     alphas: dict[str, list[str]] = {}
     modules = dict(net.named_modules())
@@ -130,15 +147,11 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
                 raise UserError(f"{path}: {key} and {present[0]} are tied by a residual but differ")
             used.add(key)
         values[c.group] = first
-    dropped = [k for k in ("alpha_last.alpha",) if k in state]
-    used |= set(dropped)
     no_leftovers(state, used, path)
     with torch.no_grad():
         chains.alpha.copy_(torch.cat([values[c.group].float() for c in chains.chains]))
     with torch.no_grad():
         expected = float(MacsModel(net, 224).macs(chains.expected_channels()))
     note = f"DMCP {arch} x{width:g}, epoch {ckpt.get('epoch', '?')}, expected {expected / 1e6:,.1f}M MACs at 224px"
-    if dropped:
-        note += "; alpha_last left out (dslim keeps the last 1x1 conv whole)"
     record = DmcpRecord(0.0, expected, chains)  # no target: the sample stage asks for one
     return net, {"source": str(path), "weights": "model", "dmcp": record.to_json(), "note": note}

@@ -33,6 +33,7 @@ from dslim.nn import SlimBatchNorm2d, SlimConv2d, SlimLinear
 
 SUMMARY = "JiahuiYu/slimmable_networks' S-MobileNet v1/v2, S-ResNet-50, US-MobileNet v1/v2 `.pt`"
 STEM, STEM_BN, CLASSIFIER = "features.0.0.weight", "features.0.1", "classifier.0.weight"
+SHUFFLENET_STEM = "head_0.0.weight"  # S-ShuffleNet: one stem per group (`head_{g}`), blocks of `a_{g}`/`b`/`c_{g}`
 
 
 class ScalarMeter:
@@ -88,18 +89,26 @@ def standard_widest(state: dict[str, torch.Tensor]) -> bool:
 
 
 def looks_like(ckpt: dict) -> bool:
-    """A slimmable-networks S-/US-Net file: their layout, at the standard widths."""
+    """A slimmable-networks S-/US-Net file: their layout, at the standard widths (or their S-ShuffleNet)."""
     state = state_of(ckpt)
-    return has_layout(state) and standard_widest(state)
+    return (has_layout(state) and standard_widest(state)) or (SHUFFLENET_STEM in state and CLASSIFIER in state)
 
 
 def arch_of(state: dict[str, torch.Tensor], path: str) -> str:
+    """The architecture of a slimmable-networks file: ResNet-50 (a 7x7 stem), MobileNet v1 (13 blocks), or an
+    inverted-residual net (17 blocks and the last 1x1 conv): MNasNet if a depthwise conv is 5x5, else MobileNet v2."""
+    if SHUFFLENET_STEM in state:
+        raise UserError(f"{path} is an S-ShuffleNet file: dslim has no slimmable ShuffleNet (grouped 1x1 convs, "
+                        "channel shuffles, concatenated shortcuts), so importing it is not supported")  # fmt: skip
     stem = state[STEM]
     if stem.dim() != 4:
         raise UserError(f"{path}: {STEM} has shape {tuple(stem.shape)}, not that of a conv weight")
     if stem.shape[-1] == 7:
         return "resnet50"
-    return "mobilenet_v2" if any(k.startswith("features.18.") for k in state) else "mobilenet_v1"
+    if not any(k.startswith("features.18.") for k in state):
+        return "mobilenet_v1"
+    kernels = {v.shape[-1] for k, v in state.items() if ".body." in k and v.dim() == 4 and v.shape[1] == 1}
+    return "mnasnet" if 5 in kernels else "mobilenet_v2"
 
 
 def _widths(arch: str, switchable: bool, count: int, given: tuple[float, ...], path: str) -> tuple[tuple, str]:
@@ -171,6 +180,9 @@ def convert(ckpt: dict, opts: Options) -> tuple[Supernet, dict]:
     path, state = opts.path, state_of(ckpt)
     arch = arch_of(state, path)
     switchable = f"{STEM_BN}.bn.0.weight" in state
+    if arch not in S_WIDTHS:
+        raise UserError(f"{path} is an S-/US-Net {arch}, which the original never released (it released "
+                        "AutoSlim-MNasNet: import that with the autoslim kind); not supported")  # fmt: skip
     if not switchable and arch == "resnet50":
         raise UserError(f"{path} is a US-Net ResNet-50, which the original never released; dslim reads S-ResNet-50")
     count = len([k for k in state if re.fullmatch(rf"{re.escape(STEM_BN)}\.bn\.\d+\.running_mean", k)])

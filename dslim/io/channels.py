@@ -67,7 +67,7 @@ def _mmcls_mobilenet_v2(net: nn.Module) -> dict[str, str]:
     names = {"stem.0": "backbone.conv1.conv", "stem.1": "backbone.conv1.bn", "head.0": "backbone.conv2.conv",
              "head.1": "backbone.conv2.bn", "classifier": "head.fc"}  # fmt: skip
     blocks_in: dict[int, int] = {}
-    for i, (_, _, g_out, _) in enumerate(net.plan):  # type: ignore[union-attr]
+    for i, (_, _, g_out, *_) in enumerate(net.plan):  # type: ignore[union-attr]
         layer = int(g_out[1:]) + 1  # stage group `s{n}` is mmcls's layer n + 1
         j = blocks_in[layer] = blocks_in.get(layer, -1) + 1
         body = net.features[i].body  # type: ignore[index]

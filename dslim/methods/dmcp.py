@@ -1,33 +1,33 @@
 """DMCP: Differentiable Markov Channel Pruning (Guo et al., CVPR 2020).
 
-The channel model. Each channel group (layers tied by a residual are one group, so they share one chain) of `C`
-channels at the supernet's width `max_w` is cut by `[min_w, max_w, step]` into a kept prefix of `keep` channels and
-`bins` bins of `size = int(step * C / max_w)` channels (`bins = int((max_w - min_w) / step)`, `keep = C - size *
-bins`). Each bin has one architecture parameter `alpha`; `sigmoid(alpha_i)` is the probability to keep bin `i` given
-bin `i - 1` is kept (a Markov chain), so the marginal keep probability of bin `i` is the cumulative product of the
-transitions up to `i`, and the expected channels are `E[c] = keep + size * sum(marginals)`.
+The channel model (`dslim.methods.dmcp_chains`): every channel group is a Markov chain of bins, each kept with a
+learnt probability given the previous one; `E[c]` its expected channels. A layer the original prunes by a chain of
+its own is a group of its own: MobileNet v2's last 1x1 conv with `--model.prune-head`.
 
-The architecture forward runs the largest subnet with every bin's channels scaled by their marginal (a soft mask),
-applied after each BatchNorm of the group (`SlimBatchNorm2d.mask`), where normalization cannot undo it. The expected
-MACs are dslim's one complexity polynomial (`MacsModel`) at the expected channels, differentiable in the alphas, and
-the `log_l1` FLOPs loss pulls them into `[0.95 T, T]` for a target `T`.
+The architecture forward runs the largest subnet with every bin's channels scaled by their marginal (a soft mask)
+where the architecture says the original puts it (`Supernet.soft_mask_sites`: after each BatchNorm of the group;
+MobileNet v2 after the ReLU6 inside its blocks). The expected MACs are dslim's one complexity polynomial
+(`MacsModel`) at the expected channels, differentiable in the alphas (each depthwise conv counted once: the
+original's gradient counts it twice), and the `log_l1` FLOPs loss pulls them into `[0.95 T, T]` for a target `T`.
+Expected sampling keeps `round(E[c])` channels per group, off the bins, as the original retrains it.
 
 What the `dmcp` stage hands to the `sample` stage is a `DmcpRecord` (target, expected MACs, the chains and their
 alphas), stored as JSON in the metadata of the stage's artifact.
 
 Training (`Dmcp`): a warm-up of the weights alone (the first `warmup` share of the stage), then each step one
 weight update and one architecture update, each with its own optimizer and schedule. The weight update trains the
-largest, the smallest and `num_random` random subnets (per-group uniform bins in the warm-up; then "scheduled
-random": per-group uniform with probability `p`, else a sample of the Markov chains, `p` decaying from 1 by
-`random_decay` every `decay_every` steps), the largest on the labels and the others by in-place distillation from
-its detached softmax. The architecture update is the soft-masked largest on cross-entropy plus `flops_weight` times
-the FLOPs loss.
+largest, the smallest and `num_random` random subnets, the smallest and the random ones on the original's width
+grid (`WidthGrid`): per-group random widths in the warm-up, then "scheduled random": per-group random with
+probability `p`, else a sample of the Markov chains, `p` multiplied by `random_decay` at each such draw of every
+`decay_every`-th step. The largest learns from the labels, the others by in-place distillation from its detached
+softmax. The architecture update is the soft-masked largest on the (label-smoothed) cross-entropy plus
+`flops_weight` times the FLOPs loss.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -48,11 +48,12 @@ from dslim.config import (
     in_range,
 )
 from dslim.errors import UserError
+from dslim.methods.dmcp_chains import Chain, MarkovChannels
 from dslim.methods.sandwich import sandwich_pass
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
 from dslim.nn import SlimModule
-from dslim.subnet import Subnet
+from dslim.subnet import Subnet, make_divisible
 from dslim.training import Batch, Method, ParamSet, StepContext, Update, Where
 
 Width = Annotated[float, in_range(0.0, 4.0, open_low=True)]
@@ -66,144 +67,32 @@ class DmcpConfig(TrainConfig):
     """MACs per image the architecture is pulled to (e.g. 211e6); must lie between the smallest and the largest
     subnet of the chains."""
     min_width: Width = 0.1
-    """Narrowest width of every chain (its kept prefix), as a multiplier like `--model.max-width`."""
+    """Narrowest width of every chain (its kept prefix) and of the smallest subnet, as a multiplier like
+    `--model.max-width`."""
     width_step: Width = 0.1
-    """Width of one bin of a chain, as a multiplier (`[min_width, model.max_width, width_step]`)."""
+    """Width of one bin of a chain, and the step of the random subnets' widths, as a multiplier (`[min_width,
+    model.max_width, width_step]`)."""
     warmup: Fraction = 0.5
     """Share of the stage that trains the weights alone, before the alphas start learning."""
     flops_weight: NonNegativeFloat = 0.1
     """Weight of the FLOPs loss in the architecture update."""
     label_smoothing: Fraction = 0.0
-    """Label smoothing of the largest subnet's cross-entropy (MobileNet v2: 0.1)."""
+    """Label smoothing of the cross-entropy of the largest subnet and of the architecture update (MobileNet v2:
+    0.1)."""
     num_random: NonNegative = 2
     """Random subnets per weight update, beside the largest and the smallest."""
     random_decay: Fraction = 0.9999
     """Scheduled random: the probability of a per-group random subnet (else a Markov sample) is multiplied by this
-    every `decay_every` steps of the second phase."""
+    at each random draw of every `decay_every`-th step of the second phase (twice per such step with two random
+    subnets, as the original)."""
     decay_every: Positive = 10
-    """Steps between two decays of the scheduled-random probability."""
+    """Steps between two decays of the scheduled-random probability (steps numbered from 1, as the original)."""
     arch_optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=0.5, lr_batch=512, momentum=0.9, nesterov=True, weight_decay=0.0)
     )
     """Optimizer of the alphas (the original: SGD Nesterov 0.9, lr 0.5, no weight decay)."""
     arch_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine", min_lr=0.1))
     """Schedule of the alphas, over the second phase (the original: cosine from 0.5 to 0.1)."""
-
-
-# -- the channel model -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Chain:
-    """The Markov chain of one channel group: `keep` channels always, then `bins` bins of `size` channels."""
-
-    group: str
-    keep: int
-    size: int
-    bins: int
-
-    def channels(self, kept_bins: int) -> int:
-        return self.keep + self.size * kept_bins
-
-    @property
-    def choices(self) -> tuple[int, ...]:
-        return tuple(self.channels(k) for k in range(self.bins + 1))
-
-
-def make_chains(net: Supernet, min_width: float, max_width: float, step: float) -> list[Chain]:
-    """One chain per channel group of `net` (built at `max_width`); a `UserError` if the widths cannot cut it."""
-    if not 0 < min_width < max_width or step > max_width - min_width + 1e-9:
-        raise UserError(f"DMCP widths [{min_width}, {max_width}, step {step}]: need 0 < --stages.dmcp.min-width < "
-                        f"--model.max-width and --stages.dmcp.width-step at most their difference")  # fmt: skip
-    bins = int((max_width - min_width) / step + 1e-4)
-    chains = []
-    for name, g in net.groups.items():
-        if g.choices is not None:
-            raise UserError(f"{net.arch}'s group {name!r} has fixed choices; DMCP needs width-multiplier groups")
-        size = int(step * g.max / max_width) // g.step * g.step  # a group moving in steps keeps whole steps
-        n = bins if size > 0 else 0  # a group too narrow for one bin keeps its width
-        keep = g.max - size * n
-        if keep < g.min:
-            raise UserError(
-                f"DMCP widths: group {name!r} ({g.max} channels) would keep {keep}; raise --stages.dmcp.min-width"
-            )
-        chains.append(Chain(name, keep, size, n))
-    return chains
-
-
-def marginals(alpha: torch.Tensor) -> torch.Tensor:
-    """Keep probability of each bin: the cumulative product of the transitions `sigmoid(alpha)`."""
-    return torch.cumprod(torch.sigmoid(alpha), dim=-1)
-
-
-class MarkovChannels(nn.Module):
-    """The architecture parameters: one alpha per bin of every chain, in one flat vector (group names hold dots)."""
-
-    def __init__(self, chains: list[Chain]) -> None:
-        super().__init__()
-        self.chains = chains
-        self.alpha = nn.Parameter(torch.zeros(sum(c.bins for c in chains)))
-        self.offsets = np.cumsum([0] + [c.bins for c in chains]).tolist()
-
-    def alphas(self) -> dict[str, torch.Tensor]:
-        return {c.group: self.alpha[self.offsets[i] : self.offsets[i + 1]] for i, c in enumerate(self.chains)}
-
-    def marginals(self) -> dict[str, torch.Tensor]:
-        return {g: marginals(a) for g, a in self.alphas().items()}
-
-    def expected_channels(self) -> dict[str, torch.Tensor]:
-        """`E[c]` per group, in float64 (MACs of a large network are exact only there)."""
-        m = self.marginals()
-        return {c.group: c.keep + c.size * m[c.group].double().sum() for c in self.chains}
-
-    def masks(self) -> dict[str, torch.Tensor]:
-        """Soft mask per group at its widest: ones on the kept prefix, each bin's marginal on its channels."""
-        m = self.marginals()
-        return {c.group: torch.cat([m[c.group].new_ones(c.keep), m[c.group].repeat_interleave(c.size)])
-                for c in self.chains}  # fmt: skip
-
-    def expected_subnet(self) -> Subnet:
-        """Expected sampling: `round(E[c])`, i.e. the kept bins rounded to a whole number of bins."""
-        m = {g: float(v.detach().double().sum()) for g, v in self.marginals().items()}
-        return Subnet.of({c.group: c.channels(min(c.bins, int(math.floor(m[c.group] + 0.5)))) for c in self.chains})
-
-    def sample_bins(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-        """Kept bins of `n` walks of every chain: bin `i` is kept while `U < sigmoid(alpha_i)`."""
-        p = {g: torch.sigmoid(a.detach()).double().cpu().numpy() for g, a in self.alphas().items()}
-        out = {}
-        for c in self.chains:
-            keep = rng.random((n, c.bins)) < p[c.group]
-            out[c.group] = np.cumprod(keep, axis=1).sum(axis=1) if c.bins else np.zeros(n, dtype=np.int64)
-        return out
-
-    def sample(self, rng: np.random.Generator) -> Subnet:
-        """One direct sample of the chains."""
-        bins = self.sample_bins(rng, 1)
-        return Subnet.of({c.group: c.channels(int(bins[c.group][0])) for c in self.chains})
-
-    def to_json(self) -> dict:
-        """The chains and alphas as JSON (stored in the supernet artifact's metadata; float32 values round-trip)."""
-        alphas = self.alphas()
-        return {c.group: {"keep": c.keep, "size": c.size, "alpha": [float(a) for a in alphas[c.group].detach().cpu()]}
-                for c in self.chains}  # fmt: skip
-
-    @classmethod
-    def from_json(cls, obj: object, net: Supernet, where: str) -> MarkovChannels:
-        """Chains and alphas written by `to_json`, checked against `net`'s groups."""
-        if not isinstance(obj, dict) or list(obj) != list(net.groups):
-            raise UserError(f"{where}: its DMCP chains do not name {net.arch}'s channel groups")
-        chains, values = [], []
-        for g, entry in obj.items():
-            try:
-                keep, size, alpha = int(entry["keep"]), int(entry["size"]), [float(a) for a in entry["alpha"]]
-            except (TypeError, KeyError, ValueError):
-                raise UserError(f"{where}: DMCP chain {g!r} is not {{keep, size, alpha: [...]}}") from None
-            if keep < net.groups[g].min or keep + size * len(alpha) != net.groups[g].max or size < 0:
-                raise UserError(f"{where}: DMCP chain {g!r} does not cover the group's {net.groups[g].max} channels")
-            chains.append(Chain(g, keep, size, len(alpha)))
-            values += alpha
-        out = cls(chains)
-        with torch.no_grad():
-            out.alpha.copy_(torch.tensor(values, dtype=torch.float32))
-        return out
 
 
 @dataclass(frozen=True)
@@ -231,25 +120,49 @@ class DmcpRecord:
             raise UserError(f"{where}: its DMCP target or expected MACs is not a number") from None
 
 
-def smallest(chains: list[Chain]) -> Subnet:
-    return Subnet.of({c.group: c.keep for c in chains})
+@dataclass(frozen=True)
+class WidthGrid:
+    """The original's widths for the smallest and the random subnets of a weight update: a group of `C` channels at
+    the supernet's `max_width` runs `make_divisible(C * w / max_width)` channels (divisor 8, at least 8, at most
+    `C`) for a width `w` of `[min_width, max_width, step]`; not the chains' bins (the smallest MobileNet v2 x1.5 stem
+    has 8 channels, its chain's prefix 6). A converted model's group takes the nearest count it allows."""
 
+    widths: tuple[float, ...]
+    max_width: float
 
-def per_group_random(chains: list[Chain], rng: np.random.Generator) -> Subnet:
-    """Every group at a uniformly drawn number of kept bins."""
-    return Subnet.of({c.group: c.channels(int(rng.integers(c.bins + 1))) for c in chains})
+    @classmethod
+    def of(cls, min_width: float, max_width: float, step: float) -> WidthGrid:
+        n = int((max_width - min_width) / step + 1e-4)
+        return cls((*(round(min_width + i * step, 3) for i in range(n)), max_width), max_width)
+
+    def channels(self, chain: Chain, width: float) -> int:
+        return chain.nearest(make_divisible(chain.widest * width / self.max_width, 8, 8))
+
+    def smallest(self, chains: list[Chain]) -> Subnet:
+        return Subnet.of({c.group: self.channels(c, self.widths[0]) for c in chains})
+
+    def random(self, chains: list[Chain], rng: np.random.Generator) -> Subnet:
+        """Every group at a width drawn uniformly from the grid."""
+        return Subnet.of({c.group: self.channels(c, self.widths[int(rng.integers(len(self.widths)))]) for c in chains})
 
 
 @contextlib.contextmanager
 def soft_masks(net: Supernet, masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Every BatchNorm of a masked group multiplies its output by the group's mask inside the block (a converted
-    model's group without a normalization layer: its layers' outputs)."""
+    """Inside the block, each group's mask scales its activations at the sites the architecture declares; a
+    converted model's layers mask their own outputs (their channels are layouts over several groups)."""
+
+    def scale(group: str, module: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor:
+        return y * masks[group][: y.shape[1]].view(1, -1, 1, 1)
+
+    hooks = [m.register_forward_hook(functools.partial(scale, g)) for m, g in net.soft_mask_sites() if g in masks]
     layers = [m for m in net.modules() if isinstance(m, SlimModule)]
     for m in layers:
         m.mask_channels(masks)
     try:
         yield
     finally:
+        for h in hooks:
+            h.remove()
         for m in layers:
             m.mask_channels(None)
 
@@ -275,8 +188,10 @@ class Dmcp(Method):
     processes and checkpointed with it, until `finish` takes them off again and returns them as a `DmcpRecord`.
     """
 
-    def __init__(self, cfg: DmcpConfig, net: Supernet, macs: MacsModel, chains: MarkovChannels) -> None:
-        self.cfg, self.macs, self.chains = cfg, macs, chains
+    def __init__(
+        self, cfg: DmcpConfig, net: Supernet, macs: MacsModel, chains: MarkovChannels, grid: WidthGrid
+    ) -> None:
+        self.cfg, self.macs, self.chains, self.grid = cfg, macs, chains, grid
         net.dmcp = chains
         self.start_epoch = cfg.warmup * cfg.epochs
         self.largest = net.largest()
@@ -306,26 +221,36 @@ class Dmcp(Method):
             ),  # fmt: skip
         }
 
-    def second_phase(self, where: Where) -> int | None:
-        """Steps since the alphas started learning (None in the warm-up)."""
-        start = round(self.start_epoch * where.steps_per_epoch)
-        return where.step - start if where.step >= start else None
+    def second_phase_start(self, where: Where) -> int:
+        """The step the alphas start learning at."""
+        return round(self.start_epoch * where.steps_per_epoch)
 
     def updates(self, where: Where, sets) -> list[Update]:  # type: ignore[no-untyped-def]
         weights = Update(("weights",), self.weight_pass)
-        return [weights] if self.second_phase(where) is None else [weights, Update(("arch",), self.arch_pass)]
+        second = where.step >= self.second_phase_start(where)
+        return [weights, Update(("arch",), self.arch_pass)] if second else [weights]
+
+    def random_probability(self, where: Where, draw: int) -> float:
+        """The original's scheduled-random probability at random subnet `draw` of this step: 1 in the warm-up; in
+        the second phase, multiplied by `random_decay` before each draw of a step whose number (counted from 1) is a
+        multiple of `decay_every`. The original's second phase starts one step before dslim's (its steps count from
+        1 too), so the decays of that step are counted as well."""
+        start, every, k = self.second_phase_start(where), self.cfg.decay_every, self.cfg.num_random
+        if where.step < start:
+            return 1.0
+        decay_steps = (where.step + 1) // every - (max(start, 1) - 1) // every
+        later_draws = k - 1 - draw if (where.step + 1) % every == 0 else 0
+        return self.cfg.random_decay ** (k * decay_steps - later_draws)
 
     def step_subnets(self, where: Where, rng: np.random.Generator) -> list[tuple[str, Subnet]]:
         """Largest, smallest, then the random ones (scheduled random in the second phase)."""
         chains = self.chains.chains
-        since = self.second_phase(where)
-        p = 1.0 if since is None else self.cfg.random_decay ** (since // self.cfg.decay_every)
         randoms = []
-        for _ in range(self.cfg.num_random):
-            markov = rng.random() >= p
-            subnet = self.chains.sample(rng) if markov else per_group_random(chains, rng)
+        for draw in range(self.cfg.num_random):
+            markov = rng.random() >= self.random_probability(where, draw)
+            subnet = self.chains.sample(rng) if markov else self.grid.random(chains, rng)
             randoms.append(("markov" if markov else "random", subnet))
-        return [("largest", self.largest), ("smallest", smallest(chains)), *randoms]
+        return [("largest", self.largest), ("smallest", self.grid.smallest(chains)), *randoms]
 
     def weight_pass(self, model: nn.Module, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         ctx.supernet.train()
@@ -338,7 +263,7 @@ class Dmcp(Method):
         net.train()
         net.set_subnet(net.largest())
         with ctx.backward_pass(last=True), soft_masks(net, self.chains.masks()):
-            ce = F.cross_entropy(model(images).float(), labels)
+            ce = F.cross_entropy(model(images).float(), labels, label_smoothing=self.cfg.label_smoothing)
             expected = self.macs.macs(self.chains.expected_channels())
             floss = flops_loss(expected, self.cfg.target_macs)
             ctx.backward(ce + self.cfg.flops_weight * floss.float())

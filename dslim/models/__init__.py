@@ -1,4 +1,4 @@
-"""Supernets assembled from `dslim.nn`, found by name through the registry."""
+"""Supernets assembled from `dslim.nn`, found by name through the registry (`mnasnet` lives with MobileNet v2)."""
 
 from dslim.models import cifar_resnet, ds_mobilenet_v1, mobilenet_v1, mobilenet_v2, resnet  # noqa: F401  (registers them)
 from dslim.models.base import Supernet

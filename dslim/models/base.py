@@ -64,6 +64,12 @@ class Supernet(nn.Module):
         """A fractional channel count rounded as this architecture rounds widths (for channel bins)."""
         return max(1, int(round(channels)))
 
+    def soft_mask_sites(self) -> list[tuple[nn.Module, str]]:
+        """Where a soft mask of each channel group scales the activations (DMCP's architecture forward): after
+        every BatchNorm of a group, where normalization cannot undo it. An architecture whose original masks
+        elsewhere declares its own sites (MobileNet v2)."""
+        return [(m, m.group) for m in self.modules() if isinstance(m, SlimBatchNorm2d) and m.group is not None]
+
     @property
     def is_dynamic(self) -> bool:
         """Whether this network routes each input (implements `dslim.models.routing.Dynamic`)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dslim.errors import UserError
 from dslim.registry import Registry
 
 if TYPE_CHECKING:
@@ -48,4 +50,8 @@ def model_name(cfg: ModelConfig) -> str:
 
 def from_config(cfg: ModelConfig) -> Supernet:
     """Build the supernet a run's model config describes."""
-    return supernet_class(arch_of(cfg)).from_config(cfg)
+    cls = supernet_class(arch_of(cfg))
+    if cfg.prune_head and not cfg.module and "prune_head" not in inspect.signature(cls).parameters:
+        raise UserError(f"--model.prune-head: {model_name(cfg)} keeps no layer at a fixed width (its classifier's "
+                        "input is a channel group already); leave it out")  # fmt: skip
+    return cls.from_config(cfg)

@@ -18,7 +18,7 @@ from torch import nn
 from dslim.models.base import resolve_channels
 from dslim.models.policy import PolicyNet, PolicyRouting
 from dslim.models.registry import register
-from dslim.models.width import WidthSupernet, check_named
+from dslim.models.width import WidthSupernet
 from dslim.nn import GlobalAvgPool, SlimConv2d, SlimLinear, ZeroPadShortcut
 
 Norm = Callable[[int, "str | None"], nn.Module]
@@ -137,10 +137,8 @@ class ResNet(PolicyRouting, WidthSupernet):
         self.finish(allocate=channels is None)
 
     @classmethod
-    def from_config(cls, cfg):  # type: ignore[no-untyped-def]
-        check_named(cfg)
-        return cls(num_classes=cfg.num_classes, max_width=cfg.max_width, widths=cfg.widths, width_range=cfg.width_range,
-                   bn=cfg.bn, dropout=cfg.dropout, block_policy=cfg.block_policy)  # fmt: skip
+    def own_options(cls, cfg) -> dict:  # type: ignore[no-untyped-def]
+        return {"block_policy": cfg.block_policy}
 
     def static_kwargs(self) -> dict:
         return {**self.arch_kwargs, "block_policy": False}  # a static subnet has no use for the policy

@@ -106,7 +106,13 @@ class WidthSupernet(Supernet):
             width_range=cfg.width_range,
             bn=cfg.bn,
             dropout=cfg.dropout,
+            **cls.own_options(cfg),
         )
+
+    @classmethod
+    def own_options(cls, cfg) -> dict:  # type: ignore[no-untyped-def]
+        """The model settings only this architecture takes (`--model.block-policy`, `--model.prune-head`)."""
+        return {}
 
 
 def check_named(cfg) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ Statistics are fp32 and accumulate either as an EMA (`momentum`) or, during cali
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,7 @@ class _Affine(nn.Module):
 class SlimBatchNorm2d(SlimModule):
     """BatchNorm2d over the first `C` channels of whatever arrives, with per-subnet statistics.
 
-    `key` (the active subnet's key) and `track` are set by the supernet. `mask`, when set, multiplies the
-    normalized output per channel (shape `[C]` or `[N, C]`): soft channel masks for DMCP and per-sample
-    routing masks for gate training, applied where a BatchNorm would otherwise undo them.
+    `key` (the active subnet's key) and `track` are set by the supernet.
     """
 
     def __init__(
@@ -63,7 +61,6 @@ class SlimBatchNorm2d(SlimModule):
         self.stats = nn.ModuleDict()
         self.key: str | None = None
         self.track = mode != "calibrated"
-        self.mask: torch.Tensor | None = None
 
     plain_type: type = nn.BatchNorm2d
     """The standard module it exports as."""
@@ -76,15 +73,12 @@ class SlimBatchNorm2d(SlimModule):
         return self.num_features if self.group is None else subnet[self.group]
 
     def front(self, t: torch.Tensor, channels: int) -> torch.Tensor:
-        """The entries of a per-channel vector (affine, mask) for the `channels` that arrive."""
+        """The entries of a per-channel vector (an affine) for the `channels` that arrive."""
         return t if channels == t.shape[0] else t[:channels]
 
     def pick(self, t: torch.Tensor) -> torch.Tensor:
         """The entries of a wider supernet's per-channel vector this layer (built at a subnet's widths) holds."""
         return t[: self.num_features]
-
-    def mask_channels(self, masks: Mapping[str, torch.Tensor] | None) -> None:
-        self.mask = None if masks is None else masks.get(self.group)  # type: ignore[arg-type]
 
     def add_subnet(self, key: str, channels: int) -> None:
         """Allocate statistics (and, if switchable, an affine) for a subnet ahead of training."""
@@ -129,12 +123,6 @@ class SlimBatchNorm2d(SlimModule):
                     "(or evaluate with --widths that were calibrated)"
                 )
             y = F.batch_norm(x, stats.running_mean, stats.running_var, weight, bias, False, 0.0, self.eps)
-        if self.mask is not None:
-            m = self.mask
-            spatial = [1] * (y.dim() - 2)
-            y = y * (
-                self.front(m, c).view(1, -1, *spatial) if m.dim() == 1 else m[:, :c].view(*m.shape[:1], c, *spatial)
-            )
         return y
 
     def cost(self, x: torch.Tensor, y: torch.Tensor) -> tuple[LayerCost | None, int]:

@@ -179,6 +179,9 @@ class GraphBatchNorm(SlimBatchNorm2d, _Graph):
         where = self.layouts.get("in")
         self.mask = None if masks is None or where is None else self.book.masks(where, masks)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masked(super().forward(x), 1)  # after normalization, which would undo a mask before it
+
 
 class GraphLayerNorm(_Graph):
     """LayerNorm over the last dimension's layout (channels-last), or a fixed LayerNorm over several dimensions."""

@@ -11,24 +11,27 @@ from __future__ import annotations
 
 from dslim.config import Config
 from dslim.errors import UserError
-from dslim.methods.dmcp import Dmcp, DmcpConfig, MarkovChannels, make_chains, smallest
+from dslim.methods.dmcp import Dmcp, DmcpConfig, WidthGrid
+from dslim.methods.dmcp_chains import MarkovChannels, make_chains, narrowest
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
 from dslim.stages.context import StageContext
 from dslim.stages.registry import register_stage
 
 
-def dmcp_chains(config: Config, net: Supernet) -> MarkovChannels:
-    """The chains this run's dmcp stage trains (`config.stages.dmcp`'s widths), fresh alphas."""
+def dmcp_chains(config: Config, net: Supernet) -> tuple[MarkovChannels, WidthGrid]:
+    """The chains this run's dmcp stage trains (`config.stages.dmcp`'s widths), fresh alphas, and the width grid of
+    its smallest and random subnets."""
     cfg: DmcpConfig = config.stages.dmcp  # type: ignore[attr-defined]
     max_width = getattr(net, "max_width", config.model.max_width)
-    return MarkovChannels(make_chains(net, cfg.min_width, max_width, cfg.width_step))
+    chains = MarkovChannels(make_chains(net, cfg.min_width, max_width, cfg.width_step))
+    return chains, WidthGrid.of(cfg.min_width, max_width, cfg.width_step)
 
 
 def reachable(net: Supernet, chains: MarkovChannels, input_size: int) -> tuple[int, int]:
-    """MACs of the chains' smallest and largest subnets."""
+    """MACs of the chains' narrowest and widest subnets."""
     macs = MacsModel(net, input_size)
-    return macs.exact(smallest(chains.chains)), macs.exact(net.largest())
+    return macs.exact(narrowest(chains.chains)), macs.exact(net.largest())
 
 
 def check_target(target: float, net: Supernet, chains: MarkovChannels, input_size: int, option: str) -> None:
@@ -43,7 +46,8 @@ def check(config: Config, net: Supernet, cfg: DmcpConfig) -> None:
         raise UserError("DMCP runs subnets it never trained and soft-masked widths: use --model.bn calibrated")
     if cfg.target_macs <= 0:
         raise UserError("give DMCP's target: --stages.dmcp.target-macs 211e6 (MACs per image)")
-    check_target(cfg.target_macs, net, dmcp_chains(config, net), config.model.input_size, "--stages.dmcp.target-macs")
+    chains, _ = dmcp_chains(config, net)
+    check_target(cfg.target_macs, net, chains, config.model.input_size, "--stages.dmcp.target-macs")
 
 
 @register_stage("dmcp", DmcpConfig, from_scratch=True, check=check)
@@ -54,7 +58,8 @@ def dmcp(ctx: StageContext) -> None:
     check(ctx.config, net, cfg)  # the supernet read may differ from the model settings (`--from`)
     size = ctx.config.model.input_size
     macs = MacsModel(net, size)
-    method = Dmcp(cfg, net, macs, dmcp_chains(ctx.config, net).to(net.device))
+    chains, grid = dmcp_chains(ctx.config, net)
+    method = Dmcp(cfg, net, macs, chains.to(net.device), grid)
     trainer = ctx.trainer(net, method, cfg)
     validate = ctx.epoch_evaluator(trainer, {"largest": net.largest()})
 

@@ -1,10 +1,10 @@
 """DMCP's `sample` stage: subnets drawn from the chains the `dmcp` stage learnt (`dslim.stages.dmcp`).
 
 It reads the `DmcpRecord` in the metadata of the artifact it starts from (the dmcp stage's, or an imported DMCP
-checkpoint's) and writes `sample/subnets.json`: `dmcp-expected` (expected sampling: each group at `round(E[c])`,
-on its bins) and `dmcp-direct-0` ... (direct sampling: walks of the chains, kept when their MACs are within
-`tolerance` of the target), with `sample/marginals.png`, the keep probability of every bin. The subnet to retrain
-from scratch is then chosen by name: `--stages.retrain.subnets dmcp-expected`.
+checkpoint's) and writes `sample/subnets.json`: `dmcp-expected` (expected sampling: each group at `round(E[c])`
+channels, off the bins, as the original retrains it) and `dmcp-direct-0` ... (direct sampling: walks of the chains,
+kept when their MACs are within `tolerance` of the target), with `sample/marginals.png`, the keep probability of
+every bin. The subnet to retrain from scratch is then chosen by name: `--stages.retrain.subnets dmcp-expected`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from dslim.config import Config, NonNegativeFloat, Positive, in_range
 from dslim.errors import UserError
 from dslim.io import atomic_write
-from dslim.methods.dmcp import DmcpRecord, MarkovChannels
+from dslim.methods.dmcp import DmcpRecord
+from dslim.methods.dmcp_chains import MarkovChannels
 from dslim.models.base import Supernet
 from dslim.models.complexity import MacsModel
 from dslim.stages.context import StageContext
@@ -46,7 +47,7 @@ class SampleConfig:
 
 def check_sample(config: Config, net: Supernet, cfg: SampleConfig) -> None:
     if cfg.target_macs > 0 and net.bn_mode == "calibrated":
-        chains = dmcp_chains(config, net)  # before any work: the chains the dmcp stage will train
+        chains, _ = dmcp_chains(config, net)  # before any work: the chains the dmcp stage will train
         check_target(cfg.target_macs, net, chains, config.model.input_size, "--stages.sample.target-macs")
 
 
