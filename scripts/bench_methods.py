@@ -7,7 +7,8 @@ and one accuracy-vs-MACs plot with every method's points.
 What is measured per seed (the recipes are `recipes/<method>_hard.py`):
 - dsnet: the dynamic model's top-1 minus that of the cheapest uniform subnet with at least its mean MACs; routes
   used by at least 5% of the validation images; the rank correlation of image difficulty with route width.
-- snet: each switchable width's top-1 minus that of a network of that width trained alone (`--model.widths W`).
+- snet: each switchable width's top-1 minus that of a network of that width trained alone (`--model.widths W
+  --model.max-width W`).
 - usnet: widths between the named ones (calibrated on the fly by `dslim.evaluate`) minus the line, in MACs,
   through their named neighbours.
 - autoslim: each searched subnet retrained minus the uniform width just above its MACs retrained the same way.
@@ -140,7 +141,7 @@ def snet(bench: Bench) -> tuple[dict, list]:
     joint = rows(bench.train("snet_hard", "snet"))
     values = {}
     for w in SNET_WIDTHS:
-        alone = rows(bench.train("snet_hard", f"snet-alone-{w}", "--model.widths", w))[w]
+        alone = rows(bench.train("snet_hard", f"snet-alone-{w}", "--model.widths", w, "--model.max-width", w))[w]
         values[f"switchable - alone @{w}"] = joint[w]["top1"] - alone["top1"]
     points = [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in SNET_WIDTHS]
     return {**values, "holds": all(abs(v) <= 1.0 for v in values.values())}, points
