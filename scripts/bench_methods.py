@@ -149,7 +149,8 @@ def snet(bench: Bench) -> tuple[dict, list]:
 
 def usnet(bench: Bench) -> tuple[dict, list]:
     named = rows(bench.train("usnet_hard", "usnet"))
-    between = rows(bench.evaluate("usnet", USNET_BETWEEN))
+    evaluated = rows(bench.evaluate("usnet", USNET_BETWEEN))  # eval.json's other rows come back too
+    between = {w: evaluated[w] for w in USNET_BETWEEN}
     trained = sorted(named.values(), key=lambda r: r["macs"])
     macs, top1 = [r["macs"] for r in trained], [r["top1"] for r in trained]
     values = {f"@{w} - curve": between[w]["top1"] - float(np.interp(between[w]["macs"], macs, top1)) for w in between}
