@@ -40,7 +40,8 @@ UNIFORM_DMCP = "0.6"
 AUTOSLIM_UNIFORM = ("0.375", "0.5", "0.75")
 """The uniform widths just above `autoslim_hard`'s targets 1.5M, 3M and 6M MACs, in that order."""
 USNET_BETWEEN = ("0.375", "0.625", "0.875")
-SNET_WIDTHS = ("0.25", "0.5", "0.75", "1.0")
+NAMED_WIDTHS = ("0.25", "0.5", "0.75", "1.0")
+"""The widths `snet_hard` trains and `usnet_hard` names."""
 
 
 class Bench:
@@ -140,18 +141,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def snet(bench: Bench) -> tuple[dict, list]:
     joint = rows(bench.train("snet_hard", "snet"))
     values = {}
-    for w in SNET_WIDTHS:
+    for w in NAMED_WIDTHS:
         alone = rows(bench.train("snet_hard", f"snet-alone-{w}", "--model.widths", w, "--model.max-width", w))[w]
         values[f"switchable - alone @{w}"] = joint[w]["top1"] - alone["top1"]
-    points = [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in SNET_WIDTHS]
+    points = [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in NAMED_WIDTHS]
     return {**values, "holds": all(abs(v) <= 1.0 for v in values.values())}, points
 
 
 def usnet(bench: Bench) -> tuple[dict, list]:
-    named = rows(bench.train("usnet_hard", "usnet"))
+    report = rows(bench.train("usnet_hard", "usnet"))  # with the between widths once evaluated
     evaluated = rows(bench.evaluate("usnet", USNET_BETWEEN))  # eval.json's other rows come back too
     between = {w: evaluated[w] for w in USNET_BETWEEN}
-    trained = sorted(named.values(), key=lambda r: r["macs"])
+    trained = sorted((report[w] for w in NAMED_WIDTHS), key=lambda r: r["macs"])
     macs, top1 = [r["macs"] for r in trained], [r["top1"] for r in trained]
     values = {f"@{w} - curve": between[w]["top1"] - float(np.interp(between[w]["macs"], macs, top1)) for w in between}
     points = [("usnet named", r["macs"], r["top1"]) for r in trained]
