@@ -135,7 +135,8 @@ class DataConfig:
     root: str = "digits"
     """Dataset root with `train/<class>/*` and `val/<class>/*` (ImageFolder), a folder of WebDataset shards
     `train-*.tar` / `val-*.tar`, an extracted CIFAR folder (`cifar-10-batches-bin`, `cifar-100-binary`,
-    `cifar-10-batches-py` or `cifar-100-python`), or `digits` for the built-in handwritten digits."""
+    `cifar-10-batches-py` or `cifar-100-python`), or `digits` for the built-in handwritten digits, `digits-hard` for
+    their harder variant (scale, position, clutter, occlusion, noise; `dslim.data.digits_hard`)."""
     format: Literal["folder", "webdataset", "cifar"] = "folder"
     """Layout of `root`; `cifar` reads CIFAR-10/100 files into memory (their test batch is the `val` split)."""
     holdout: NonNegative = 0
@@ -184,7 +185,7 @@ class DataConfig:
     std: Annotated[tuple[float, float, float], in_range(0.0, 1e6, open_low=True)] = (0.229, 0.224, 0.225)
     """Per-channel standard deviation (of pixel values in [0, 1])."""
     cache_dir: str = "~/.cache/dslim"
-    """Where the built-in digits are written as PNG files once."""
+    """Where the built-in data sets are written as PNG files once."""
 
 
 @dataclass(frozen=True)

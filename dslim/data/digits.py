@@ -1,21 +1,17 @@
 """The built-in data set: scikit-learn's handwritten digits, written once as an ImageFolder of PNG files.
 
-The 1797 8x8 images ship with scikit-learn (no download). Writing them as ordinary PNG files lets them go
-through exactly the pipeline ImageNet goes through (DALI or PIL, crops, normalization), so the whole tool can be
-tried and tested on a CPU in minutes.
+The 1797 8x8 images ship with scikit-learn (no download); `dslim.data.cache` says why they become PNG files.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dslim.errors import UserError
+from dslim.data.cache import written_once
 
 NAME = "digits-v1"
 """Folder name inside the cache; bump the version whenever the written images change."""
@@ -38,29 +34,8 @@ def split_digits() -> dict[str, np.ndarray]:
 
 
 def digits_root(cache_dir: str | os.PathLike[str]) -> Path:
-    """The digits ImageFolder `<cache_dir>/digits-v1/{train,val}/<class>/<index>.png`, written on first use.
-
-    The folder is written into a temporary sibling and renamed into place: a crash never leaves a half-written
-    folder, and when two processes race, the first rename wins and the other's identical copy is discarded.
-    """
-    root = Path(cache_dir).expanduser() / NAME
-    if root.is_dir():
-        return root
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
-    except OSError as e:
-        raise UserError(f"cannot write the digits data into {root.parent} ({e}); set --data.cache-dir") from None
-    try:
-        _write(tmp)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not root.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    """The digits ImageFolder `<cache_dir>/digits-v1/{train,val}/<class>/<index>.png`, written on first use."""
+    return written_once(cache_dir, NAME, _write)
 
 
 def _write(folder: Path) -> None:

@@ -105,7 +105,9 @@ def count_classes(root: Path, format: str, cache_dir: Path) -> int:
 
 def _check_root(root: Path) -> None:
     if not root.is_dir():
-        raise UserError(f"data root {root} does not exist; set --data.root to your dataset (or `digits`)")
+        raise UserError(
+            f"data root {root} does not exist; set --data.root to your dataset (or `digits`, `digits-hard`)"
+        )
 
 
 def _class_names(root: Path) -> list[str]:

@@ -17,17 +17,21 @@ import torch
 
 from dslim.config import DataConfig
 from dslim.data.digits import digits_root
+from dslim.data.digits_hard import digits_hard_root
 from dslim.data.images import Images, count_classes, scan
 from dslim.data.plan import Batch, Plan, stratified_holdout
 from dslim.errors import UserError
 
 Split = Literal["train", "val", "holdout"]
 
+BUILT_IN = {"digits": digits_root, "digits-hard": digits_hard_root}
+"""`--data.root` names of the built-in data sets (`dslim.data.cache`), each with the function writing it."""
+
 
 def resolve_root(cfg: DataConfig) -> Path:
-    """The dataset folder: `cfg.root`, or the built-in digits (written on first use) when it is `digits`."""
-    if cfg.root == "digits":
-        return digits_root(cfg.cache_dir)
+    """The dataset folder: `cfg.root`, or a built-in data set's folder (written on first use) when it names one."""
+    if cfg.root in BUILT_IN:
+        return BUILT_IN[cfg.root](cfg.cache_dir)
     return Path(cfg.root).expanduser()
 
 
