@@ -115,11 +115,13 @@ def test_no_import_climbs_a_floor():
 
 
 def test_the_runner_needs_no_torch():
-    """`dslim.deploy.runtime` imports nothing of dslim but the ground floor and the validating JSON reader, itself
+    """`dslim.deploy.runtime` imports nothing of dslim but the ground floor, the routing program (`routes`, plain
+    Python) and the validating JSON reader, itself
     standing on the ground floor alone, as the `dslim.io` package it loads with (its import is checked without torch
     in tests/test_onnx.py)."""
     edges = graph()
-    assert edges["dslim.deploy.runtime"] <= {"dslim.errors", "dslim.io.readers"}
+    assert edges["dslim.deploy.runtime"] <= {"dslim.errors", "dslim.io.readers", "dslim.deploy.routes"}
+    assert edges["dslim.deploy.routes"] == set()  # the routing program: plain Python
     assert edges["dslim.io.readers"] <= {"dslim.errors"} and edges["dslim.io"] <= {"dslim.io.atomic"}
     assert edges["dslim.io.atomic"] <= {"dslim.errors"} and edges["dslim.errors"] == set()
 
