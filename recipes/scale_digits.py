@@ -10,14 +10,14 @@ BatchNorm) runs
 - `policy`: BlockDrop's policy by REINFORCE, masks sampled per image, the ResNet frozen.
 Every stage prints a digest of its weights, which dslim checks to be the same on every process.
 
-Settings that make runs with different numbers of processes comparable: every training stage's global batch fixed at 512
-images (`global_batch`: two processes read micro-batches of 256, one process accumulates two of them), one epoch per
-stage (two optimizer steps), no random crop (DALI draws crops per process, so a one-process run would see other crops),
-plain SGD for the policy and DMCP's alphas (Adam turns rounding differences of near-zero gradients into full steps), and
-a small learning rate for DMCP's weights (at 0.1 its narrow random subnets grow rounding differences about 200-fold in
-one step: one process on 1 thread vs 2 threads differed by 5e-7 after the first step, 1e-4 after the second, and its
-alphas by 1e-2). A one-process run of the same command then equals a P-process run stage by stage once it calibrates
-BatchNorm on P times the batches (counted per process); tests/test_scale.py checks it for P = 2.
+Settings that make runs with different numbers of processes comparable: one epoch per stage at 256 images per process
+(two optimizer steps on two processes), no random crop (DALI draws crops per process, so a one-process run would see
+other crops), plain SGD for the policy and DMCP's alphas (Adam turns rounding differences of near-zero gradients into
+full steps), and a small learning rate for DMCP's weights (at 0.1 its narrow random subnets grow rounding differences
+about 200-fold in one step: one process on 1 thread vs 2 threads differed by 5e-7 after the first step, 1e-4 after the
+second, and its alphas by 1e-2). A one-process run equals a P-process run stage by stage when it accumulates P
+micro-batches (`--stages.<stage>.grad-accum P`) and calibrates on P times the batches; tests/test_scale.py checks it for
+P = 2.
 """
 
 from dslim.config import Config, DataConfig, ModelConfig, OptimConfig
@@ -54,9 +54,7 @@ def recipe() -> Config:
             std=(0.5, 0.5, 0.5),
         ),
         stages=stages_config(
-            supernet=SandwichConfig(
-                sampler="groups", distill="inplace", optim=weights, global_batch=512, eval_subnets=("0.25",)
-            ),
+            supernet=SandwichConfig(sampler="groups", distill="inplace", optim=weights, eval_subnets=("0.25",)),
             search=SearchConfig(targets=(2.5e6,), batch_size=200),
             dmcp=DmcpConfig(
                 target_macs=1.2e6,
@@ -64,13 +62,10 @@ def recipe() -> Config:
                 width_step=0.05,
                 warmup=0.0,
                 optim=OptimConfig(lr=0.005, lr_batch=256, momentum=0.9, nesterov=True, weight_decay=4e-5),
-                global_batch=512,
                 arch_optim=OptimConfig(lr=0.05, lr_batch=256, weight_decay=0.0),
             ),
             bn_recalibration=BnCalibrationConfig(batches=2, subnets=("0.25",)),
-            policy=PolicyConfig(
-                curriculum_blocks=0, optim=OptimConfig(lr=0.05, lr_batch=256, weight_decay=0.0), global_batch=512
-            ),
+            policy=PolicyConfig(curriculum_blocks=0, optim=OptimConfig(lr=0.05, lr_batch=256, weight_decay=0.0)),
         ),
         pipeline=("supernet", "search", "dmcp", "bn_recalibration", "policy"),
     )

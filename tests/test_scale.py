@@ -6,10 +6,10 @@ Markov alphas reduced by the loop), BatchNorm recalibration (statistics summed) 
 
 - Every process says which of the two it is, and every stage's weights hash the same on both (dslim checks it
   itself, `dslim.training.replicas`; the logs show it).
-- Each stage equals the same stage run by one process with the same global batch (`global_batch`: it accumulates the two
-  processes' micro-batches), started from the same input, to the tolerance of tests/test_distributed.py. Started from
-  the two-node run's previous artifact rather than the reference's own: rounding differences of one stage (1e-7) grow to
-  1e-4 over the next stage's steps on this small network (measured), and that growth would say nothing about
+- Each stage equals the same stage run by one process accumulating the two processes' micro-batches (the same global
+  batch), started from the same input, to the tolerance of tests/test_distributed.py. Started from the two-node
+  run's previous artifact rather than the reference's own: rounding differences of one stage (1e-7) grow to 1e-4
+  over the next stage's steps on this small network (measured), and that growth would say nothing about
   synchronization.
 - Elastic: with `--max-restarts 1`, one node's worker is killed (SIGKILL) mid-stage; both agents restart their
   workers, which resume from the last complete checkpoint and end with exactly the weights of the uninterrupted run,
@@ -42,9 +42,10 @@ from safetensors.torch import load_file
 RECIPE = ["--recipe", "scale_digits"]
 STAGES = ["supernet", "search", "dmcp", "bn_recalibration", "policy"]
 TRAINED = ["supernet", "dmcp", "bn_recalibration", "policy"]
-# The one-process reference of a two-process stage: the recipe fixes each training stage's global batch (one process
-# accumulates the two processes' micro-batches); BatchNorm calibration counts its batches per process.
-ONE_PROCESS = {"bn_recalibration": ["--stages.bn-recalibration.batches", "4"]}
+# The one-process reference of a two-process stage: the same global batch, as two accumulated micro-batches.
+ONE_PROCESS = {"supernet": ["--stages.supernet.grad-accum", "2"], "dmcp": ["--stages.dmcp.grad-accum", "2"],
+               "policy": ["--stages.policy.grad-accum", "2"], "bn_recalibration": ["--stages.bn-recalibration.batches",
+               "4"]}  # fmt: skip
 # Each reference run: its stages, and the two-node stages copied in first as its input (with the run's record, so
 # that the reference continues that run; only the settings of stages it has not started may differ).
 REFERENCES = [(["supernet"], []), (["search", "dmcp"], ["supernet"]),

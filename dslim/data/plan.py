@@ -1,14 +1,14 @@
 """Which images one process reads in one epoch, in which order, with which seeds: decided once for every backend.
 
 - Training: every process draws the same permutation of the whole split from `(seed, epoch)` and reads it as global
-  batches: batch `i * num_shards + s` of the permutation is process `s`'s `i`-th batch. So shards are disjoint, every
-  process gets `n // num_shards` images and runs the same number of steps, and P processes read, step by step, the
-  images one process reads when it accumulates P micro-batches per step (a stage's `global_batch` fixed, or `grad_accum`
-  P): runs with different numbers of processes stay comparable (tests/test_scale.py). Nothing is padded: a process's
-  last partial batch is dropped, so an epoch leaves out fewer than `num_shards * (batch_size + 1)` images, other ones
-  each epoch. Augmentations are seeded from `(seed, epoch, shard)` (DALI, one seed per pipeline) or from `(seed, epoch,
-  image)` (PIL). Hence the same `(seed, epoch, shard)` gives the same batches, and a resumed run rebuilds epoch `e`
-  exactly.
+  batches: batch `i * num_shards + s` of the permutation is process `s`'s `i`-th batch. So shards are disjoint,
+  every process gets `n // num_shards` images and runs the same number of steps, and P processes read, step by step,
+  the images one process reads when it accumulates P micro-batches per step (`--stages.<stage>.grad-accum P`): runs
+  with different numbers of processes stay comparable (tests/test_scale.py). Nothing is padded: a process's last
+  partial batch is dropped, so an epoch leaves out fewer than `num_shards * (batch_size + 1)` images, other ones
+  each epoch. Augmentations are seeded from `(seed, epoch, shard)` (DALI, one seed per pipeline) or from
+  `(seed, epoch, image)` (PIL). Hence the same `(seed, epoch, shard)` gives the same batches, and a resumed run
+  rebuilds epoch `e` exactly.
 - Evaluation (`val`, `holdout`): the split in its fixed order, cut into `num_shards` contiguous parts (sizes differ
   by at most one, as DALI cuts them), the last batch partial: every image is seen exactly once over all processes,
   with no padding. Processes may therefore run one batch more or fewer than each other: sum (correct, total) per
