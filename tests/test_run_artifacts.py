@@ -51,7 +51,13 @@ def test_model_folder_card_equals_the_run(run, tmp_path, capsys):
     folder = tmp_path / "us-050"
     export(["--run", str(run), "--subnet", "0.5", "--format", "folder", "--out", str(folder)])
     capsys.readouterr()
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "pareto.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".dslim",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "pareto.png",
+    ]
     card = json.loads((folder / "config.json").read_text())
     evaluated = {r["subnet"]: r for r in json.loads((run / "eval.json").read_text())["subnets"]}
     assert card["accuracy"] == {"top1": evaluated["0.5"]["top1"], "top5": evaluated["0.5"]["top5"],

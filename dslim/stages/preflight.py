@@ -23,6 +23,7 @@ from accelerate import Accelerator
 
 from dslim.config import Config, option_name
 from dslim.errors import UserError
+from dslim.io import preprocessing
 from dslim.io.artifacts import load_supernet
 from dslim.models import from_config
 from dslim.models.base import Supernet
@@ -80,6 +81,8 @@ def start_from(
         net, meta = load_supernet(path, arch_of(config.model))
     except UserError as e:
         raise UserError(f"--from {e}") from None
+    # its weights need the inputs they were trained on
+    preprocessing.check_matches(preprocessing.read(meta, path), config.data, path)
     with torch.device("meta"):
         want = from_config(config.model)
     groups = sorted(set(net.groups) | set(want.groups))

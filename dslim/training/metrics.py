@@ -33,7 +33,8 @@ class MetricsLog:
             if text and not text.endswith("\n"):
                 text = text[: text.rfind("\n") + 1]
                 write_text(self.path, text)
-            self.steps = RunSteps([json.loads(line) for line in text.splitlines()])
+            lines = text.splitlines()
+            self.steps = RunSteps([parse(s, f"{self.path} line {i + 1}", METRICS_RECORD) for i, s in enumerate(lines)])  # type: ignore[misc]
 
     def _text(self) -> str:
         return read_text(self.path, "metrics log", max_bytes=MAX_LOG_BYTES)
