@@ -50,8 +50,11 @@ def test_first_steps_do_not_rerandomize_depthwise_convs(tmp_path, digits_cache):
 
 
 @pytest.mark.slow
-def test_supernet_loss_falls_within_two_epochs(tmp_path, digits_cache):
-    _, _, losses = train(tmp_path, digits_cache, 2, 22)  # the recipe's warm-up epoch, then one at the peak rate
-    assert len(losses) == 44 and all(torch.isfinite(torch.tensor(losses)))
+def test_supernet_loss_falls_within_three_epochs(tmp_path, digits_cache):
+    # the recipe's warm-up epoch, then two at the peak rate: the loss of the four sandwich subnets stays near
+    # 4 ln 10 through the warm-up and falls in the epochs after it (measured: to 0.67 of its start on one thread,
+    # 0.58 on two; after only two epochs it was 0.87 on one thread, too close to call)
+    _, _, losses = train(tmp_path, digits_cache, 3, 22)
+    assert len(losses) == 66 and all(torch.isfinite(torch.tensor(losses)))
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
-    assert last < 0.85 * first, (first, last)
+    assert last < 0.8 * first, (first, last)
