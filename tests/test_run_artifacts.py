@@ -137,10 +137,11 @@ def test_dynamic_model_folders(tmp_path, capsys):
     export(["--run", str(run), "--dynamic", "--format", "folder", "--out", str(alone)])
     export(["--run", str(run), "--format", "folder", "--out", str(whole), "--subnets", "uniform-0", "uniform-2"])
     capsys.readouterr()
+    card = json.loads((alone / "config.json").read_text())
     for model in (dslim.load_subnet(alone), dslim.load_subnet(whole, subnet="dynamic")):
         assert type(model).__name__ == "RoutedNet"
         torch.testing.assert_close(_outputs(model, x), expected, atol=1e-5, rtol=1e-5)
-    card = json.loads((alone / "config.json").read_text())
+        assert model.preprocessing == card["preprocessing"]  # the inputs it was trained on travel with it
     assert card["dynamic"] and card["accuracy"]["top1"] == 83.0
     readme = (whole / "README.md").read_text()
     assert "| **dynamic** | 12.50 |" in readme and "| **uniform-2** |" in readme

@@ -325,4 +325,5 @@ def _slice(net: Supernet, meta: dict, path: str | os.PathLike, name: str | None)
         model = extract(net, found)
         model.dslim_meta["name"] = name
     model.input_size = _input_size(meta, path)
+    model.preprocessing = preprocessing.read(meta, path)  # a slice's inputs are the supernet's
     return model
