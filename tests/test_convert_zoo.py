@@ -136,6 +136,19 @@ def test_onnx_export_and_reload_without_source(tmp_path, name):
         torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_users_line_is_found_whatever_its_folder_is_called():
+    # a user's code in a folder named `dslim` (a clone of this repository) or `torch` is still the user's
+    from types import SimpleNamespace
+
+    from dslim.models.convert.analysis import LIBRARIES, source_of
+
+    own = f'File "{LIBRARIES[1]}models/convert/trace.py", line 9, in call'
+    for folder in ("/home/me/dslim/experiments", "/srv/torch/models"):
+        trace = f'File "{folder}/net.py", line 42, in forward\n    x = x.roll(1, 1)\n{own}\n    y = f(x)'
+        assert source_of(SimpleNamespace(stack_trace=trace, name="roll")) == "net.py:42"
+    assert source_of(SimpleNamespace(stack_trace=own, name="roll")) == "roll"
+
+
 def test_what_cannot_be_sliced_stays_at_full_width_and_is_named():
     _, net = converted("custom_op")
     text = net.describe()

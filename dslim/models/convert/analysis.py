@@ -7,6 +7,7 @@ pass over the traced graph(s) found; `Pass` is what a rule may ask of the pass r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 import torch.fx as fx
 
 from dslim.models.convert import atoms as A
+
+LIBRARIES = tuple(str(p) + "/" for p in (Path(torch.__file__).resolve().parent, Path(__file__).resolve().parents[2]))
+"""Folders whose frames are not the user's code (by folder, not by name: a user's file may sit under `.../dslim/`)."""
 
 
 @dataclass
@@ -95,9 +99,11 @@ def source_of(node: fx.Node) -> str:
     trace = (node.stack_trace or "").strip().splitlines()
     for line in reversed(trace):
         line = line.strip()
-        if line.startswith("File ") and "/torch/" not in line and "/dslim/" not in line:
+        if line.startswith("File "):
             path, _, rest = line.removeprefix("File ").partition(", line ")
-            return f"{path.strip(chr(34)).rsplit('/', 1)[-1]}:{rest.split(',')[0]}"
+            path = path.strip(chr(34))
+            if not str(Path(path).resolve()).startswith(LIBRARIES):
+                return f"{path.rsplit('/', 1)[-1]}:{rest.split(',')[0]}"
     return node.name
 
 
