@@ -333,8 +333,11 @@ def test_blockdrop_digits_pipeline_learns_reports_and_exports(tmp_path, digits_c
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dslim.train", "--recipe", str(ROOT / "recipes" / "blockdrop_digits.py"),
            "--out-dir", str(out), "--data.cache-dir", str(digits_cache), "--stages.pretrain.epochs", "4",
-           "--stages.pretrain.drop-rate", "0", "--stages.policy.epochs", "1", "--stages.policy.curriculum-blocks", "15",
-           "--stages.finetune.epochs", "1"]  # fmt: skip
+           "--stages.pretrain.drop-rate", "0.1", "--stages.policy.epochs", "1", "--stages.policy.curriculum-blocks",
+           "15", "--stages.finetune.epochs", "1"]  # fmt: skip
+    # A little stochastic depth: one policy epoch leaves the policy near random (it drops about half the blocks), and
+    # a ResNet pretrained without it then stood at chance for some seeds (dynamic top-1 12, 60, 88, 86% over seeds
+    # 0-3); with 0.1 it was 81, 85 and 88% (seeds 0-2).
     done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
