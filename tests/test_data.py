@@ -138,6 +138,22 @@ def test_training_shards_are_disjoint_and_equal_in_length(cache: Path) -> None:
     assert len(shards[0]) == len(shards[1])
 
 
+def test_processes_read_what_one_process_accumulating_their_batches_reads(cache: Path) -> None:
+    """Step by step, 3 processes read the images of 1 process accumulating 3 micro-batches per step: the sharding
+    that makes P-process runs comparable with one-process runs of the same global batch."""
+    cfg = config(cache, batch_size=10)
+    one = build_loader(cfg, "train", 32, epoch=2).order()
+    three = [build_loader(cfg, "train", 32, shard_id=s, num_shards=3, epoch=2) for s in range(3)]
+    steps = len(three[0])
+    assert steps == len(one) // 10 // 3 == 1437 // 30
+    for step in range(steps):
+        together = np.concatenate([shard.order()[step * 10 : (step + 1) * 10] for shard in three])
+        assert np.array_equal(together, one[step * 30 : (step + 1) * 30]), step
+    # 1437 = 3 x 479: each process drops the last 9 of its 479 images; the epoch leaves out 27, none twice
+    left_out = set(one) - {int(i) for shard in three for i in shard.order()[: steps * 10]}
+    assert len(left_out) == 27
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_and_epoch_give_the_same_batches(cache: Path, backend: str) -> None:
     cfg = config(cache, loader=backend, batch_size=128)

@@ -1,15 +1,22 @@
 """Which images one process reads in one epoch, in which order, with which seeds: decided once for every backend.
 
-- Training: every process draws the same permutation of the whole split from `(seed, epoch)` and takes its own
-  contiguous `n // num_shards` images of it, so shards are disjoint, every process runs the same number of steps,
-  and the few images left over differ from epoch to epoch. Augmentations are seeded from `(seed, epoch, shard)`.
-  Hence the same `(seed, epoch, shard)` gives the same batches, and a resumed run rebuilds epoch `e` exactly.
+- Training: every process draws the same permutation of the whole split from `(seed, epoch)` and reads it as global
+  batches: batch `i * num_shards + s` of the permutation is process `s`'s `i`-th batch. So shards are disjoint, every
+  process gets `n // num_shards` images and runs the same number of steps, and P processes read, step by step, the
+  images one process reads when it accumulates P micro-batches per step (a stage's `global_batch` fixed, or `grad_accum`
+  P): runs with different numbers of processes stay comparable (tests/test_scale.py). Nothing is padded: a process's
+  last partial batch is dropped, so an epoch leaves out fewer than `num_shards * (batch_size + 1)` images, other ones
+  each epoch. Augmentations are seeded from `(seed, epoch, shard)` (DALI, one seed per pipeline) or from `(seed, epoch,
+  image)` (PIL). Hence the same `(seed, epoch, shard)` gives the same batches, and a resumed run rebuilds epoch `e`
+  exactly.
 - Evaluation (`val`, `holdout`): the split in its fixed order, cut into `num_shards` contiguous parts (sizes differ
   by at most one, as DALI cuts them), the last batch partial: every image is seen exactly once over all processes,
   with no padding. Processes may therefore run one batch more or fewer than each other: sum (correct, total) per
   process and reduce once after the loop, not per batch.
-- WebDataset through DALI is the exception: DALI's reader shards the stored order itself and shuffles training
-  samples in a buffer of images only, so shards should be shuffled when they are written.
+- WebDataset through DALI is the exception: DALI's reader shards the stored order itself (contiguous parts) and
+  shuffles training samples in a buffer of images only, so shards should be shuffled when they are written, and
+  runs with different numbers of processes read different batches. Every process still stops after the same number
+  of whole batches.
 """
 
 from __future__ import annotations
@@ -32,6 +39,19 @@ HOLDOUT_SEED = 0
 def contiguous_share(n: int, shard_id: int, num_shards: int) -> np.ndarray:
     """Shard `shard_id`'s part of `range(n)` cut into `num_shards` contiguous parts, as DALI's readers cut it."""
     return np.arange(n * shard_id // num_shards, n * (shard_id + 1) // num_shards)
+
+
+def interleaved_share(order: np.ndarray, shard_id: int, num_shards: int, batch_size: int) -> np.ndarray:
+    """Shard `shard_id`'s `len(order) // num_shards` images of `order`, read as global batches of `num_shards`
+    batches of `batch_size`: its `i`-th batch is the global order's batch `i * num_shards + shard_id`. The images
+    left after the last whole global batch are cut into `num_shards` contiguous parts, so every shard gets the same
+    number; `len(order) % num_shards` images are left out."""
+    per_shard = len(order) // num_shards
+    whole = per_shard // batch_size
+    head = order[: whole * num_shards * batch_size].reshape(whole, num_shards, batch_size)[:, shard_id]
+    rest = order[whole * num_shards * batch_size :]
+    left = per_shard - whole * batch_size
+    return np.concatenate([head.reshape(-1), rest[shard_id * left : (shard_id + 1) * left]])
 
 
 def eval_resize(image_size: int, crop_fraction: float) -> int:
@@ -97,9 +117,8 @@ class Plan:
         """Indices into `images` that this process reads this epoch, in reading order."""
         n, k, s = len(self.images), self.num_shards, self.shard_id
         if self.train:
-            per_shard = n // k
-            permutation = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            return permutation[s * per_shard : (s + 1) * per_shard]
+            return interleaved_share(np.random.default_rng([self.seed, self.epoch]).permutation(n), s, k,
+                                     self.batch_size)  # fmt: skip
         return contiguous_share(n, s, k)
 
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from dslim.stages.run import resolve
 from dslim.subnet import Subnet
 from dslim.training import Method, MetricsLog, Trainer
 from dslim.training.optim import split_batch
+from dslim.training.replicas import agree, parameter_digest, text_digest
 
 
 def batching(cfg: object, most: int, stage: str, processes: int) -> tuple[int, int]:
@@ -158,7 +160,9 @@ class StageContext:
     def save_supernet(self, net: Supernet, kind: str = "supernet", **extra: object) -> None:
         """Write this stage's `supernet` artifact (or another `kind` of the layout; the main process writes, every
         process waits for it), with the recipe and resolved config it was trained with (`training`) and the input
-        convention of its data (`preprocessing`)."""
+        convention of its data (`preprocessing`), once every process is found to hold the same parameters
+        (`dslim.training.replicas`)."""
+        self.accelerator.print(f"{self.name}: " + agree(self.accelerator, "parameters", parameter_digest(net)))
         if self.accelerator.is_main_process:
             training = {"recipe": self.recipe, "config": config_json(self.config)}
             size = self.config.model.input_size
@@ -168,7 +172,10 @@ class StageContext:
         self.accelerator.wait_for_everyone()
 
     def save_subnets(self, net: Supernet, subnets: Mapping[str, Subnet], scores: Mapping[str, dict]) -> None:
-        """Write this stage's named-subnets file: each subnet with its MACs, params and `scores[name]`."""
+        """Write this stage's named-subnets file: each subnet with its MACs, params and `scores[name]`, once every
+        process is found to hold the same subnets."""
+        found = json.dumps({name: subnet.to_json() for name, subnet in subnets.items()}, sort_keys=True)
+        self.accelerator.print(f"{self.name}: " + agree(self.accelerator, "subnets", text_digest(found)))
         if self.accelerator.is_main_process:
             size = self.config.model.input_size
             entries = {}

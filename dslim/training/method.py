@@ -28,6 +28,21 @@ SUBNET_STREAM = 0x5EED
 """Third seed word of the per-step generator, so its draws never coincide with the loader's `(seed, epoch)`."""
 
 
+TORCH_STREAM = 0x70C4
+"""Third seed word of the per-micro-batch seed of torch's generator (`seed_draws`)."""
+
+
+def seed_draws(seed: int, step: int, update: int, micro: int) -> None:
+    """Seed torch's global generator for micro-batch `micro` of the global batch of `update` of `step`.
+
+    Dropout, sampled masks and any other torch draw of a pass then depend on which images it sees, not on how the
+    global batch is spread over processes: P processes draw what one process accumulating P micro-batches draws,
+    processes draw independently of each other, and a resumed step draws what it drew the first time.
+    """
+    words = [seed, step, TORCH_STREAM, update, micro]
+    torch.manual_seed(int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
 @dataclass(frozen=True)
 class Where:
     """Where in its stage a step is: methods switch phases on this."""

@@ -1,4 +1,5 @@
-"""The process around training: the Accelerator, and stopping cleanly on Ctrl-C or a scheduler's SIGTERM."""
+"""The process around training: the Accelerator (checked against the launch, `dslim.training.launch`), what DDP and
+DeepSpeed are told before `prepare`, and stopping cleanly on Ctrl-C or a scheduler's SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from collections.abc import Sequence
 from types import FrameType
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import DistributedType
+from torch import nn
 
 from dslim.errors import Stopped, UserError
+from dslim.training.launch import check_launch, check_world
 
-__all__ = ["StopRequests", "Stopped", "make_accelerator", "tune_allocator"]
+__all__ = ["StopRequests", "Stopped", "configure_wrappers", "make_accelerator", "tune_allocator"]
 
 MMAP_THRESHOLD = 32 * 2**20
 """Allocations above this go straight to mmap (glibc's dynamic default starts at 128 KiB and grows)."""
@@ -44,14 +48,13 @@ def make_accelerator(
     """The run's one Accelerator (Accelerate keeps its state per process, so stages share it), logging to
     `trackers` (`dslim.training.trackers.make_trackers`).
 
-    Refuses the silent failures of multi-process launches: processes that each train alone, DeepSpeed dropped.
-    Also tunes the allocator (`tune_allocator`): every command that trains or evaluates comes through here.
+    Refuses the launches that would silently train alone, on the wrong device or at another precision
+    (`dslim.training.launch`). Also tunes the allocator (`tune_allocator`): every command that trains or evaluates
+    comes through here.
     """
     tune_allocator()
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
-    if deepspeed and os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true"):
-        raise UserError("ACCELERATE_USE_CPU=true turns DeepSpeed off silently: unset it to run DeepSpeed on a CPU")
-    if deepspeed and not torch.cuda.is_available():
+    check_launch(os.environ, torch.cuda.device_count(), mixed_precision)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and not torch.cuda.is_available():
         PartialState(backend="gloo")  # without it every DeepSpeed rank on CPU believes it is rank 0
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--mixed-precision fp16 needs a GPU (on CPU Accelerate would silently run fp32); use bf16")
@@ -60,13 +63,34 @@ def make_accelerator(
         log_with=list(trackers) or None,
         project_dir=None if project_dir is None else str(project_dir),
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != launched:
-        raise UserError(
-            f"launched as {launched} processes but Accelerate sees {accelerator.num_processes}: each would train "
-            "alone; on CPU set ACCELERATE_USE_CPU=true (DDP) or ACCELERATE_USE_DEEPSPEED=true (DeepSpeed)"
-        )
+    check_world(accelerator, os.environ)
     return accelerator
+
+
+def configure_wrappers(
+    accelerator: Accelerator, net: nn.Module, batch_size: int, grad_clip: float, outside: Sequence[nn.Parameter]
+) -> None:
+    """Tell DDP or DeepSpeed, before `prepare`, what the training loop does itself: accumulation, clipping of
+    `grad_clip`, and the reduction of the `outside` parameters (the sets other than the main one)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        # Explicit, whatever a config file said: DeepSpeed clips to 1.0 when unset, and we accumulate ourselves.
+        ds["gradient_clipping"] = grad_clip
+        ds["train_micro_batch_size_per_gpu"] = batch_size
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_batch_size"] = batch_size * accelerator.num_processes
+        ds.setdefault("zero_allow_untested_optimizer", True)
+        if ds.get("bf16", {}).get("enabled"):
+            # DeepSpeed's bf16 casts the parameters, not the inputs or BatchNorm's fp32 statistics (a dtype error at
+            # the first conv); its torch_autocast keeps fp32 weights and runs convs and matmuls in bf16.
+            ds["bf16"] = {"enabled": False}
+            ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif accelerator.num_processes > 1:
+        # Some parameters get no gradient in some passes (switchable BN affines of other widths, dropped blocks):
+        # cheap to search for in a CNN, and a hang or an error otherwise.
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        ids = {id(p) for p in outside}
+        net._ddp_params_and_buffers_to_ignore = [n for n, p in net.named_parameters() if id(p) in ids]  # read by DDP
 
 
 class StopRequests:

@@ -16,6 +16,10 @@ Choices made here, and why:
   DDP is told to ignore it, the engine never sees it in its optimizer, and the loop all-reduces its gradients
   itself (one flat all-reduce, a mean) before a plain torch optimizer steps it. Partitioning a few thousand
   parameters with ZeRO would save nothing, and this way DDP and DeepSpeed runs treat them identically.
+- Torch's generator is seeded before each micro-batch's passes from (seed, step, update, the micro-batch's place in
+  the global batch), so dropout and sampled masks follow the images, not the process: P processes draw what one
+  process accumulating P micro-batches draws (the loader deals it the same images, `dslim.data.plan`), and no two
+  processes draw the same noise.
 - Checkpoints (`dslim.training.checkpointing`) are written whole or not at all. Resume rebuilds the epoch's loader
   (deterministic per seed and epoch) and skips the micro-batches already done.
 - What it logs goes through `dslim.training.metrics` (`metrics.jsonl`, TensorBoard, the progress bars).
@@ -31,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
@@ -39,10 +43,10 @@ from dslim.config import TrainConfig
 from dslim.errors import UserError
 from dslim.models.base import Supernet
 from dslim.training.checkpointing import checkpoints, resume_checkpoint, save_checkpoint
-from dslim.training.method import Batch, Method, StepContext, Update, Where
+from dslim.training.method import Batch, Method, StepContext, Update, Where, seed_draws
 from dslim.training.metrics import MetricsLog, mean_over, progress_bars, summary_line
 from dslim.training.optim import ParamSet, build_optimizer, lr_at, peak_lr
-from dslim.training.runtime import Stopped, StopRequests
+from dslim.training.runtime import Stopped, StopRequests, configure_wrappers
 
 
 @torch.no_grad()
@@ -95,27 +99,10 @@ class Trainer:
         optimizers = {
             name: build_optimizer(supernet, s.params, s.optim, self.peaks[name]) for name, s in self.sets.items()
         }
-        self._configure_distributed()
+        outside = [p for name, s in self.sets.items() if name != self.main for p in s.params]
+        configure_wrappers(accelerator, supernet, batch_size, self.sets[self.main].optim.grad_clip, outside)
         self.model, optimizers[self.main] = accelerator.prepare(supernet, optimizers[self.main])
         self.optimizers = optimizers
-
-    def _configure_distributed(self) -> None:
-        acc, main = self.accelerator, self.sets[self.main]
-        if acc.distributed_type == DistributedType.DEEPSPEED:
-            ds = acc.state.deepspeed_plugin.deepspeed_config
-            # Explicit, whatever a config file said: DeepSpeed clips to 1.0 when unset, and we accumulate ourselves.
-            ds["gradient_clipping"] = main.optim.grad_clip
-            ds["train_micro_batch_size_per_gpu"] = self.batch_size
-            ds["gradient_accumulation_steps"] = 1
-            ds["train_batch_size"] = self.batch_size * acc.num_processes
-            ds.setdefault("zero_allow_untested_optimizer", True)
-        elif acc.num_processes > 1:
-            # Some parameters get no gradient in some passes (switchable BN affines of other widths, dropped blocks):
-            # cheap to search for in a CNN, and a hang or an error otherwise.
-            acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
-            others = {id(p) for name, s in self.sets.items() if name != self.main for p in s.params}
-            ignored = [n for n, p in self.supernet.named_parameters() if id(p) in others]
-            self.supernet._ddp_params_and_buffers_to_ignore = ignored  # read by DistributedDataParallel
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -259,13 +246,15 @@ class Trainer:
             images, labels = next(batches)
             micro_batches.append((images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)))
         totals: dict[str, torch.Tensor] = {}
-        for update in self.method.updates(where, list(self.sets)):
+        for u, update in enumerate(self.method.updates(where, list(self.sets))):
             trains_main = self.main in update.sets
             partial = set(update.sets) != set(self.sets)
             if partial:
                 self._train_only(update.sets)
             model = self.model if trains_main else self.supernet
             for micro, batch in enumerate(micro_batches):
+                # this micro-batch's place in the global batch, as the loader deals them (`dslim.data.plan`)
+                seed_draws(self.seed, where.step, u, micro * acc.num_processes + acc.process_index)
                 ctx = StepContext(acc, model, self.supernet, self.ema, cfg, self.seed, where, micro, trains_main)
                 for k, v in update.passes(model, batch, ctx).items():
                     totals[k] = totals.get(k, 0) + v.detach().float() / cfg.grad_accum
