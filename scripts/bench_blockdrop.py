@@ -11,6 +11,7 @@ times in a row, and the last line says in how many every row met the goal.
     python scripts/bench_blockdrop.py                  # synthetic: ResNet-110 with a policy keeping ~60% of blocks
     python scripts/bench_blockdrop.py --run D          # a trained BlockDrop run (its last stage's supernet)
     python scripts/bench_blockdrop.py --arch cifar_resnet32 --images 256 --repeats 7 --threads 2
+    python scripts/bench_blockdrop.py --runs 1 --breakdown   # then where the routed time goes: policy, blocks, routing
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from benchlib import load, measure, weight_mb
+from benchlib import breakdown, load, measure, weight_mb
 
 from dslim.deploy.extraction import extract_dynamic
 from dslim.models import create_supernet
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--runs", type=int, default=3, help="whole measurements in a row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--breakdown", action="store_true", help="then time the routed model graph by graph")
     args = parser.parse_args()
     tune_allocator()
     if args.threads:
@@ -96,6 +98,9 @@ def main() -> None:
     print(f"weights: deployed dynamic model {weight_mb(routed):.1f} MB (policy included), full ResNet "
           f"{weight_mb(full):.1f} MB")  # fmt: skip
     measure([(net.arch, full, routed, x, macs_speedup)], args.runs, args.repeats, GOAL)
+    if args.breakdown:  # graphs named `block-K` are grouped as one kind
+        groups = [(1, [x[i : i + 1] for i in range(32)]), (64, [x[i : i + 64] for i in range(0, len(x), 64)])]
+        breakdown(routed, full, groups, args.repeats, kind=lambda name: name.rsplit("-", 1)[0])
 
 
 if __name__ == "__main__":

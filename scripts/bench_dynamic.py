@@ -25,12 +25,9 @@ import dslim  # noqa: F401  (first: sets torch's OpenMP wait policy as every dsl
 # isort: on
 
 import argparse
-import statistics
-import time
 
 import torch
-from benchlib import load, measure, weight_mb
-from torch.utils.flop_counter import FlopCounterMode
+from benchlib import breakdown, load, measure, weight_mb
 
 from dslim.deploy.extraction import extract, extract_dynamic
 from dslim.models import create_supernet
@@ -101,61 +98,7 @@ def main() -> None:
           f"{weight_mb(static):.1f} MB")  # fmt: skip
     measure([("ds_mobilenet_v1", static, routed, x, macs_speedup)], args.runs, args.repeats, GOAL)
     if args.breakdown:
-        breakdown(routed, static, x, args.repeats)
-
-
-def breakdown(routed, static, x: torch.Tensor, repeats: int) -> None:  # type: ignore[no-untyped-def]
-    """Median time of each graph the routed model runs (at batch 1: summed over 16 images), as a share of the
-    static widest route's time, beside the graph's MAdds as a share of the widest route's."""
-    calls: list[tuple[str, float]] = []
-    run_graph = routed.run_graph
-
-    def timed(name, inputs):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        out = run_graph(name, inputs)
-        calls.append((name, time.perf_counter() - start))
-        return out
-
-    def flops(fn) -> float:  # type: ignore[no-untyped-def]
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
-
-    one = x[:1]
-    widest = flops(lambda: static(one))
-    shares: dict[str, float] = {}
-
-    def counted(name, inputs):  # type: ignore[no-untyped-def]
-        shares[name] = flops(lambda: run_graph(name, inputs)) / widest
-        return run_graph(name, inputs)
-
-    routed.run_graph = counted
-    for i in range(len(x)):  # every route's graph, each at batch 1
-        routed(x[i : i + 1])
-    routed.run_graph = timed
-    print("\nwhere the routed time goes (median of repeats; share of the static widest route's time | of its MAdds)")
-    for batch, images in ((1, [x[i : i + 1] for i in range(16)]), (64, [x])):
-        spent: dict[str, list[float]] = {}
-        static_s = []
-        for _ in range(repeats):
-            calls.clear()
-            start = time.perf_counter()
-            for im in images:
-                static(im)
-            static_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for im in images:
-                routed(im)
-            total = time.perf_counter() - start
-            per = {name: sum(t for n, t in calls if n == name) for name, _ in calls}
-            for name, t in {**per, "routing (gather, scatter, Python)": total - sum(per.values())}.items():
-                spent.setdefault(name, []).append(t)
-        base = statistics.median(static_s)
-        print(f"batch {batch}: static widest route {1000 * base / len(images):.2f} ms/batch")
-        for name, ts in spent.items():
-            macs = f"{shares[name]:.3f}" if name in shares else "-"
-            print(f"  {name:<34} time {statistics.median(ts) / base:.3f} | MAdds {macs}")
-    routed.run_graph = run_graph
+        breakdown(routed, static, [(1, [x[i : i + 1] for i in range(16)]), (64, [x])], args.repeats)
 
 
 def dsnet_macs_speedup(net, decisions: torch.Tensor, size: int) -> float:  # type: ignore[no-untyped-def]

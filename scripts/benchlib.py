@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from torch.utils.flop_counter import FlopCounterMode
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -104,3 +106,58 @@ def measure(models: Sequence[tuple[str, Callable, Callable, Any, float]], runs: 
                 print(text)
                 met[-1].append(ok)
     print(f"\nload {load()}; {verdict(met, goal)}")
+
+
+def _flops(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _per_graph(routed, images: Sequence[Any], kind: Callable[[str], str], cost: Callable) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """`cost(run)` of each graph call `routed` makes on `images` (`run()` makes the call), summed per kind."""
+    run_graph, spent = routed.run_graph, {}
+
+    def costed(name, inputs):  # type: ignore[no-untyped-def]
+        out: list = []
+        spent[kind(name)] = spent.get(kind(name), 0.0) + cost(lambda: out.append(run_graph(name, inputs)))
+        return out[0]
+
+    routed.run_graph = costed
+    try:
+        for im in images:
+            routed(im)
+    finally:
+        routed.run_graph = run_graph
+    return spent
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def breakdown(routed, static, groups: Sequence[tuple[int, Sequence[Any]]], repeats: int,
+              kind: Callable[[str], str] = lambda name: name) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """Where a deployed dynamic model's time goes: per kind of graph it runs (`kind(name)`; the rest is the routing
+    program itself: gather, scatter, Python), its share of the static model's time on the same images beside its
+    share of the static model's MAdds. A part whose time share exceeds its MAdds share caps the ratio whatever the
+    routing costs. `groups` are (batch size, the batches of images) pairs; times are medians of `repeats`."""
+    print("\nwhere the routed time goes (median of repeats; share of the static model's time | of its MAdds)")
+    for batch, images in groups:
+        macs = _per_graph(routed, images, kind, _flops)
+        static_macs = sum(_flops(partial(static, im)) for im in images)
+        static_s: list[float] = []
+        spent: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            static_s.append(sum(_seconds(partial(static, im)) for im in images))
+            per: dict[str, float] = {}  # graph times and the whole pass's time, from the same pass
+            total = _seconds(lambda: per.update(_per_graph(routed, images, kind, _seconds)))  # noqa: B023
+            for name, t in {**per, "routing (gather, scatter, Python)": total - sum(per.values())}.items():
+                spent.setdefault(name, []).append(t)
+        base = statistics.median(static_s)
+        print(f"batch {batch}: static {1000 * base / len(images):.2f} ms/batch")
+        for name, ts in spent.items():
+            share = f"{macs[name] / static_macs:.3f}" if name in macs else "-"
+            print(f"  {name:<34} time {statistics.median(ts) / base:.3f} | MAdds {share}")
