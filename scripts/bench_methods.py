@@ -8,7 +8,8 @@ What is measured per seed (the recipes are `recipes/<method>_hard.py`):
 - dsnet: the dynamic model's top-1 minus that of the cheapest uniform subnet with at least its mean MACs; routes
   used by at least 5% of the validation images; the rank correlation of image difficulty with route width.
 - snet: each switchable width's top-1 minus that of a network of that width trained alone (`--model.widths W
-  --model.max-width W`).
+  --model.max-width W`); the claim (sharing the weights costs no accuracy) holds when no width is more than a
+  point below, so a switchable width that beats its network trained alone counts as holding.
 - usnet: widths between the named ones (calibrated on the fly by `dslim.evaluate`) minus the line, in MACs,
   through their named neighbours.
 - autoslim: each searched subnet retrained minus the uniform width just above its MACs retrained the same way.
@@ -150,7 +151,7 @@ def snet(bench: Bench) -> tuple[dict, list]:
         alone = rows(bench.train("snet_hard", f"snet-alone-{w}", "--model.widths", w, "--model.max-width", w))[w]
         values[f"switchable - alone @{w}"] = joint[w]["top1"] - alone["top1"]
     points = [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in NAMED_WIDTHS]
-    return {**values, "holds": all(abs(v) <= 1.0 for v in values.values())}, points
+    return {**values, "holds": all(v >= -1.0 for v in values.values())}, points
 
 
 def usnet(bench: Bench) -> tuple[dict, list]:
@@ -206,7 +207,7 @@ def blockdrop(bench: Bench) -> tuple[dict, list]:
 
 METHODS: dict[str, tuple[str, Callable[[Bench], tuple[dict, list]]]] = {
     "dsnet": ("dynamic beats the uniform subnet of >= its MACs; > 1 route; harder images wider", dsnet),
-    "snet": ("each switchable width within a point of that width trained alone", snet),
+    "snet": ("no switchable width more than a point below that width trained alone", snet),
     "usnet": ("widths between the named ones, calibrated, no more than a point below the curve", usnet),
     "autoslim": ("searched subnets beat uniform widths of >= their MACs, both retrained", autoslim),
     "dmcp": ("the sampled subnet ties (within half a point) or beats the uniform width of >= its MACs", dmcp),
