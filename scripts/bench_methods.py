@@ -146,11 +146,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def snet(bench: Bench) -> tuple[dict, list]:
     joint = rows(bench.train("snet_hard", "snet"))
-    values = {}
+    values, points = {}, []
     for w in NAMED_WIDTHS:
         alone = rows(bench.train("snet_hard", f"snet-alone-{w}", "--model.widths", w, "--model.max-width", w))[w]
         values[f"switchable - alone @{w}"] = joint[w]["top1"] - alone["top1"]
-    points = [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in NAMED_WIDTHS]
+        points.append(("snet alone", alone["macs"], alone["top1"]))
+    points += [("snet switchable", joint[w]["macs"], joint[w]["top1"]) for w in NAMED_WIDTHS]
     return {**values, "holds": all(v >= -1.0 for v in values.values())}, points
 
 
@@ -221,21 +222,29 @@ def spread(values: list[float]) -> str:
     return f"{mean:+.2f} ± {sd:.2f}"
 
 
-def plot(points: dict[str, list], path: Path) -> None:
-    """Every method's points (mean over seeds of top-1 and MACs), one marker per kind of point."""
+def plot(points: dict[str, dict[int, list[tuple[float, float]]]], path: Path) -> None:
+    """Every method's points, each the mean over seeds of its MACs and top-1 with the top-1's spread as an error bar
+    (a searched subnet's MACs differ a little between seeds, so points are matched by their place in the method's
+    list, not by MACs); one marker and colour per kind of point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for i, (label, xy) in enumerate(sorted(points.items())):
-        xy = sorted(xy)
-        ax.plot([x / 1e6 for x, _ in xy], [y for _, y in xy], marker="osD^v<>*"[i % 8], linestyle="-" if len(xy) > 1
-                else "", label=label, color=f"C{i % 10}")  # fmt: skip
+    colours = plt.get_cmap("tab20").colors
+    for i, (label, by_place) in enumerate(sorted(points.items())):
+        xy = sorted(
+            (statistics.fmean(m for m, _ in runs), statistics.fmean(t for _, t in runs),
+             statistics.stdev(t for _, t in runs) if len(runs) > 1 else 0.0)
+            for runs in by_place.values()
+        )  # fmt: skip
+        ax.errorbar([x / 1e6 for x, _, _ in xy], [y for _, y, _ in xy], yerr=[e for _, _, e in xy], capsize=3,
+                    marker="osD^v<>*"[i % 8], linestyle="-" if len(xy) > 1 else "", label=label,
+                    color=colours[(2 * i) % 20 + (2 * i) // 20])  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("MACs (M, log scale)")
-    ax.set_ylabel("top-1 on digits-hard val (%)")
+    ax.set_ylabel("top-1 on digits-hard val (%), mean and sd over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -255,15 +264,15 @@ def main() -> None:
     args = parser.parse_args()
 
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    points: dict[str, dict[float, list[float]]] = {}
+    points: dict[str, dict[int, list[tuple[float, float]]]] = {}
     start = time.time()
     for seed in args.seeds:
         for method in args.methods:
             bench = Bench(args.runs, seed, args.threads, args.tiny, args.cache_dir)
             values, found = METHODS[method][1](bench)
             results[method].append(values)
-            for label, macs, top1 in found:
-                points.setdefault(label, {}).setdefault(round(macs), []).append(top1)
+            for place, (label, macs, top1) in enumerate(found):
+                points.setdefault(label, {}).setdefault(place, []).append((macs, top1))
             print(f"{method} seed {seed}: {values}; CPU seconds of its commands: {bench.cpu_seconds}", flush=True)
 
     print(f"\ndigits-hard, seeds {args.seeds}, OMP_NUM_THREADS={args.threads}, {time.time() - start:.0f} s wall"
@@ -274,7 +283,7 @@ def main() -> None:
         measured = "; ".join(f"{k} {spread([v[k] for v in per_seed])}" for k in per_seed[0] if k != "holds")
         holds = sum(v["holds"] for v in per_seed)
         print(f"| {method} | {METHODS[method][0]} | {measured} | {holds}/{len(per_seed)} seeds |")
-    plot({label: [(m, statistics.fmean(t)) for m, t in xy.items()] for label, xy in points.items()}, args.plot)
+    plot(points, args.plot)
     print(f"plot: {args.plot}")
 
 
