@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -293,9 +294,18 @@ def test_import_checkpoint_refuses_bad_files_in_one_line(tmp_path):
 
 
 # -- signals outside a training loop ------------------------------------------------------------------------------
+def _as_from_a_shell() -> None:
+    """In the child before exec: SIGINT and SIGTERM unblocked and at their default, as a shell starts a command. A
+    pytest worker may carry a blocked or ignored SIGINT from code an earlier test ran in it; exec keeps both, and
+    the child would then never see the Ctrl-C (seen in a full suite run: the command ran to the end, exit 0)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([PYTHON, "-m", *args], env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_shell)  # fmt: skip
 
 
 def _wait_until(proc: subprocess.Popen, ready) -> None:  # type: ignore[no-untyped-def]
