@@ -387,3 +387,29 @@ def test_export_command_writes_a_blockdrop_folder(tmp_path, capsys):
         expected, keep = net.forward_routed(x)
     np.testing.assert_array_equal(decisions, keep.long().numpy())
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_an_exported_graph_holds_or_names_its_weights_under_its_own_name(tmp_path, monkeypatch, inline):
+    """The dynamo exporter writes a model's weights to a file named after the graph's file and records that name in
+    the graph. Written as a temporary sibling, the graph named a temporary file, which the sweep of an interrupted
+    write removes: the graph kept must run after a sweep of its folder, and from a copy of what its name says."""
+    import dslim.deploy.onnx as onnx_export
+    from dslim.io.outputs import sweep
+
+    if not inline:  # a model over the inline limit: its weights in `<name>.onnx.data`, beside it
+        monkeypatch.setattr(onnx_export, "INLINE_BYTES", 0)
+    net = randomized(create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5)))
+    out = tmp_path / "out"
+    export_static(net, net.resolve("0.25"), out / "m.onnx", 32, exporter="dynamo")
+    assert sorted(p.name for p in out.iterdir()) == (["m.onnx"] if inline else ["m.onnx", "m.onnx.data"])
+    sweep([out])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), net.using(net.resolve("0.25")):
+        expected = net(x).numpy()
+    for folder in (out, copy):
+        np.testing.assert_allclose(onnx_runtime.load(folder / "m.onnx")(x.numpy()), expected, atol=1e-4)

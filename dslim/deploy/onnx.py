@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,13 +31,17 @@ from torch import nn
 from dslim.deploy.extraction import extract, extract_graphs
 from dslim.deploy.runtime import ROUTING, ROUTING_FORMAT, execute
 from dslim.errors import UserError
-from dslim.io import atomic_write, write_json
+from dslim.io import write_json
+from dslim.io.atomic import FILE_MODE, temporary_name, writing
 from dslim.io.outputs import check_folder, write_folder
 from dslim.models.base import Supernet
 from dslim.subnet import Subnet
 
 Exporter = Literal["dynamo", "torchscript"]
 OPSET = 18
+INLINE_BYTES = 3 << 29
+"""Weights up to this size (1.5 GiB) are stored inside the graph's file; an ONNX file cannot exceed 2 GiB, so a
+larger model's weights go to a file beside it, `<name>.onnx.data`."""
 
 
 def require(exporter: Exporter) -> None:
@@ -77,11 +83,37 @@ def export_module(
                     dynamic = {"dynamic_axes": {name: {0: "batch"} for name in (*input_names, *output_names)}}
                 torch.onnx.export(module, examples, tmp, input_names=list(input_names),
                                   output_names=list(output_names), opset_version=OPSET, dynamo=exporter == "dynamo",
-                                  **dynamic)  # fmt: skip
+                                  external_data=_weight_bytes(module) > INLINE_BYTES, **dynamic)  # fmt: skip
         finally:
             quiet.setLevel(level)
 
-    atomic_write(path, write)
+    _write_with_weights(Path(path), write)
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _write_with_weights(path: Path, write: Callable[[str], None]) -> None:
+    """`write(file)` into a temporary folder, under `path`'s own name, then every file it made moved beside `path`,
+    `path` last. An exporter names a weights file after the graph's file and records that name in the graph: written
+    as a temporary sibling, the graph would refer to a temporary name, which `dslim.io.outputs.sweep` removes and a
+    user copying `path` would not know to take. A crash leaves only the temporary folder (swept) or, before the
+    graph moves, a weights file nothing refers to yet."""
+    tmp = None
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temporary_name(path)))
+            write(str(tmp / path.name))
+            for made in sorted(tmp.iterdir(), key=lambda f: f.name == path.name):  # the graph last
+                with open(made, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(made, FILE_MODE)
+                os.replace(made, path.parent / made.name)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _image(input_size: int) -> torch.Tensor:
