@@ -120,7 +120,8 @@ def _per_graph(routed, images: Sequence[Any], kind: Callable[[str], str], cost: 
 
     def costed(name, inputs):  # type: ignore[no-untyped-def]
         out: list = []
-        spent[kind(name)] = spent.get(kind(name), 0.0) + cost(lambda: out.append(run_graph(name, inputs)))
+        part = kind(name) if isinstance(name, str) else "chain (a route's graphs in one call)"
+        spent[part] = spent.get(part, 0.0) + cost(lambda: out.append(run_graph(name, inputs)))
         return out[0]
 
     routed.run_graph = costed

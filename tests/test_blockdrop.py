@@ -262,6 +262,10 @@ def test_dynamic_export_routes_by_itself(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
         assert torch.equal(loaded.route(x), keep.long())
+        for i in range(len(x)):  # one image runs its route as one chain of graphs: the same logits and decisions
+            logits, decisions = loaded.routed(x[i : i + 1])
+            torch.testing.assert_close(logits, expected[i : i + 1], atol=1e-5, rtol=1e-5)
+            assert torch.equal(decisions, keep[i : i + 1].long())
     static = dslim.extract(net, net.largest())  # a static export has no policy
     assert static.policy is None
     assert sum(p.numel() for p in static.parameters()) == measure(net, 32).params

@@ -326,7 +326,7 @@ def test_blockdrop_folder_routes_like_pytorch(tmp_path, arch, size):
     assert torch.unique(keep, dim=0).shape[0] > 4 and keep.any(0).all() and not keep.all(0).any()
     shortcuts = [b for b, block in enumerate(net.blocks) if not isinstance(block.shortcut, torch.nn.Identity)]
     blocks = [f"block-{b}" for b in range(len(net.blocks))]
-    assert set(program["graphs"]) == {"prefix", "classifier", *blocks, *(f"shortcut-{b}" for b in shortcuts)}
+    assert set(program["graphs"]) == {"policy", "stem", "classifier", *blocks, *(f"shortcut-{b}" for b in shortcuts)}
     for graph in program["graphs"].values():
         onnx.checker.check_model(onnx.load(folder / graph["file"]), full_check=True)
     model = onnx_runtime.load(folder)

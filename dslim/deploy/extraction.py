@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.deploy.runtime import Arrays, execute
+from dslim.deploy.runtime import Arrays, execute, fuse_chains
 from dslim.errors import UserError
 from dslim.evaluation.calibration import has_statistics
 from dslim.io import preprocessing
@@ -154,6 +154,7 @@ class RoutedNet(nn.Module):
     def __init__(self, nets: Mapping[Subnet, nn.Module], plan: ExportPlan, input_size: int) -> None:
         super().__init__()
         self.plan, self.keys = plan, {s: s.key for s in nets}
+        self.chained = fuse_chains(plan.program)
         self.nets = nn.ModuleDict({s.key: net for s, net in nets.items()})
         for key, used in _used_layers(self.nets, plan, input_size).items():
             for name, m in list(self.nets[key].named_modules()):
@@ -161,14 +162,19 @@ class RoutedNet(nn.Module):
                     parent, _, attr = name.rpartition(".")
                     self.nets[key].get_submodule(parent)._modules[attr] = Pruned()
 
-    def run_graph(self, name: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        spec = self.plan.graphs[name]
-        out = getattr(self.nets[self.keys[spec.subnet]], spec.method)(*spec.args, *inputs)
-        return out if isinstance(out, tuple) else (out,)
+    def run_graph(self, name: str | tuple[str, ...], inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """One graph, or a chain of graphs one after the other (a BlockDrop route: `fuse_chains`)."""
+        for one in (name,) if isinstance(name, str) else name:
+            spec = self.plan.graphs[one]
+            out = getattr(self.nets[self.keys[spec.subnet]], spec.method)(*spec.args, *inputs)
+            inputs = out if isinstance(out, tuple) else (out,)
+        return tuple(inputs)
 
     @torch.no_grad()
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        env = execute(self.plan.program, self.run_graph, x, arrays=TORCH)
+        # One image runs its route's chain of graphs (BlockDrop: its kept blocks) in one call, with no routing step
+        # per block; a batch goes block by block, so that each block runs once on all the images that keep it.
+        env = execute(self.chained if len(x) == 1 else self.plan.program, self.run_graph, x, arrays=TORCH)
         out = self.plan.program["outputs"]
         return env[out["logits"]], torch.from_numpy(env[out["decisions"]]).to(x.device)
 

@@ -101,7 +101,7 @@ def _chains(step: Mapping, env: Mapping[str, np.ndarray]) -> tuple[np.ndarray, l
         if not all(0 <= k < len(link["graphs"]) for k, link in zip(row, links)):
             raise UserError(f"routing program: a decision in {row} has no graph")
         names = tuple(g for g in (link["graphs"][k] for k, link in zip(row, links)) if g is not None)
-        chains.append((*names, *step.get("then", ())) or None)
+        chains.append((*step.get("before", ()), *names, *step.get("then", ())) or None)
     return keys.reshape(-1), chains
 
 
@@ -156,8 +156,9 @@ def execute(
 def fuse_chains(program: Mapping) -> dict:
     """`program` with each run of two or more consecutive `dispatch` steps on one decision, each reading one tensor
     the one before made and nothing else reads, as one `chain` step (with the `run` steps that follow it the same
-    way, as its `then`): images grouped by their whole row of those decisions (a BlockDrop route: its keep bits),
-    each group running its chain of graphs once. It computes the same; a runtime that pays for every graph it enters
+    way, as its `then`, and the `run` step just before it that makes its input and nothing else, as its `before`):
+    images grouped by their whole row of those decisions (a BlockDrop route: its keep bits), each group running its
+    chain of graphs once. It computes the same; a runtime that pays for every graph it enters
     (onnxruntime reorders a tensor's memory layout at each graph's edges) runs each distinct chain as one graph
     instead (`OnnxDynamic`). Never written to routing.json."""
     steps = list(program["steps"])
@@ -183,8 +184,11 @@ def fuse_chains(program: Mapping) -> dict:
         while j < len(steps) and "run" in steps[j] and len(steps[j]["outputs"]) == 1 and feeds(last, steps[j]):
             then.append(steps[j]["run"])
             last, j = steps[j], j + 1
-        fused.append({"chain": steps[i]["dispatch"], "inputs": steps[i]["inputs"], "outputs": last["outputs"],
-                      "links": links, "then": then})  # fmt: skip
+        chain = {"chain": steps[i]["dispatch"], "inputs": steps[i]["inputs"], "outputs": last["outputs"],
+                 "links": links, "then": then}  # fmt: skip
+        if fused and "run" in fused[-1] and feeds(fused[-1], steps[i]):  # the graph making the chain's input
+            chain.update(inputs=fused[-1]["inputs"], before=[fused.pop()["run"]])
+        fused.append(chain)
         i = j
     return {**program, "steps": fused}
 

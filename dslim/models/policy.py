@@ -118,24 +118,33 @@ class PolicyRouting:
             keep = self.policy(x) >= 0.5  # type: ignore[misc]
             return self.forward_blocks(x, keep), keep
 
-    def prefix_and_policy(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stem's output and the policy's keep probabilities: the first graph of the export plan."""
-        return self.stem(x), self.policy(x)  # type: ignore[attr-defined, misc]
+    def keep_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The policy's keep probabilities: the first graph of the export plan."""
+        return self.policy(x)  # type: ignore[attr-defined, no-any-return]
+
+    def run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem alone: a graph of the export plan, apart from the policy so that a runtime may run it as the
+        first link of a route's chain (onnxruntime then keeps the blocks after it in its blocked layout)."""
+        return self.stem(x)  # type: ignore[attr-defined, no-any-return]
 
     def run_block(self, index: int, keep: bool, x: torch.Tensor) -> torch.Tensor:
         """Block `index` (or, not kept, its shortcut alone): one graph of the export plan."""
         return self.blocks[index].run(x, keep)  # type: ignore[attr-defined]
 
     def export_plan(self) -> ExportPlan:
-        """The stem with the policy as one graph; per block, the block as one graph and, where its shortcut is not
-        the identity (a stage change), the shortcut alone as another; then the classifier. Each image takes, at each
-        block, the graph of the decision it made (keep where p >= 0.5): an identity shortcut is no graph at all.
-        The routes a latency table times are the two extremes: every block kept, and none."""
+        """The policy as one graph, the stem as another; per block, the block as one graph and, where its shortcut
+        is not the identity (a stage change), the shortcut alone as another; then the classifier. Each image takes,
+        at each block, the graph of the decision it made (keep where p >= 0.5): an identity shortcut is no graph at
+        all. The routes a latency table times are the two extremes: every block kept, and none."""
         full, k = self.largest(), len(self.blocks)  # type: ignore[attr-defined]
-        graphs = {"prefix": GraphSpec(full, "prefix_and_policy", ("image",), ("x0", "keep_prob"))}
+        graphs = {
+            "policy": GraphSpec(full, "keep_probabilities", ("image",), ("keep_prob",)),
+            "stem": GraphSpec(full, "run_stem", ("image",), ("x0",)),
+        }
         steps: list[dict] = [
-            {"run": "prefix", "inputs": ["image"], "outputs": ["x0", "keep_prob"]},
+            {"run": "policy", "inputs": ["image"], "outputs": ["keep_prob"]},
             {"decide": "keep", "from": "keep_prob", "rule": "at_least", "value": 0.5},
+            {"run": "stem", "inputs": ["image"], "outputs": ["x0"]},
         ]
         for b, block in enumerate(self.blocks):
             x, y, run = f"x{b}", f"x{b + 1}", f"block-{b}"
