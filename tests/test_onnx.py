@@ -340,9 +340,15 @@ def test_blockdrop_folder_routes_like_pytorch(tmp_path, arch, size):
     uncompiled = onnx_runtime.OnnxDynamic(folder, cache_mb=0)  # no room: each chain graph by graph, same outputs
     np.testing.assert_allclose(uncompiled(x.numpy())[0], logits, atol=1e-5, rtol=1e-5)
     assert uncompiled.routes.stats["compiled"] == 0 < uncompiled.routes.stats["graph_by_graph"]
-    single, d = model(x[:1].numpy())  # one image: its own policy, no grouping
-    assert d.tolist() == keep[:1].long().tolist()
-    np.testing.assert_allclose(single, expected[:1].numpy(), atol=1e-4, rtol=1e-4)
+    assert chain["before"] == ["stem"]  # the stem is the chain's first link, the policy apart
+    small = onnx_runtime.OnnxDynamic(folder)
+    small.memo.size = 3  # a memo of single images' chains that must empty itself and refill on the way
+    for _ in range(2):
+        for i in range(len(x)):  # one image: its own policy, no grouping; each chain named once, then reused
+            single, d = small(x[i : i + 1].numpy())
+            assert d.tolist() == keep[i : i + 1].long().tolist()
+            np.testing.assert_allclose(single, expected[i : i + 1].numpy(), atol=1e-4, rtol=1e-4)
+            assert 0 < len(small.memo.known) <= 3
     # each block's graph holds that block's weights only (BN folded into its convs)
     for b, block in enumerate(net.blocks):
         convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]

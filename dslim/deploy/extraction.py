@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dslim.deploy.runtime import Arrays, execute, fuse_chains
+from dslim.deploy.runtime import Arrays, ChainMemo, execute, fuse_chains
 from dslim.errors import UserError
 from dslim.evaluation.calibration import has_statistics
 from dslim.io import preprocessing
@@ -154,7 +154,7 @@ class RoutedNet(nn.Module):
     def __init__(self, nets: Mapping[Subnet, nn.Module], plan: ExportPlan, input_size: int) -> None:
         super().__init__()
         self.plan, self.keys = plan, {s: s.key for s in nets}
-        self.chained = fuse_chains(plan.program)
+        self.chained, self.memo = fuse_chains(plan.program), ChainMemo()
         self.nets = nn.ModuleDict({s.key: net for s, net in nets.items()})
         for key, used in _used_layers(self.nets, plan, input_size).items():
             for name, m in list(self.nets[key].named_modules()):
@@ -174,7 +174,8 @@ class RoutedNet(nn.Module):
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One image runs its route's chain of graphs (BlockDrop: its kept blocks) in one call, with no routing step
         # per block; a batch goes block by block, so that each block runs once on all the images that keep it.
-        env = execute(self.chained if len(x) == 1 else self.plan.program, self.run_graph, x, arrays=TORCH)
+        program = self.chained if len(x) == 1 else self.plan.program
+        env = execute(program, self.run_graph, x, arrays=TORCH, memo=self.memo)
         out = self.plan.program["outputs"]
         return env[out["logits"]], torch.from_numpy(env[out["decisions"]]).to(x.device)
 

@@ -105,6 +105,26 @@ def _chains(step: Mapping, env: Mapping[str, np.ndarray]) -> tuple[np.ndarray, l
     return keys.reshape(-1), chains
 
 
+class ChainMemo:
+    """The chains of graphs single images took, per step and decision row, so that a runner called one image at a
+    time names each route's graphs once (a BlockDrop route is a walk over every block's decision). Bounded: emptied
+    when it holds `size` routes."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size, self.known = size, {}  # type: ignore[var-annotated]
+
+    def chains(self, index: int, step: Mapping, env: Mapping[str, np.ndarray]) -> tuple:
+        decisions = env[step["chain"]]
+        if len(decisions) != 1:
+            return _chains(step, env)
+        key = (index, decisions.tobytes())
+        if key not in self.known:
+            if len(self.known) >= self.size:
+                self.known.clear()
+            self.known[key] = _chains(step, env)
+        return self.known[key]
+
+
 def _keys(step: Mapping, env: Mapping[str, np.ndarray], decision: str) -> np.ndarray:
     keys = env[decision]
     return keys[:, step["column"]] if step.get("column") is not None else keys
@@ -117,6 +137,7 @@ def execute(
     force: Mapping[str, object] | None = None,
     every_graph: bool = False,
     arrays: Arrays = NUMPY,
+    memo: ChainMemo | None = None,
 ) -> dict[str, Any]:
     """Run a routing program on a batch; returns every tensor it named (`program["outputs"]` says which matter).
 
@@ -124,11 +145,12 @@ def execute(
     other (`chain` steps: `fuse_chains`). `force` gives decisions to take instead of deciding (a route's
     `program["routes"][name]["decisions"]`: every image takes them). `every_graph`: each dispatch runs all its
     graphs on the whole batch and continues with the first one's outputs (export uses it to get example inputs for
-    every graph). `arrays`: what the graphs' tensors are (numpy arrays unless said).
+    every graph). `arrays`: what the graphs' tensors are (numpy arrays unless said). `memo`: the chains single
+    images took before, reused.
     """
     env: dict[str, Any] = {program["input"]: image}
     n = len(image)
-    for step in program["steps"]:
+    for index, step in enumerate(program["steps"]):
         if "run" in step:
             env.update(zip(step["outputs"], run(step["run"], [env[i] for i in step["inputs"]])))
         elif "decide" in step:
@@ -146,7 +168,7 @@ def execute(
                 outs = _dispatch(_keys(step, env, step["dispatch"]), inputs, step["graphs"], run, arrays)
             env.update(zip(step["outputs"], outs))
         elif "chain" in step and not every_graph:
-            keys, chains = _chains(step, env)
+            keys, chains = _chains(step, env) if memo is None else memo.chains(index, step, env)
             env.update(zip(step["outputs"], _dispatch(keys, [env[i] for i in step["inputs"]], chains, run, arrays)))
         else:
             raise UserError(f"routing program: a step must `run`, `decide` or `dispatch`, not {sorted(step)}")
@@ -279,6 +301,7 @@ class OnnxDynamic:
             return Graph(model.SerializeToString(), threads, f"a route composed from {self.folder}")
 
         self.routes = Routes(self._model, compile, self.graphs.__getitem__, cache_mb)
+        self.memo = ChainMemo()
 
     def _model(self, name: str):  # type: ignore[no-untyped-def]
         import onnx
@@ -292,7 +315,7 @@ class OnnxDynamic:
         return self.graphs[name](inputs)
 
     def __call__(self, image: np.ndarray, force: Mapping[str, object] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        env = execute(self.fused, self.run_graph, image, force)
+        env = execute(self.fused, self.run_graph, image, force, memo=self.memo)
         out = self.program["outputs"]
         return env[out["logits"]], env[out["decisions"]]
 
