@@ -49,7 +49,8 @@ class LatencyCommand:
     """Untimed runs before timing each entry."""
     repeats: Positive = 15
     """Most timed runs per entry; the median is kept. 5 run (or `repeats` if fewer), more until the last 5 agree
-    within 5% or 1 s is spent on the entry."""
+    within 5% or 1 s is spent on the entry. Every subnet is timed so in 2 rounds over the table and keeps its faster
+    median (a slow spell of a shared machine must hit both)."""
     layers: Annotated[int, in_range(0, 1000)] = 0
     """Random subnets (drawn with `--seed`) to time layer by layer, besides the named ones: a per-layer table from
     which the latency of any subnet is estimated (8 to 32 fit well; each costs about as long as a named subnet)."""
