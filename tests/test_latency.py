@@ -155,3 +155,23 @@ def test_the_command_times_under_a_passive_wait_policy_unless_told_otherwise(tmp
                               env={**env, **given})  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(out.read_text())["device"]["omp_wait_policy"] == policy
+
+
+def test_every_subnet_is_timed_in_rounds_over_the_table_and_keeps_its_fastest(monkeypatch):
+    """A slow spell of the machine must hit every round of a subnet's timings: the rounds go over the whole list
+    one after the other (not one subnet's rounds back to back), and each subnet keeps its fastest median."""
+    import dslim.deploy.latency as lat
+
+    net = create_supernet("mobilenet_v1", num_classes=10, widths=(0.25, 0.5, 1.0))
+    named = net.named_subnets()
+    order: list = []
+    slow_first = iter([5.0, 9.0, 7.0, 2.0, 3.0, 8.0])  # per call: round 1 then round 2, in the table's order
+
+    def timed(model, size, batches, device, warmup, repeats):  # type: ignore[no-untyped-def]
+        order.append(tuple(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))[:1])
+        return {str(b): next(slow_first) for b in batches}
+
+    monkeypatch.setattr(lat, "time_module", timed)
+    table = lat.measure_table(net, named, 32, (1,), CPU, rounds=2)
+    assert order[:3] == order[3:] and len(set(order[:3])) == 3  # the list, then the list again
+    assert [table["subnets"][n]["ms"]["1"] for n in named] == [2.0, 3.0, 7.0]

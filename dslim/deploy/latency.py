@@ -316,10 +316,12 @@ def measure_table(supernet: Supernet, subnets: Mapping[str, Subnet], size: int, 
     `rounds` rounds over the list and keeps its fastest (`whole_times`)."""
     load_before = device_info(device)["load"]
     rng = random.Random(seed)
-    probes = {f"probe-{i}": random_subnet(supernet, rng, bins, min_bin) for i in range(layers if layers else 0)}
+    probes = {f"probe-{i}": random_subnet(supernet, rng, bins, min_bin) for i in range(layers)}
     held = {f"check-{i}": random_subnet(supernet, rng, bins, min_bin) for i in range(checks if layers else 0)}
-    first = {subnet: name for name, subnet in reversed(subnets.items())}  # `smallest` is `uniform-0`: timed once
-    timed = {**{first[s]: s for s in first}, **probes, **held}
+    first: dict[Subnet, str] = {}  # two names of one subnet (`smallest` is `uniform-0`): timed once
+    for name, subnet in subnets.items():
+        first.setdefault(subnet, name)
+    timed = {**{name: subnet for subnet, name in first.items()}, **probes, **held}
     ms = whole_times(supernet, timed, size, batches, device, warmup, repeats, rounds)
     rows = {name: {"subnet": subnet.to_json(), "macs": measure(supernet, size, subnet).macs, "ms": ms[first[subnet]]}
             for name, subnet in subnets.items()}  # fmt: skip
