@@ -5,7 +5,8 @@ statistics: as safetensors (`dslim.load_subnet(F)` rebuilds it with nothing else
 dynamic batch axis. The subnet is a name (`--subnet`), or a channel configuration (`--channels`: dslim subnet
 `.json` or mmrazor channel-config `.yaml`). `--dynamic` exports the trained dynamic model instead (DS-Net's gate),
 routing each input: as safetensors (`load_subnet` gives a `RoutedNet`) or, for ONNX, as a folder: one graph per
-part (the shared prefix with the router, one per route) and `routing.json`, which `dslim.deploy.runtime` runs. Next to
+part (DS-Net: the shared prefix with the gate, one per route; BlockDrop: the policy, the stem, one per block) and
+`routing.json`, which `dslim.deploy.runtime` runs. Next to
 each model, a card (`F.config.json`, or `config.json` in the folder) records architecture, channels, classes, input
 size, MACs, params, and accuracy and latency where the run measured them. With calibrated BatchNorm, a width the
 artifact holds no statistics for (or a route of the dynamic model) is calibrated first from training batches

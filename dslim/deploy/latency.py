@@ -99,10 +99,9 @@ def whole_times(
     rounds: int = ROUNDS,
 ) -> dict[str, dict]:
     """`{name: {batch: ms}}`: each subnet timed (`time_module`) once per round, the rounds one after the other over
-    the whole list, keeping its fastest median. A shared machine has slow spells: on this project's 2-core VM, 18% of
-    windows of 5 consecutive runs of one network ran over 15% slower than its median, in spells of up to a second,
-    and a table timed once was then off by as much for the subnet a spell hit. Rounds put each subnet's timings
-    seconds apart, so a spell has to hit every one of them."""
+    the whole list, keeping its fastest median. A shared machine has slow spells (on this project's 2-core VM, up
+    to a second of runs over 15% slow), and a table timed once was then off by as much for the subnet a spell hit.
+    Rounds put each subnet's timings seconds apart, so a spell has to hit every one of them."""
     best: dict[str, dict] = {}
     todo = [name for _ in range(max(1, rounds)) for name in subnets]
     for name in progress(todo, f"latency ({len(subnets)} subnets, {max(1, rounds)} rounds)", len(todo)):
